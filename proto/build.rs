@@ -1,0 +1,14 @@
+//! Compiles our transcription of the CRI proto with protox (pure Rust, no protoc) and
+//! generates tonic client and server code. Every message also derives serde with
+//! snake_case field names, so the JSON/YAML files crictl reads map onto them directly.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "cri/runtime/v1/api.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["."])?;
+    tonic_prost_build::configure()
+        .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .message_attribute(".", "#[serde(default)]")
+        .compile_fds(fds)?;
+    Ok(())
+}

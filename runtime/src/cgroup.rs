@@ -1,0 +1,155 @@
+//! Pod cgroups through cgroupfs, on v1, hybrid and v2 hosts alike: a cgroup path such as
+//! `/kubepods/besteffort/pod123/<id>` is made in every mounted hierarchy (each v1
+//! controller and the unified one), processes are joined through `cgroup.procs`, and
+//! removal takes the leaf out of each hierarchy.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The mount points of every cgroup hierarchy, one per hierarchy.
+pub fn hierarchies() -> Result<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(Error::io("reading", "/proc/self/mountinfo"))?;
+    Ok(parse_hierarchies(&info))
+}
+
+fn parse_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        let (Some(root), Some(mountpoint), Some(fstype)) = (left.get(3), left.get(4), right.first()) else {
+            continue;
+        };
+        if *root != "/" || !(*fstype == "cgroup" || *fstype == "cgroup2") {
+            continue;
+        }
+        // A hierarchy mounted twice has the same super options (its controllers): keep one.
+        let key = format!("{fstype} {}", right.get(2).unwrap_or(&""));
+        if !seen.contains(&key) {
+            seen.push(key);
+            out.push(PathBuf::from(mountpoint.replace("\\040", " ")));
+        }
+    }
+    out
+}
+
+/// Rejects cgroup paths that could escape the hierarchy.
+pub fn validate(path: &str) -> Result<()> {
+    if !path.starts_with('/') || path.split('/').any(|c| c == ".." || c == ".") {
+        return Err(Error::invalid("linux.cgroup_parent", format!("{path:?} must be an absolute path without . or ..")));
+    }
+    Ok(())
+}
+
+fn dirs(path: &str) -> Result<Vec<PathBuf>> {
+    validate(path)?;
+    Ok(hierarchies()?.into_iter().map(|h| h.join(path.trim_start_matches('/'))).collect())
+}
+
+/// Makes `path` (and missing parents) in every hierarchy.
+pub fn create(path: &str) -> Result<()> {
+    for dir in dirs(path)? {
+        fs::create_dir_all(&dir).map_err(Error::io("creating cgroup", &dir))?;
+        // cpuset children start empty; a process cannot join them until they are filled.
+        for knob in ["cpuset.cpus", "cpuset.mems"] {
+            let own = dir.join(knob);
+            if own.exists() && fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
+                inherit_cpuset(&dir, knob)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn inherit_cpuset(dir: &Path, knob: &str) -> Result<()> {
+    let parent = dir.parent().ok_or_else(|| Error::Internal(format!("{} has no parent", dir.display())))?;
+    let mut value = fs::read_to_string(parent.join(knob)).unwrap_or_default();
+    if value.trim().is_empty() {
+        inherit_cpuset(parent, knob)?;
+        value = fs::read_to_string(parent.join(knob)).map_err(Error::io("reading", parent.join(knob)))?;
+    }
+    fs::write(dir.join(knob), value.trim()).map_err(Error::io("writing", dir.join(knob)))
+}
+
+/// Moves process `pid` into `path` in every hierarchy.
+pub fn join(path: &str, pid: i32) -> Result<()> {
+    for dir in dirs(path)? {
+        let procs = dir.join("cgroup.procs");
+        fs::write(&procs, pid.to_string()).map_err(Error::io("joining cgroup", &procs))?;
+    }
+    Ok(())
+}
+
+/// The pids in `path`, from the first hierarchy that has it.
+pub fn pids(path: &str) -> Result<Vec<i32>> {
+    for dir in dirs(path)? {
+        if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+            return Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect());
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Removes the leaf `path` from every hierarchy; already absent is fine. Processes still
+/// inside are killed first; the kernel frees a cgroup only once its last task is reaped,
+/// so removal retries briefly.
+pub fn remove(path: &str) -> Result<()> {
+    for pid in pids(path)? {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    for dir in dirs(path)? {
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::io("removing cgroup", &dir)(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Does `path` exist in any hierarchy?
+pub fn exists(path: &str) -> bool {
+    dirs(path).is_ok_and(|d| d.iter().any(|d| d.exists()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hybrid_host_lists_each_hierarchy_once() {
+        let info = "\
+25 1 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+28 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+29 1 0:24 / /mnt/again rw - cgroup cgroup rw,cpu,cpuacct
+30 1 0:25 /nested /mnt/nested rw - cgroup cgroup rw,memory";
+        let got = parse_hierarchies(info);
+        let want: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/memory"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn paths_that_escape_are_rejected() {
+        assert!(validate("/kubepods/pod1/abc").is_ok());
+        for bad in ["relative", "/a/../b", "/a/./b"] {
+            assert!(validate(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! podrund's configuration: one TOML file whose keys are the command-line flag names
+//! (`root = "/var/lib/podrun"`, `cni-conf-dir = "..."`), every key optional. Flags override
+//! the file; the file overrides the defaults.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const DEFAULT_CONFIG: &str = "/etc/podrun/config.toml";
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct File {
+    pub listen: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_bin_dir: Option<Vec<PathBuf>>,
+    pub log_level: Option<String>,
+}
+
+impl File {
+    /// Reads `path`; a missing file is an empty configuration only when `required` is false.
+    pub fn load(path: &Path, required: bool) -> Result<File> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(File::default())
+            }
+            Err(e) => return Err(Error::io("reading config", path)(e)),
+        };
+        toml::from_str(&text).map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))
+    }
+
+    /// Keys set in `over` win over ours.
+    pub fn overlay(self, over: File) -> File {
+        File {
+            listen: over.listen.or(self.listen),
+            root: over.root.or(self.root),
+            state: over.state.or(self.state),
+            cni_conf_dir: over.cni_conf_dir.or(self.cni_conf_dir),
+            cni_bin_dir: over.cni_bin_dir.or(self.cni_bin_dir),
+            log_level: over.log_level.or(self.log_level),
+        }
+    }
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: PathBuf,
+    /// Durable metadata (records, CNI results).
+    pub root: PathBuf,
+    /// Volatile state (shim sockets, pod files, /dev/shm mounts).
+    pub state: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    pub log_level: String,
+    /// Where pod network namespaces are pinned (shared by every instance on the node).
+    pub netns_dir: PathBuf,
+}
+
+impl From<File> for Config {
+    fn from(f: File) -> Config {
+        let state = f.state.unwrap_or_else(|| "/run/podrun".into());
+        Config {
+            listen: f.listen.unwrap_or_else(|| state.join("podrun.sock")),
+            root: f.root.unwrap_or_else(|| "/var/lib/podrun".into()),
+            state,
+            cni_conf_dir: f.cni_conf_dir.unwrap_or_else(|| "/etc/cni/net.d".into()),
+            cni_bin_dirs: f
+                .cni_bin_dir
+                .unwrap_or_else(|| vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()]),
+            log_level: f.log_level.unwrap_or_else(|| "info".into()),
+            netns_dir: "/run/netns".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file: File = toml::from_str("root = \"/r\"\ncni-conf-dir = \"/c\"\nlog-level = \"debug\"").unwrap();
+        let flags = File { root: Some("/flag".into()), ..File::default() };
+        let c = Config::from(file.overlay(flags));
+        assert_eq!(c.root, PathBuf::from("/flag"));
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/c"));
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.listen, PathBuf::from("/run/podrun/podrun.sock"));
+        assert_eq!(c.cni_bin_dirs, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "rooot = \"/x\"").unwrap();
+        let err = File::load(&path, true).unwrap_err().to_string();
+        assert!(err.contains("rooot") && err.contains("c.toml"), "{err}");
+    }
+}

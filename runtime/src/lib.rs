@@ -1,0 +1,12 @@
+//! podrun's runtime library: sandbox lifecycle, namespaces, CNI, cgroups, state and the CRI
+//! service. See ../shared/design/ARCHITECTURE.md for the picture.
+
+pub mod cgroup;
+pub mod cni;
+pub mod config;
+pub mod error;
+pub mod netns;
+pub mod spec;
+pub mod store;
+
+pub use error::{Error, Kind, Result};

@@ -1,0 +1,112 @@
+//! Durable records: JSON written atomically (temp file, fsync, rename, fsync of the
+//! directory), each carrying a format version, plus the small identity helpers that
+//! recovery needs (ids, process identity by pid + start time).
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Writes `value` to `path` so that readers see the old or the new record, never a mix.
+pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
+    write_bytes_atomic(path, &bytes)
+}
+
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("record")));
+    let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(Error::io("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("syncing", dir))
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = fs::read(path).map_err(Error::io("reading", path))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("decoding {}: {e}", path.display())))
+}
+
+/// A new object id: 64 lowercase hex characters from the kernel's random source.
+pub fn new_id() -> Result<String> {
+    let mut buf = [0u8; 32];
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(Error::io("reading", "/dev/urandom"))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A process as recovery must judge it: the pid alone may have been reused since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessId {
+    pub pid: i32,
+    /// Field 22 of /proc/PID/stat: clock ticks after boot when it started.
+    pub start_time: u64,
+}
+
+impl ProcessId {
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        start_time(pid).map(|start_time| ProcessId { pid, start_time })
+    }
+
+    /// True while the very process we recorded is alive (and not a zombie).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+    }
+
+    /// SIGKILLs the process if it is still the one we recorded.
+    pub fn kill(&self) {
+        if self.is_alive() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    stat_fields(pid).and_then(|f| f.first().cloned()).is_some_and(|s| s == "Z" || s == "X")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_round_trips_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        write_atomic(&path, &vec![1, 2, 3]).unwrap();
+        write_atomic(&path, &vec![4]).unwrap();
+        assert_eq!(read_json::<Vec<i32>>(&path).unwrap(), vec![4]);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn ids_are_64_lowercase_hex_and_distinct() {
+        let (a, b) = (new_id().unwrap(), new_id().unwrap());
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn process_identity_tells_a_live_process_from_a_reused_pid() {
+        let me = ProcessId::of(std::process::id() as i32).unwrap();
+        assert!(me.is_alive());
+        assert!(!ProcessId { start_time: me.start_time + 1, ..me }.is_alive());
+    }
+}

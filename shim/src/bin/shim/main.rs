@@ -1,0 +1,122 @@
+//! `containerd-shim-podrun-v2`: podrun's per-pod shim. One small process per pod, detached
+//! from whoever started it: it starts the pod's pause and reaps its children as their
+//! subreaper, and serves containerd's shim v2 Task API over ttrpc on the listening socket
+//! it inherits as fd 3 (the way containerd's own shims hand the socket to their server).
+//!
+//! Invocation, as containerd's shims take it: `containerd-shim-podrun-v2 [-namespace NS]
+//! [-address ADDR] [-publish-binary BIN] [-id ID] [-debug] [start|delete]`. Without an
+//! action it serves.
+
+mod pause;
+mod task;
+
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use containerd_shim_protos::shim_async::create_task;
+use containerd_shim_protos::ttrpc::r#async::transport::Listener;
+use containerd_shim_protos::ttrpc::r#async::Server;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The fd on which the listening socket is inherited.
+const LISTENER_FD: i32 = 3;
+
+#[derive(Default)]
+struct Args {
+    id: String,
+    debug: bool,
+    action: Option<String>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.trim_start_matches('-') {
+            "namespace" | "address" | "publish-binary" | "bundle" | "socket" => {
+                it.next().with_context(|| format!("{arg} needs a value"))?;
+            }
+            "id" => args.id = it.next().context("-id needs a value")?,
+            "debug" => args.debug = true,
+            "v" | "version" => {
+                println!("containerd-shim-podrun-v2 {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            action if !arg.starts_with('-') => args.action = Some(action.to_owned()),
+            _ => bail!("unknown flag {arg}"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let level = if args.debug { "debug" } else { "info" };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(level).with_ansi(false).init();
+    match args.action.as_deref() {
+        None => {}
+        Some(other) => bail!("action {other:?} is not supported yet"),
+    }
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: by contract with whoever started us, fd 3 is our listening unix socket and
+    // nothing else in this process owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(listener, args.id))
+}
+
+async fn serve(listener: UnixListener, id: String) -> Result<()> {
+    let socket_path = listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_owned()));
+    listener.set_nonblocking(true)?;
+    let shim = Arc::new(task::Shim::new());
+    let mut children = signal(SignalKind::child())?;
+    let reaper = shim.clone();
+    tokio::spawn(async move {
+        loop {
+            reap(&reaper);
+            if children.recv().await.is_none() {
+                return;
+            }
+        }
+    });
+    let mut services = create_task(shim.clone());
+    // containerd 1.x speaks the same Task service under its v2 name.
+    if let Some(v2) = create_task(shim.clone()).remove("containerd.task.v3.Task") {
+        services.insert("containerd.task.v2.Task".into(), v2);
+    }
+    let listener = Listener::try_from(listener).context("wrapping the listening socket")?;
+    let mut server = Server::new().add_listener(listener).register_service(services);
+    server.start().await.context("starting the ttrpc server")?;
+    tracing::info!(%id, "shim serving");
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = shim.shutdown.notified() => tracing::info!(%id, "shutdown requested"),
+        _ = term.recv() => tracing::info!(%id, "SIGTERM"),
+    }
+    let _ = server.shutdown().await;
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// Collects every child that has exited and reports it to the task service.
+fn reap(shim: &task::Shim) {
+    loop {
+        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, code as u32),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as u32),
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        shim.exited(status.0.as_raw(), task::Exit { status: status.1, at: SystemTime::now() });
+    }
+}
