@@ -4,8 +4,11 @@
 pub mod cgroup;
 pub mod cni;
 pub mod config;
+pub mod cri;
 pub mod error;
 pub mod netns;
+pub mod node;
+pub mod sandbox;
 pub mod spec;
 pub mod store;
 

@@ -1,1 +1,81 @@
-fn main(){}
+//! `podrund`: podrun's CRI server. See README.md for its flags and configuration file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use podrun_runtime::config::{Config, File, DEFAULT_CONFIG};
+use podrun_runtime::node::Node;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The podrun CRI server: pods with real networking, driven over CRI.
+#[derive(Parser)]
+#[command(version)]
+struct Flags {
+    /// TOML configuration file; its keys are these flags' names.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Unix socket to serve CRI on [default: <state>/podrun.sock].
+    #[arg(long)]
+    listen: Option<PathBuf>,
+    /// Durable metadata directory [default: /var/lib/podrun].
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Volatile state directory [default: /run/podrun].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// CNI configuration directory [default: /etc/cni/net.d].
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// CNI plugin directory; repeat for several [default: /opt/cni/bin, /usr/lib/cni].
+    #[arg(long)]
+    cni_bin_dir: Vec<PathBuf>,
+    /// error, warn, info, debug or trace (or a tracing filter).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let flags = Flags::parse();
+    let file = match &flags.config {
+        Some(path) => File::load(path, true)?,
+        None => File::load(DEFAULT_CONFIG.as_ref(), false)?,
+    };
+    let config = Config::from(file.overlay(File {
+        listen: flags.listen,
+        root: flags.root,
+        state: flags.state,
+        cni_conf_dir: flags.cni_conf_dir,
+        cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
+        log_level: flags.log_level,
+    }));
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(log_filter(&config.log_level)).context("--log-level")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let node = Arc::new(Node::new(config));
+    match (&node.binaries.shim, &node.binaries.pause) {
+        (Ok(shim), Ok(pause)) => tracing::info!(shim = %shim.display(), pause = %pause.display(), "helper binaries"),
+        _ => tracing::error!(missing = node.binaries.missing().unwrap_or_default(), "cannot start pods"),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("shutting down; pods keep running");
+        };
+        podrun_runtime::cri::serve(node, shutdown).await.map_err(anyhow::Error::from)
+    })
+}
+
+/// A bare level applies to podrun's own crates (libraries stay at warn); anything else is a
+/// full tracing filter.
+fn log_filter(level: &str) -> String {
+    match level {
+        "error" | "warn" | "info" | "debug" | "trace" => format!("warn,podrund={level},podrun_runtime={level}"),
+        filter => filter.to_owned(),
+    }
+}

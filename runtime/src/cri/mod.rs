@@ -1,0 +1,242 @@
+//! The CRI gRPC services. This is the one place where errors become gRPC status codes, and
+//! where every request is logged with its duration.
+
+mod server;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use podrun_proto::cri;
+use podrun_proto::cri::image_service_server::ImageService;
+use podrun_proto::cri::runtime_service_server::RuntimeService;
+use tonic::{Request, Response, Status};
+
+use crate::cni::Network;
+use crate::error::{Error, Kind};
+use crate::node::Node;
+use crate::sandbox;
+
+pub use server::serve;
+
+pub const RUNTIME_NAME: &str = "podrun";
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// The CRI `version` field: the version of the kubelet runtime API.
+pub const KUBELET_API_VERSION: &str = "0.1.0";
+
+fn to_status(e: &Error) -> Status {
+    let msg = e.to_string();
+    match e.kind() {
+        Kind::InvalidArgument => Status::invalid_argument(msg),
+        Kind::NotFound => Status::not_found(msg),
+        Kind::FailedPrecondition => Status::failed_precondition(msg),
+        Kind::DeadlineExceeded => Status::deadline_exceeded(msg),
+        Kind::Unimplemented => Status::unimplemented(msg),
+        Kind::Internal => Status::internal(msg),
+    }
+}
+
+/// Runs one request: logs it with its duration and maps its error.
+async fn handle<T>(method: &'static str, work: impl Future<Output = Result<T, Error>>) -> Result<Response<T>, Status> {
+    let start = Instant::now();
+    let result = work.await;
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(v) => {
+            tracing::debug!(method, ms, "ok");
+            Ok(Response::new(v))
+        }
+        Err(e) => {
+            let status = to_status(&e);
+            match e.kind() {
+                Kind::Internal | Kind::DeadlineExceeded => tracing::error!(method, ms, error = %e, "failed"),
+                _ => tracing::info!(method, ms, code = ?status.code(), error = %e, "refused"),
+            }
+            Err(status)
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Cri {
+    pub node: Arc<Node>,
+}
+
+impl Cri {
+    fn network_condition(&self) -> cri::RuntimeCondition {
+        let dir = &self.node.config.cni_conf_dir;
+        let (status, reason, message) = match Network::load_first(dir) {
+            Ok(Some(_)) => (true, String::new(), String::new()),
+            Ok(None) => (false, "NetworkPluginNotReady".into(), format!("no CNI configuration found in {}", dir.display())),
+            Err(e) => (false, "NetworkPluginNotReady".into(), e.to_string()),
+        };
+        cri::RuntimeCondition { r#type: "NetworkReady".into(), status, reason, message }
+    }
+
+    fn runtime_condition(&self) -> cri::RuntimeCondition {
+        let (status, reason, message) = match self.node.binaries.missing() {
+            None => (true, String::new(), String::new()),
+            Some(missing) => (false, "BinariesMissing".into(), missing),
+        };
+        cri::RuntimeCondition { r#type: "RuntimeReady".into(), status, reason, message }
+    }
+}
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// RPCs podrun does not serve yet answer Unimplemented, naming themselves. (Spelled as
+/// `#[async_trait]` would expand them: that attribute does not see into macro calls.)
+macro_rules! unimplemented_rpcs {
+    ($($fn:ident($req:ty) -> $resp:ty = $name:literal;)*) => {
+        $(fn $fn<'life0, 'async_trait>(
+            &'life0 self,
+            _: Request<$req>,
+        ) -> Pin<Box<dyn Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(handle($name, async { Err(Error::Unimplemented($name)) }))
+        })*
+    };
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Cri {
+    type StreamPodSandboxesStream = Stream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = Stream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = Stream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = Stream<cri::StreamPodSandboxStatsResponse>;
+    type GetContainerEventsStream = Stream<cri::ContainerEventResponse>;
+    type StreamPodSandboxMetricsStream = Stream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn version(&self, _: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+        handle("Version", async {
+            Ok(cri::VersionResponse {
+                version: KUBELET_API_VERSION.into(),
+                runtime_name: RUNTIME_NAME.into(),
+                runtime_version: env!("CARGO_PKG_VERSION").into(),
+                runtime_api_version: RUNTIME_API_VERSION.into(),
+            })
+        })
+        .await
+    }
+
+    async fn status(&self, req: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+        handle("Status", async {
+            let conditions = vec![self.runtime_condition(), self.network_condition()];
+            let mut info = std::collections::HashMap::new();
+            if req.get_ref().verbose {
+                let c = &self.node.config;
+                let config = serde_json::json!({
+                    "root": c.root, "state": c.state, "listen": c.listen,
+                    "cniConfDir": c.cni_conf_dir, "cniBinDirs": c.cni_bin_dirs,
+                    "shim": self.node.binaries.shim, "pause": self.node.binaries.pause,
+                    "criApi": podrun_proto::CRI_API_RELEASE,
+                });
+                info.insert("config".to_owned(), config.to_string());
+            }
+            Ok(cri::StatusResponse { status: Some(cri::RuntimeStatus { conditions }), info, ..Default::default() })
+        })
+        .await
+    }
+
+    async fn runtime_config(&self, _: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        handle("RuntimeConfig", async {
+            let linux = cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 };
+            Ok(cri::RuntimeConfigResponse { linux: Some(linux) })
+        })
+        .await
+    }
+
+    async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let node = self.node.clone();
+        handle("RunPodSandbox", async move {
+            let pod_sandbox_id = sandbox::run(node, req.into_inner()).await?;
+            Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
+        })
+        .await
+    }
+
+    async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        handle("StopPodSandbox", async { sandbox::stop(self.node.clone(), req.into_inner()).await.map(|_| cri::StopPodSandboxResponse {}) }).await
+    }
+
+    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        handle("RemovePodSandbox", async { sandbox::remove(self.node.clone(), req.into_inner()).await.map(|_| cri::RemovePodSandboxResponse {}) }).await
+    }
+
+    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        handle("PodSandboxStatus", sandbox::status(self.node.clone(), req.into_inner())).await
+    }
+
+    async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        handle("ListPodSandbox", sandbox::list(self.node.clone(), req.into_inner())).await
+    }
+
+    unimplemented_rpcs! {
+        stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
+        create_container(cri::CreateContainerRequest) -> cri::CreateContainerResponse = "CreateContainer";
+        start_container(cri::StartContainerRequest) -> cri::StartContainerResponse = "StartContainer";
+        stop_container(cri::StopContainerRequest) -> cri::StopContainerResponse = "StopContainer";
+        remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse = "RemoveContainer";
+        list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse = "ListContainers";
+        stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
+        container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse = "ContainerStatus";
+        update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
+        reopen_container_log(cri::ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse = "ReopenContainerLog";
+        exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse = "ExecSync";
+        exec(cri::ExecRequest) -> cri::ExecResponse = "Exec";
+        attach(cri::AttachRequest) -> cri::AttachResponse = "Attach";
+        port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse = "PortForward";
+        container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse = "ContainerStats";
+        list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse = "ListContainerStats";
+        stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
+        pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse = "PodSandboxStats";
+        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse = "ListPodSandboxStats";
+        stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
+        update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
+        checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";
+        get_container_events(cri::GetEventsRequest) -> Self::GetContainerEventsStream = "GetContainerEvents";
+        list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse = "ListMetricDescriptors";
+        list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
+        stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
+        update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Cri {
+    type StreamImagesStream = Stream<cri::StreamImagesResponse>;
+
+    unimplemented_rpcs! {
+        list_images(cri::ListImagesRequest) -> cri::ListImagesResponse = "ListImages";
+        stream_images(cri::StreamImagesRequest) -> Self::StreamImagesStream = "StreamImages";
+        image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse = "ImageStatus";
+        pull_image(cri::PullImageRequest) -> cri::PullImageResponse = "PullImage";
+        remove_image(cri::RemoveImageRequest) -> cri::RemoveImageResponse = "RemoveImage";
+        image_fs_info(cri::ImageFsInfoRequest) -> cri::ImageFsInfoResponse = "ImageFsInfo";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_map_to_grpc_codes() {
+        let cases = [
+            (Error::invalid("config.metadata.name", "is required"), tonic::Code::InvalidArgument),
+            (Error::NotFound { what: "pod sandbox", id: "x".into() }, tonic::Code::NotFound),
+            (Error::FailedPrecondition("no".into()), tonic::Code::FailedPrecondition),
+            (Error::Unimplemented("ExecSync"), tonic::Code::Unimplemented),
+            (Error::Internal("boom".into()), tonic::Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(to_status(&err).code(), code, "{err}");
+        }
+        let s = to_status(&Error::invalid("config.metadata.name", "is required"));
+        assert!(s.message().contains("config.metadata.name"));
+    }
+}

@@ -1,0 +1,48 @@
+//! Serving the CRI on a unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use podrun_proto::cri::image_service_server::ImageServiceServer;
+use podrun_proto::cri::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use super::Cri;
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+/// Binds `node.config.listen` (mode 0660), recovers the pods on disk and serves until
+/// `shutdown` completes. A socket another live podrund answers on is left alone.
+pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+    let path = node.config.listen.clone();
+    let listener = bind(&path).await?;
+    let recovered = crate::sandbox::recover(&node).await?;
+    tracing::info!(socket = %path.display(), recovered, "podrund serving CRI");
+    let cri = Cri { node };
+    let result = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
+        .add_service(ImageServiceServer::new(cri))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("serving {}: {e}", path.display())));
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+async fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(Error::FailedPrecondition(format!("another server is listening on {}", path.display())));
+        }
+        std::fs::remove_file(path).map_err(Error::io("removing stale socket", path))?;
+    }
+    let listener = UnixListener::bind(path).map_err(Error::io("binding", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(Error::io("chmod", path))?;
+    nix::unistd::chown(path, Some(0.into()), Some(0.into())).map_err(Error::sys(format!("chown {}", path.display())))?;
+    Ok(listener)
+}

@@ -1,0 +1,219 @@
+//! Pod sandboxes: their durable record, their state machine and the in-memory index.
+//!
+//! ```text
+//!  RunPodSandbox ─▶ Creating ──all steps done──▶ Ready ──StopPodSandbox──▶ NotReady
+//!                      │                           │                          │
+//!                      └─step failed: rolled back  └─pause or shim died,      └─RemovePodSandbox─▶ (gone)
+//!                        (gone; NotReady if the      or found so on restart ─▶ NotReady
+//!                        rollback itself failed)
+//! ```
+//! A record is persisted as `Creating` before the first resource is made and names every
+//! resource the pod will own (netns pin, cgroup, shim socket, CNI attachment), so that a
+//! crash at any point leaves enough on disk for Stop and Remove to clean up.
+
+mod files;
+mod recover;
+mod remove;
+mod run;
+mod shim;
+mod spec;
+mod status;
+mod stop;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use podrun_proto::cri;
+use serde::{Deserialize, Serialize};
+
+use crate::cni::Attachment;
+use crate::error::{Error, Result};
+use crate::store::{self, ProcessId};
+
+pub use recover::recover;
+pub use remove::remove;
+pub use run::run;
+pub use status::{list, status};
+pub use stop::stop;
+
+/// The format version of [`Record`].
+const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Creating,
+    Ready,
+    NotReady,
+}
+
+impl State {
+    /// Checks a transition against the diagram above.
+    fn to(self, next: State) -> Result<State> {
+        use State::*;
+        match (self, next) {
+            (Creating, Ready) | (Creating, NotReady) | (Ready, NotReady) | (NotReady, NotReady) => Ok(next),
+            _ => Err(Error::FailedPrecondition(format!("pod sandbox cannot go from {self:?} to {next:?}"))),
+        }
+    }
+}
+
+/// Everything podrun knows about one pod, as stored at `<root>/pods/<id>/sandbox.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub id: String,
+    pub state: State,
+    pub config: cri::PodSandboxConfig,
+    pub runtime_handler: String,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The pinned netns, when the pod has its own network.
+    pub netns: Option<PathBuf>,
+    /// The pod cgroup (cgroupfs path).
+    pub cgroup: String,
+    pub shim_socket: PathBuf,
+    pub shim: Option<ProcessId>,
+    pub pause: Option<ProcessId>,
+    /// The CNI attachment, saved before ADD runs and kept until DEL succeeded.
+    pub network: Option<Attachment>,
+    /// The pod's IPs (primary first) once the network is up; the node's for hostNetwork pods.
+    pub ips: Vec<String>,
+    /// Where the pod's /dev/shm tmpfs is mounted, when it has one.
+    pub shm: Option<PathBuf>,
+    /// True once Stop released every resource the pod held.
+    pub stopped: bool,
+}
+
+impl Record {
+    fn metadata(&self) -> cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    fn key(&self) -> PodKey {
+        PodKey::of(&self.metadata())
+    }
+}
+
+pub(crate) fn namespace_mode(
+    config: &cri::PodSandboxConfig,
+    pick: impl Fn(&cri::NamespaceOption) -> i32,
+) -> cri::NamespaceMode {
+    let options = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref());
+    options.map_or(cri::NamespaceMode::Pod, |o| cri::NamespaceMode::try_from(pick(o)).unwrap_or(cri::NamespaceMode::Pod))
+}
+
+/// The identity kubelet gives a pod: a retry with the same key is the same pod.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PodKey(String, String, String, u32);
+
+impl PodKey {
+    fn of(m: &cri::PodSandboxMetadata) -> PodKey {
+        PodKey(m.name.clone(), m.namespace.clone(), m.uid.clone(), m.attempt)
+    }
+}
+
+/// One pod in memory. Its record is behind an async lock that serializes operations on it.
+pub struct Sandbox {
+    pub id: String,
+    pub record: tokio::sync::Mutex<Record>,
+}
+
+/// The index of pods, and the reservations that make RunPodSandbox retries safe.
+#[derive(Default)]
+pub struct Sandboxes {
+    pods: Mutex<HashMap<String, Arc<Sandbox>>>,
+    keys: Mutex<HashMap<PodKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Sandboxes {
+    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
+        self.pods.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, record: Record) -> Arc<Sandbox> {
+        let pod = Arc::new(Sandbox { id: record.id.clone(), record: tokio::sync::Mutex::new(record) });
+        self.pods().insert(pod.id.clone(), pod.clone());
+        pod
+    }
+
+    fn forget(&self, id: &str, key: &PodKey) {
+        self.pods().remove(id);
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    pub fn all(&self) -> Vec<Arc<Sandbox>> {
+        self.pods().values().cloned().collect()
+    }
+
+    /// The pod whose id is `id` or starts with it (a unique prefix, as crictl passes).
+    pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
+        let not_found = || Error::NotFound { what: "pod sandbox", id: id.to_owned() };
+        if id.is_empty() {
+            return Err(Error::invalid("pod_sandbox_id", "must not be empty"));
+        }
+        let pods = self.pods();
+        if let Some(pod) = pods.get(id) {
+            return Ok(pod.clone());
+        }
+        let mut found = pods.values().filter(|p| p.id.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some(pod), None) => Ok(pod.clone()),
+            (Some(_), Some(_)) => Err(Error::invalid("pod_sandbox_id", format!("prefix {id:?} matches several pods"))),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// The lock that serializes RunPodSandbox calls for one pod identity.
+    fn key_lock(&self, key: &PodKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone()
+    }
+
+    async fn find_by_key(&self, key: &PodKey) -> Option<String> {
+        for pod in self.all() {
+            if pod.record.lock().await.key() == *key {
+                return Some(pod.id.clone());
+            }
+        }
+        None
+    }
+}
+
+/// Where one pod's files live.
+#[derive(Debug, Clone)]
+pub(crate) struct PodDirs {
+    /// Durable: the record.
+    pub root: PathBuf,
+    /// Volatile: the bundle, hostname, hosts, resolv.conf, shm mount, shim log.
+    pub state: PathBuf,
+}
+
+impl PodDirs {
+    pub fn new(config: &crate::config::Config, id: &str) -> PodDirs {
+        PodDirs { root: config.root.join("pods").join(id), state: config.state.join("pods").join(id) }
+    }
+
+    fn record(&self) -> PathBuf {
+        self.root.join("sandbox.json")
+    }
+}
+
+fn persist(dirs: &PodDirs, record: &Record) -> Result<()> {
+    store::write_atomic(&dirs.record(), record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_drawn_transitions_are_allowed() {
+        use State::*;
+        assert!(Creating.to(Ready).is_ok());
+        assert!(Ready.to(NotReady).is_ok());
+        assert!(NotReady.to(NotReady).is_ok());
+        let err = NotReady.to(Ready).unwrap_err();
+        assert_eq!(err.kind(), crate::Kind::FailedPrecondition);
+        assert!(Ready.to(Creating).is_err());
+    }
+}

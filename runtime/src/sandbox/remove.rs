@@ -1,0 +1,39 @@
+//! RemovePodSandbox: stop the pod if it still holds anything, then delete its state. A pod
+//! that does not exist is success (CRI: kubelet calls this repeatedly during clean-up).
+
+use std::sync::Arc;
+
+use podrun_proto::cri;
+
+use super::{stop, PodDirs};
+use crate::error::{Error, Result};
+use crate::node::Node;
+
+pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Result<()> {
+    let pod = match node.sandboxes.get(&req.pod_sandbox_id) {
+        Ok(pod) => pod,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    tokio::spawn(async move {
+        let mut record = pod.record.lock().await;
+        stop::stop_locked(&node, &mut record).await?;
+        remove_dirs(&PodDirs::new(&node.config, &record.id))?;
+        node.sandboxes.forget(&record.id, &record.key());
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("RemovePodSandbox task failed: {e}")))?
+}
+
+/// Deletes the pod's state and record dirs; the record goes last, so a crash in between
+/// leaves the pod known.
+pub(super) fn remove_dirs(dirs: &PodDirs) -> Result<()> {
+    for dir in [&dirs.state, &dirs.root] {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("removing", dir)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Starting a pod's shim and talking to it over containerd's shim v2 Task API (ttrpc).
+//!
+//! podrund does what a shim's own `start` command does, minus one exec: it binds the
+//! shim's socket, starts the shim in its own session with that socket as fd 3, and can
+//! connect at once, since the kernel queues connections on a listening socket before the
+//! shim accepts them. The shim outlives podrund; podrund reaps it while both are alive.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::shim_async::{Client, TaskClient};
+use containerd_shim_protos::ttrpc::context;
+
+use crate::error::{Error, Result};
+use crate::store::ProcessId;
+
+/// How long one shim call may take before podrund gives up on the shim.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts the shim binary for pod `id`, serving on `socket`; its stderr goes to `log`.
+pub fn spawn(shim: &Path, id: &str, socket: &Path, log: &Path, daemon_address: &Path) -> Result<ProcessId> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket).map_err(Error::io("binding shim socket", socket))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(Error::io("chmod", socket))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(Error::io("opening", log))?;
+    let fd: OwnedFd = listener.into();
+    let raw = fd.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(shim);
+    cmd.args(["-namespace", "k8s.io", "-id", id, "-address"])
+        .arg(daemon_address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .current_dir("/");
+    // SAFETY: the hook runs in the forked child before exec and uses only async-signal-safe
+    // syscalls (setsid, dup2, fcntl) on fds that stay open until the exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid()?;
+            if raw == 3 {
+                // Already in place, but marked close-on-exec like every fd Rust opens.
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(Error::io("starting shim", shim))?;
+    drop(fd);
+    let pid = child.id().unwrap_or_default() as i32;
+    // Reap the shim if it exits while we run; after a restart of podrund, init does.
+    tokio::spawn(async move {
+        let mut child = child;
+        let _ = child.wait().await;
+    });
+    ProcessId::of(pid).ok_or_else(|| Error::Shim { pod: id.to_owned(), message: "exited at once; see its log".into() })
+}
+
+/// A connection to one pod's shim.
+pub struct Shim {
+    pod: String,
+    client: TaskClient,
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+impl Shim {
+    pub async fn connect(pod: &str, socket: &Path) -> Result<Shim> {
+        let address = format!("unix://{}", socket.display());
+        let client = tokio::time::timeout(CALL_TIMEOUT, Client::connect(&address))
+            .await
+            .map_err(|_| Error::Shim { pod: pod.to_owned(), message: format!("connecting to {address} timed out") })?
+            .map_err(|e| Error::Shim { pod: pod.to_owned(), message: format!("connecting to {address}: {e}") })?;
+        Ok(Shim { pod: pod.to_owned(), client: TaskClient::new(client) })
+    }
+
+    fn err(&self, call: &str) -> impl FnOnce(containerd_shim_protos::ttrpc::Error) -> Error + '_ {
+        let call = call.to_owned();
+        move |e| Error::Shim { pod: self.pod.clone(), message: format!("{call}: {e}") }
+    }
+
+    /// Creates and starts task `id` from the bundle at `bundle`; returns its pid.
+    pub async fn create_and_start(&self, id: &str, bundle: &Path) -> Result<u32> {
+        let create = api::CreateTaskRequest { id: id.to_owned(), bundle: bundle.display().to_string(), ..Default::default() };
+        self.client.create(ctx(), &create).await.map_err(self.err("Create"))?;
+        let start = api::StartRequest { id: id.to_owned(), ..Default::default() };
+        Ok(self.client.start(ctx(), &start).await.map_err(self.err("Start"))?.pid)
+    }
+
+    pub async fn state(&self, id: &str) -> Result<api::StateResponse> {
+        let req = api::StateRequest { id: id.to_owned(), ..Default::default() };
+        self.client.state(ctx(), &req).await.map_err(self.err("State"))
+    }
+
+    /// SIGKILLs task `id`, waits for its exit and deletes it. A task already gone is fine.
+    pub async fn kill_and_delete(&self, id: &str) -> Result<()> {
+        let kill = api::KillRequest { id: id.to_owned(), signal: libc::SIGKILL as u32, all: true, ..Default::default() };
+        match self.client.kill(ctx(), &kill).await {
+            Err(e) if is_not_found(&e) => return Ok(()),
+            other => other.map_err(self.err("Kill"))?,
+        };
+        let wait = api::WaitRequest { id: id.to_owned(), ..Default::default() };
+        self.client.wait(ctx(), &wait).await.map_err(self.err("Wait"))?;
+        let delete = api::DeleteRequest { id: id.to_owned(), ..Default::default() };
+        match self.client.delete(ctx(), &delete).await {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other.map(drop).map_err(self.err("Delete")),
+        }
+    }
+
+    pub async fn shutdown(&self) -> Result<()> {
+        let req = api::ShutdownRequest { now: true, ..Default::default() };
+        match self.client.shutdown(ctx(), &req).await {
+            // The shim may exit before its answer is read.
+            Ok(_) | Err(containerd_shim_protos::ttrpc::Error::LocalClosed) | Err(containerd_shim_protos::ttrpc::Error::RemoteClosed) => Ok(()),
+            Err(e) => Err(self.err("Shutdown")(e)),
+        }
+    }
+}
+
+fn is_not_found(e: &containerd_shim_protos::ttrpc::Error) -> bool {
+    matches!(e, containerd_shim_protos::ttrpc::Error::RpcStatus(s) if s.code() == containerd_shim_protos::ttrpc::Code::NOT_FOUND)
+}
+
+/// Waits up to `limit` for `process` to end, then SIGKILLs it.
+pub async fn wait_gone(process: &ProcessId, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while process.is_alive() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    process.kill();
+}

@@ -1,0 +1,100 @@
+//! PodSandboxStatus and ListPodSandbox.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use podrun_proto::cri;
+use serde_json::json;
+
+use super::{Record, State};
+use crate::error::Result;
+use crate::node::Node;
+
+fn cri_state(state: State) -> cri::PodSandboxState {
+    match state {
+        State::Ready => cri::PodSandboxState::SandboxReady,
+        State::Creating | State::NotReady => cri::PodSandboxState::SandboxNotready,
+    }
+}
+
+/// Marks a Ready pod NotReady when its pause has died behind our back.
+fn refresh(record: &mut Record) {
+    if record.state == State::Ready && !record.pause.as_ref().is_some_and(|p| p.is_alive()) {
+        record.state = State::NotReady;
+    }
+}
+
+pub async fn status(node: Arc<Node>, req: cri::PodSandboxStatusRequest) -> Result<cri::PodSandboxStatusResponse> {
+    let pod = node.sandboxes.get(&req.pod_sandbox_id)?;
+    let mut r = pod.record.lock().await;
+    refresh(&mut r);
+    let namespace_options = r
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let network = (!r.stopped).then(|| cri::PodSandboxNetworkStatus {
+        ip: r.ips.first().cloned().unwrap_or_default(),
+        additional_ips: r.ips.iter().skip(1).map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+    });
+    let status = cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(r.metadata()),
+        state: cri_state(r.state) as i32,
+        created_at: r.created_at,
+        network,
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace { options: Some(namespace_options), ..Default::default() }),
+        }),
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        runtime_handler: r.runtime_handler.clone(),
+    };
+    let mut info = HashMap::new();
+    if req.verbose {
+        let verbose = json!({
+            "netnsPath": r.netns,
+            "shimPid": r.shim.map(|p| p.pid),
+            "shimSocket": r.shim_socket,
+            "pausePid": r.pause.map(|p| p.pid),
+            "cgroupsPath": r.cgroup,
+            "cniResult": r.network.as_ref().and_then(|a| a.result.clone()),
+            "cniNetwork": r.network.as_ref().map(|a| &a.network.name),
+            "config": r.config,
+        });
+        info.insert("info".to_owned(), verbose.to_string());
+    }
+    Ok(cri::PodSandboxStatusResponse { status: Some(status), info, ..Default::default() })
+}
+
+pub async fn list(node: Arc<Node>, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse> {
+    let filter = req.filter.unwrap_or_default();
+    let mut items = Vec::new();
+    for pod in node.sandboxes.all() {
+        if !filter.id.is_empty() && !pod.id.starts_with(&filter.id) {
+            continue;
+        }
+        let mut r = pod.record.lock().await;
+        refresh(&mut r);
+        let state = cri_state(r.state);
+        if filter.state.as_ref().is_some_and(|s| s.state != state as i32) {
+            continue;
+        }
+        if !filter.label_selector.iter().all(|(k, v)| r.config.labels.get(k) == Some(v)) {
+            continue;
+        }
+        items.push(cri::PodSandbox {
+            id: r.id.clone(),
+            metadata: Some(r.metadata()),
+            state: state as i32,
+            created_at: r.created_at,
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+            runtime_handler: r.runtime_handler.clone(),
+        });
+    }
+    items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+    Ok(cri::ListPodSandboxResponse { items })
+}

@@ -1,0 +1,92 @@
+//! StopPodSandbox: stop pause (and the shim), CNI DEL with the cached result (always, even
+//! when the netns is gone), then release shm, netns pin and cgroup. Every step tolerates a
+//! resource that is already gone, so the same teardown serves Stop, Remove, the rollback of
+//! a failed RunPodSandbox and the clean-up of pods found half-made after a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use podrun_proto::cri;
+
+use super::{files, persist, shim, PodDirs, Record, State};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::{cgroup, netns};
+
+pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()> {
+    let pod = match node.sandboxes.get(&req.pod_sandbox_id) {
+        Ok(pod) => pod,
+        // CRI: stopping a pod that does not exist is success.
+        Err(e @ Error::NotFound { .. }) => {
+            tracing::debug!(error = %e, "StopPodSandbox of an unknown pod");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    // Run in a task of its own so a client that gives up does not cut teardown half-way.
+    tokio::spawn(async move {
+        let mut record = pod.record.lock().await;
+        stop_locked(&node, &mut record).await
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("StopPodSandbox task failed: {e}")))?
+}
+
+/// Stops a pod whose record the caller holds locked, and persists the outcome.
+pub(super) async fn stop_locked(node: &Node, record: &mut Record) -> Result<()> {
+    if record.stopped {
+        return Ok(());
+    }
+    let dirs = PodDirs::new(&node.config, &record.id);
+    let result = teardown(node, record).await;
+    record.state = record.state.to(State::NotReady)?;
+    persist(&dirs, record)?;
+    result
+}
+
+/// Releases everything the pod holds. Safe to repeat; sets `record.stopped` when complete.
+pub(super) async fn teardown(node: &Node, record: &mut Record) -> Result<()> {
+    stop_processes(record).await;
+
+    if let Some(att) = &record.network {
+        att.del(node.cni.as_ref()).await?;
+    }
+    if let Some(shm) = &record.shm {
+        files::unmount_shm(shm)?;
+    }
+    if let Some(path) = &record.netns {
+        netns::remove(path)?;
+    }
+    let cgroup_path = record.cgroup.clone();
+    tokio::task::spawn_blocking(move || cgroup::remove(&cgroup_path))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let _ = std::fs::remove_file(&record.shim_socket);
+    record.stopped = true;
+    Ok(())
+}
+
+/// Kills pause through the shim and shuts the shim down; when the shim cannot be reached,
+/// kills both by pid (after checking their start times, so no reused pid is hit).
+async fn stop_processes(record: &mut Record) {
+    let shim_alive = record.shim.as_ref().is_some_and(|s| s.is_alive());
+    if shim_alive {
+        match shim::Shim::connect(&record.id, &record.shim_socket).await {
+            Ok(client) => {
+                if let Err(e) = client.kill_and_delete(&record.id).await {
+                    tracing::warn!(pod = %record.id, error = %e, "stopping pause through the shim");
+                }
+                if let Err(e) = client.shutdown().await {
+                    tracing::warn!(pod = %record.id, error = %e, "shutting the shim down");
+                }
+            }
+            Err(e) => tracing::warn!(pod = %record.id, error = %e, "shim unreachable; killing by pid"),
+        }
+    }
+    if let Some(pause) = &record.pause {
+        pause.kill();
+    }
+    if let Some(s) = &record.shim {
+        shim::wait_gone(s, Duration::from_secs(2)).await;
+    }
+}
