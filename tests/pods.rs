@@ -1,0 +1,813 @@
+//! Pods with real networking, driven over CRI: real podrund, real netns, the distribution's
+//! CNI plugins, real shim and pause processes. Run as root (hack/test).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use podrun_proto::cri;
+use podrun_tests::netns::{eth0_ipv4, eth0_peer_master, seen_as, serve_peer_address};
+use podrun_tests::{pod_info, wait_until, Chain, Client, TestNode};
+
+async fn stop_and_remove(client: &mut Client, id: &str) {
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
+fn netns_name(info: &serde_json::Value) -> String {
+    let path = info["netnsPath"].as_str().expect("netnsPath");
+    Path::new(path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn pid_of(info: &serde_json::Value, key: &str) -> i32 {
+    info[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{key} missing in {info}")) as i32
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pods_reach_each_other_by_pod_ip_without_nat() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let a = node
+        .run_pod(&mut client, node.pod_config("pod-a"))
+        .await
+        .expect("pod a");
+    let b = node
+        .run_pod(&mut client, node.pod_config("pod-b"))
+        .await
+        .expect("pod b");
+    let (status_a, info_a) = pod_info(&mut client, &a).await.unwrap();
+    let (status_b, info_b) = pod_info(&mut client, &b).await.unwrap();
+    let ip_a: IpAddr = status_a.network.unwrap().ip.parse().unwrap();
+    let ip_b: IpAddr = status_b.network.unwrap().ip.parse().unwrap();
+    assert_ne!(ip_a, ip_b);
+    assert!(
+        ip_a.to_string().starts_with(&node.subnet_prefix),
+        "{ip_a} not in the test network"
+    );
+    assert_eq!(status_a.state, cri::PodSandboxState::SandboxReady as i32);
+
+    // The IP podrun reports is the one on the pod's own eth0, whose peer is on the bridge.
+    let (ns_a, ns_b) = (netns_name(&info_a), netns_name(&info_b));
+    assert_eq!(eth0_ipv4(&ns_a).unwrap(), ip_a);
+    assert_eq!(
+        eth0_peer_master(&ns_a).unwrap().as_deref(),
+        Some(node.bridge.as_str())
+    );
+    assert_eq!(
+        eth0_peer_master(&ns_b).unwrap().as_deref(),
+        Some(node.bridge.as_str())
+    );
+
+    // A connects to B over TCP; B sees A's own eth0 address (no NAT). The node reaches both.
+    let path_b = PathBuf::from(info_b["netnsPath"].as_str().unwrap());
+    let path_a = PathBuf::from(info_a["netnsPath"].as_str().unwrap());
+    serve_peer_address(Some(&path_b), 8080).unwrap();
+    serve_peer_address(Some(&path_a), 8080).unwrap();
+    let seen = seen_as(Some(&path_a), SocketAddr::new(ip_b, 8080)).unwrap();
+    assert_eq!(seen, eth0_ipv4(&ns_a).unwrap(), "B saw A as {seen}");
+    let seen = seen_as(Some(&path_b), SocketAddr::new(ip_a, 8080)).unwrap();
+    assert_eq!(seen, ip_b);
+    for ip in [ip_a, ip_b] {
+        let seen = seen_as(None, SocketAddr::new(ip, 8080)).unwrap();
+        assert_eq!(
+            seen.to_string(),
+            format!("{}1", node.subnet_prefix),
+            "the node reaches pods from its bridge address"
+        );
+    }
+
+    stop_and_remove(&mut client, &a).await;
+    stop_and_remove(&mut client, &b).await;
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gets_its_files_shm_cgroup_and_processes_and_stop_remove_release_them() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let mut config = node.pod_config("files");
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["podrun-test.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    config.annotations = [("note".to_owned(), "kept".to_owned())].into();
+    let id = node.run_pod(&mut client, config).await.unwrap();
+    let (status, info) = pod_info(&mut client, &id).await.unwrap();
+    assert_eq!(
+        status.annotations.get("note").map(String::as_str),
+        Some("kept")
+    );
+    assert_eq!(status.labels.get("test").map(String::as_str), Some("files"));
+    assert!(status.created_at > 0);
+    let pod_dir = node.dir.join("state/pods").join(&id);
+    let ip = status.network.unwrap().ip;
+    assert_eq!(
+        std::fs::read_to_string(pod_dir.join("hostname")).unwrap(),
+        "files\n"
+    );
+    assert!(std::fs::read_to_string(pod_dir.join("hosts"))
+        .unwrap()
+        .contains(&format!("{ip}\tfiles\n")));
+    assert_eq!(
+        std::fs::read_to_string(pod_dir.join("resolv.conf")).unwrap(),
+        "search podrun-test.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let shm = pod_dir.join("shm").display().to_string();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(&format!(" {shm} ")) && l.contains(" - tmpfs ")),
+        "no shm tmpfs at {shm}"
+    );
+
+    // pause runs in the pod cgroup, under its shim, with the pod's hostname, unprivileged.
+    let (shim, pause) = (pid_of(&info, "shimPid"), pid_of(&info, "pausePid"));
+    let ppid = std::fs::read_to_string(format!("/proc/{pause}/stat"))
+        .unwrap()
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
+    assert_eq!(ppid, shim, "pause is the shim's child");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pause}/cgroup")).unwrap();
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.ends_with(&format!("{}/{id}", node.cgroup_parent))),
+        "pause not in the pod cgroup:\n{cgroups}"
+    );
+    let uts = Command::new("nsenter")
+        .args(["-t", &pause.to_string(), "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&uts.stdout).trim(), "files");
+    let proc_status = std::fs::read_to_string(format!("/proc/{pause}/status")).unwrap();
+    assert!(
+        proc_status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65535")),
+        "{proc_status}"
+    );
+    assert!(
+        proc_status
+            .lines()
+            .any(|l| l == "CapEff:\t0000000000000000"),
+        "{proc_status}"
+    );
+    assert!(
+        proc_status.lines().any(|l| l == "NoNewPrivs:\t1"),
+        "{proc_status}"
+    );
+    // The shim is detached from podrund: its own session.
+    let sid = |pid: i32| nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid))).unwrap();
+    assert_eq!(sid(shim).as_raw(), shim);
+
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    // Stop is idempotent; status after stop says NotReady; stopped pods hold no processes.
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let (status, _) = pod_info(&mut client, &id).await.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxNotready as i32);
+    assert!(
+        !alive(pause) && !alive(shim),
+        "pause or shim survived StopPodSandbox"
+    );
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("removing twice is fine");
+    let err = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id,
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_network_pod_has_no_netns_no_cni_and_reports_the_node_ip() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let mut config = node.pod_config("hostnet");
+    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run_pod(&mut client, config).await.unwrap();
+    let (status, info) = pod_info(&mut client, &id).await.unwrap();
+    assert!(
+        info["netnsPath"].is_null() && info["cniResult"].is_null(),
+        "{info}"
+    );
+    assert!(!Path::new(&format!("/run/netns/podrun-{id}")).exists());
+    assert!(
+        podrun_tests::ip_reservations(&node.ipam_dir).is_empty(),
+        "CNI was called"
+    );
+    // The node's IP: the address of the interface holding the default route.
+    let route = String::from_utf8(
+        Command::new("ip")
+            .args(["-4", "-o", "route", "show", "default"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let dev = route
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .expect("no default route on this machine");
+    let addrs = String::from_utf8(
+        Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", dev])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let node_ip = addrs
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(status.network.unwrap().ip, node_ip);
+    // pause shares the node's network namespace.
+    let pause = pid_of(&info, "pausePid");
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pause}/ns/net")).unwrap(),
+        own
+    );
+    stop_and_remove(&mut client, &id).await;
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pid_shared_pod_has_pause_as_pid_1_reaping_orphans() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let mut config = node.pod_config("pidpod");
+    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = node.run_pod(&mut client, config).await.unwrap();
+    let (_, info) = pod_info(&mut client, &id).await.unwrap();
+    let pause = pid_of(&info, "pausePid");
+    let status = std::fs::read_to_string(format!("/proc/{pause}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert_eq!(
+        nspid.split_whitespace().last(),
+        Some("1"),
+        "pause is not PID 1 of its namespace: {nspid}"
+    );
+
+    // A process in the pod's PID namespace leaves an orphan behind; it must be reparented to
+    // pause and, once it exits, reaped (not left a zombie).
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &pause.to_string(),
+            "--pid",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.5 & exit 0",
+        ])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let children = || {
+        std::fs::read_to_string(format!("/proc/{pause}/task/{pause}/children")).unwrap_or_default()
+    };
+    let orphan: i32 = children()
+        .split_whitespace()
+        .next()
+        .expect("the orphan was not reparented to pause")
+        .parse()
+        .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{orphan}")).exists()
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "orphan {orphan} not reaped: {}",
+            std::fs::read_to_string(format!("/proc/{orphan}/stat")).unwrap_or_default()
+        )
+    });
+    assert!(alive(pause), "pause died while reaping");
+    stop_and_remove(&mut client, &id).await;
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_a_podrund_crash_and_are_managed_after_it() {
+    let mut node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let a = node
+        .run_pod(&mut client, node.pod_config("keep-a"))
+        .await
+        .unwrap();
+    let b = node
+        .run_pod(&mut client, node.pod_config("keep-b"))
+        .await
+        .unwrap();
+    let before_a = pod_info(&mut client, &a).await.unwrap();
+    let before_b = pod_info(&mut client, &b).await.unwrap();
+    drop(client);
+
+    node.kill_daemon();
+    let (shim, pause) = (
+        pid_of(&before_a.1, "shimPid"),
+        pid_of(&before_a.1, "pausePid"),
+    );
+    assert!(
+        alive(shim) && alive(pause),
+        "the pod's processes died with podrund"
+    );
+    node.spawn_daemon();
+
+    let mut client = node.client().await;
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 2);
+    for (id, before) in [(&a, &before_a), (&b, &before_b)] {
+        let (status, info) = pod_info(&mut client, id).await.unwrap();
+        assert_eq!(
+            status.state,
+            cri::PodSandboxState::SandboxReady as i32,
+            "{id} not ready after restart"
+        );
+        assert_eq!(
+            status.network, before.0.network,
+            "IP changed across restart"
+        );
+        assert_eq!(info["pausePid"], before.1["pausePid"]);
+    }
+    stop_and_remove(&mut client, &a).await;
+    stop_and_remove(&mut client, &b).await;
+    assert!(!alive(shim) && !alive(pause));
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_code_and_changes_nothing() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    for (field, edit) in [
+        (
+            "config.metadata.name",
+            (|m: &mut cri::PodSandboxMetadata| m.name.clear()) as fn(&mut cri::PodSandboxMetadata),
+        ),
+        ("config.metadata.namespace", |m| m.namespace.clear()),
+        ("config.metadata.uid", |m| m.uid.clear()),
+    ] {
+        let mut config = node.pod_config("bad");
+        edit(config.metadata.as_mut().unwrap());
+        let err = node.run_pod(&mut client, config).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().contains(field),
+            "{field} not named in {:?}",
+            err.message()
+        );
+    }
+    let err = client
+        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("config"));
+    let err = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: "f00d".into(),
+            verbose: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // Unknown ids are success for Stop and Remove (kubelet's clean-up relies on it).
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: "f00d".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: "f00d".into(),
+        })
+        .await
+        .unwrap();
+    // RPCs of later issues say who they are.
+    let err = client
+        .exec_sync(cri::ExecSyncRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("ExecSync"));
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty());
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_cni_plugin_fails_the_pod_with_its_message_and_leaves_nothing() {
+    let node = TestNode::start(Chain::FailingAfterBridge);
+    let mut client = node.client().await;
+    let err = node
+        .run_pod(&mut client, node.pod_config("doomed"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal);
+    assert!(
+        err.message().contains("tuning") && err.message().contains("no_such_knob"),
+        "{}",
+        err.message()
+    );
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "a failed pod is listed: {pods:?}");
+    // The bridge plugin had attached the pod before tuning failed: all of it is rolled back.
+    node.assert_no_leaks();
+    assert!(node.log().contains("rolling back"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_pods_get_distinct_ips_and_all_clean_up() {
+    let node = TestNode::start(Chain::Standard);
+    let client = node.client().await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut client = client.clone();
+        let config = node.pod_config(&format!("many-{i}"));
+        tasks.push(tokio::spawn(async move {
+            client
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().pod_sandbox_id)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let id = t.await.unwrap().expect("concurrent RunPodSandbox");
+        node.remember(&id);
+        ids.push(id);
+    }
+    let mut client = client;
+    let mut ips = std::collections::HashSet::new();
+    for id in &ids {
+        let (status, _) = pod_info(&mut client, id).await.unwrap();
+        assert!(ips.insert(status.network.unwrap().ip), "duplicate IP");
+    }
+    assert_eq!(ips.len(), 20);
+    let mut tasks = Vec::new();
+    for id in ids {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            stop_and_remove(&mut client, &id).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubelet_retry_of_the_same_pod_gets_the_same_pod() {
+    let node = TestNode::start(Chain::Standard);
+    let client = node.client().await;
+    let config = node.pod_config("retry");
+    let run = |mut c: Client, config: cri::PodSandboxConfig| async move {
+        c.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id
+    };
+    // Two at once (the second arrives while the first is in flight), then one after.
+    let (first, second) = tokio::join!(
+        run(client.clone(), config.clone()),
+        run(client.clone(), config.clone())
+    );
+    let third = run(client.clone(), config.clone()).await;
+    node.remember(&first);
+    assert_eq!(first, second);
+    assert_eq!(first, third);
+    let mut client = client;
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    // A new attempt is a new pod.
+    let mut next = config;
+    next.metadata.as_mut().unwrap().attempt = 1;
+    let fourth = node.run_pod(&mut client.clone(), next).await.unwrap();
+    assert_ne!(fourth, first);
+    stop_and_remove(&mut client, &first).await;
+    stop_and_remove(&mut client, &fourth).await;
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_by_id_prefix_state_and_labels() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let a = node
+        .run_pod(&mut client, node.pod_config("list-a"))
+        .await
+        .unwrap();
+    let b = node
+        .run_pod(&mut client, node.pod_config("list-b"))
+        .await
+        .unwrap();
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+        .unwrap();
+    let list = |filter: cri::PodSandboxFilter| {
+        let mut c = client.clone();
+        async move {
+            let mut ids: Vec<String> = c
+                .list_pod_sandbox(cri::ListPodSandboxRequest {
+                    filter: Some(filter),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| p.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(
+        list(cri::PodSandboxFilter {
+            id: a[..12].into(),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    let ready = cri::PodSandboxStateValue {
+        state: cri::PodSandboxState::SandboxReady as i32,
+    };
+    assert_eq!(
+        list(cri::PodSandboxFilter {
+            state: Some(ready),
+            ..Default::default()
+        })
+        .await,
+        vec![a.clone()]
+    );
+    let selector = [("test".to_owned(), "list-b".to_owned())].into();
+    assert_eq!(
+        list(cri::PodSandboxFilter {
+            label_selector: selector,
+            ..Default::default()
+        })
+        .await,
+        vec![b.clone()]
+    );
+    // Status also resolves a unique prefix, as crictl passes them.
+    let (status, _) = pod_info(&mut client, &a[..10]).await.unwrap();
+    assert_eq!(status.id, a);
+    stop_and_remove(&mut client, &a).await;
+    stop_and_remove(&mut client, &b).await;
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_status_and_runtime_config_answer_as_cri_clients_expect() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let v = client
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            v.version.as_str(),
+            v.runtime_name.as_str(),
+            v.runtime_api_version.as_str()
+        ),
+        ("0.1.0", "podrun", "v1")
+    );
+    let cfg = client
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        cfg.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
+    let condition = |s: &cri::StatusResponse, t: &str| {
+        s.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.r#type == t)
+            .cloned()
+            .unwrap()
+    };
+    let s = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status && condition(&s, "NetworkReady").status);
+    assert!(s.info.contains_key("config"));
+    // Without a CNI config the network is not ready, with a reason, and pods cannot start.
+    std::fs::remove_file(node.dir.join("cni/10-test.conflist")).unwrap();
+    let s = client
+        .status(cri::StatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let net = condition(&s, "NetworkReady");
+    assert!(
+        !net.status
+            && net.reason == "NetworkPluginNotReady"
+            && net.message.contains("no CNI configuration"),
+        "{net:?}"
+    );
+    let err = node
+        .run_pod(&mut client, node.pod_config("nonet"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    node.assert_no_leaks();
+}
+
+#[test]
+fn podctl_runs_pods_from_crictl_style_files() {
+    let node = TestNode::start(Chain::Standard);
+    let podctl = |args: &[&str]| {
+        let out = Command::new(podrun_tests::bin_dir().join("podctl"))
+            .arg("-r")
+            .arg(&node.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The same YAML crictl reads: snake_case fields, enums as numbers.
+    let file = node.dir.join("pod.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "metadata:\n  name: cli\n  namespace: podrun-test\n  uid: cli-uid\nhostname: cli\nlabels:\n  app: cli\nlinux:\n  cgroup_parent: {}\n  security_context:\n    namespace_options:\n      pid: 0\n",
+            node.cgroup_parent
+        ),
+    )
+    .unwrap();
+    let id = podctl(&["runp", file.to_str().unwrap()]).trim().to_owned();
+    node.remember(&id);
+    assert_eq!(id.len(), 64);
+    let table = podctl(&["pods"]);
+    assert!(
+        table.contains(&id[..13]) && table.contains("Ready") && table.contains("cli"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&podctl(&["pods", "-o", "json", "--label", "app=cli"])).unwrap();
+    assert_eq!(json["items"][0]["id"], id.as_str());
+    let inspect: serde_json::Value =
+        serde_json::from_str(&podctl(&["inspectp", &id[..8]])).unwrap();
+    assert!(inspect["status"]["network"]["ip"]
+        .as_str()
+        .unwrap()
+        .starts_with(&node.subnet_prefix));
+    assert_eq!(
+        inspect["status"]["linux"]["namespaces"]["options"]["pid"],
+        0
+    );
+    assert!(inspect["info"]["info"]["pausePid"].is_i64());
+    let version = podctl(&["version"]);
+    assert!(version.contains("RuntimeName:  podrun"), "{version}");
+    podctl(&["stopp", &id]);
+    podctl(&["rmp", &id]);
+    assert!(podctl(&["pods", "-q"]).trim().is_empty());
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_run_side_by_side_without_seeing_each_other() {
+    let one = TestNode::start(Chain::Standard);
+    let two = TestNode::start(Chain::Standard);
+    let (mut c1, mut c2) = (one.client().await, two.client().await);
+    let p1 = one.run_pod(&mut c1, one.pod_config("side")).await.unwrap();
+    let p2 = two.run_pod(&mut c2, two.pod_config("side")).await.unwrap();
+    let ids = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            c.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .into_iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ids(&mut c1).await, vec![p1.clone()]);
+    assert_eq!(ids(&mut c2).await, vec![p2.clone()]);
+    stop_and_remove(&mut c1, &p1).await;
+    stop_and_remove(&mut c2, &p2).await;
+    one.assert_no_leaks();
+    two.assert_no_leaks();
+}

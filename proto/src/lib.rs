@@ -25,21 +25,33 @@ pub mod client {
 
     /// A channel to the CRI server at `socket` (a path, or `unix://` + path).
     pub async fn channel(socket: &Path) -> Result<Channel, tonic::transport::Error> {
-        let path: PathBuf = socket.to_str().and_then(|s| s.strip_prefix("unix://")).map(PathBuf::from).unwrap_or_else(|| socket.to_owned());
+        let path: PathBuf = socket
+            .to_str()
+            .and_then(|s| s.strip_prefix("unix://"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| socket.to_owned());
         // The URI is required by tonic but unused: the connector below dials the socket.
         Endpoint::from_static("http://[::]:50051")
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
             }))
             .await
     }
 
-    pub async fn runtime(socket: &Path) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+    pub async fn runtime(
+        socket: &Path,
+    ) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
         Ok(RuntimeServiceClient::new(channel(socket).await?).max_decoding_message_size(64 << 20))
     }
 
-    pub async fn image(socket: &Path) -> Result<ImageServiceClient<Channel>, tonic::transport::Error> {
+    pub async fn image(
+        socket: &Path,
+    ) -> Result<ImageServiceClient<Channel>, tonic::transport::Error> {
         Ok(ImageServiceClient::new(channel(socket).await?))
     }
 }

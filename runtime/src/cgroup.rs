@@ -11,7 +11,8 @@ use crate::error::{Error, Result};
 
 /// The mount points of every cgroup hierarchy, one per hierarchy.
 pub fn hierarchies() -> Result<Vec<PathBuf>> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(Error::io("reading", "/proc/self/mountinfo"))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
     Ok(parse_hierarchies(&info))
 }
 
@@ -19,10 +20,14 @@ fn parse_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
     let mut seen = Vec::new();
     let mut out = Vec::new();
     for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let left: Vec<&str> = left.split(' ').collect();
         let right: Vec<&str> = right.split(' ').collect();
-        let (Some(root), Some(mountpoint), Some(fstype)) = (left.get(3), left.get(4), right.first()) else {
+        let (Some(root), Some(mountpoint), Some(fstype)) =
+            (left.get(3), left.get(4), right.first())
+        else {
             continue;
         };
         if *root != "/" || !(*fstype == "cgroup" || *fstype == "cgroup2") {
@@ -41,14 +46,20 @@ fn parse_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
 /// Rejects cgroup paths that could escape the hierarchy.
 pub fn validate(path: &str) -> Result<()> {
     if !path.starts_with('/') || path.split('/').any(|c| c == ".." || c == ".") {
-        return Err(Error::invalid("linux.cgroup_parent", format!("{path:?} must be an absolute path without . or ..")));
+        return Err(Error::invalid(
+            "linux.cgroup_parent",
+            format!("{path:?} must be an absolute path without . or .."),
+        ));
     }
     Ok(())
 }
 
 fn dirs(path: &str) -> Result<Vec<PathBuf>> {
     validate(path)?;
-    Ok(hierarchies()?.into_iter().map(|h| h.join(path.trim_start_matches('/'))).collect())
+    Ok(hierarchies()?
+        .into_iter()
+        .map(|h| h.join(path.trim_start_matches('/')))
+        .collect())
 }
 
 /// Makes `path` (and missing parents) in every hierarchy.
@@ -67,11 +78,14 @@ pub fn create(path: &str) -> Result<()> {
 }
 
 fn inherit_cpuset(dir: &Path, knob: &str) -> Result<()> {
-    let parent = dir.parent().ok_or_else(|| Error::Internal(format!("{} has no parent", dir.display())))?;
+    let parent = dir
+        .parent()
+        .ok_or_else(|| Error::Internal(format!("{} has no parent", dir.display())))?;
     let mut value = fs::read_to_string(parent.join(knob)).unwrap_or_default();
     if value.trim().is_empty() {
         inherit_cpuset(parent, knob)?;
-        value = fs::read_to_string(parent.join(knob)).map_err(Error::io("reading", parent.join(knob)))?;
+        value = fs::read_to_string(parent.join(knob))
+            .map_err(Error::io("reading", parent.join(knob)))?;
     }
     fs::write(dir.join(knob), value.trim()).map_err(Error::io("writing", dir.join(knob)))
 }
@@ -100,7 +114,10 @@ pub fn pids(path: &str) -> Result<Vec<i32>> {
 /// so removal retries briefly.
 pub fn remove(path: &str) -> Result<()> {
     for pid in pids(path)? {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
     for dir in dirs(path)? {
         let mut tries = 0;
@@ -138,10 +155,14 @@ mod tests {
 29 1 0:24 / /mnt/again rw - cgroup cgroup rw,cpu,cpuacct
 30 1 0:25 /nested /mnt/nested rw - cgroup cgroup rw,memory";
         let got = parse_hierarchies(info);
-        let want: Vec<PathBuf> = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/memory"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let want: Vec<PathBuf> = [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/memory",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         assert_eq!(got, want);
     }
 

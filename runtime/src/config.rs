@@ -31,7 +31,8 @@ impl File {
             }
             Err(e) => return Err(Error::io("reading config", path)(e)),
         };
-        toml::from_str(&text).map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))
+        toml::from_str(&text)
+            .map_err(|e| Error::invalid("config", format!("{}: {e}", path.display())))
     }
 
     /// Keys set in `over` win over ours.
@@ -85,14 +86,21 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_defaults_fill_the_rest() {
-        let file: File = toml::from_str("root = \"/r\"\ncni-conf-dir = \"/c\"\nlog-level = \"debug\"").unwrap();
-        let flags = File { root: Some("/flag".into()), ..File::default() };
+        let file: File =
+            toml::from_str("root = \"/r\"\ncni-conf-dir = \"/c\"\nlog-level = \"debug\"").unwrap();
+        let flags = File {
+            root: Some("/flag".into()),
+            ..File::default()
+        };
         let c = Config::from(file.overlay(flags));
         assert_eq!(c.root, PathBuf::from("/flag"));
         assert_eq!(c.cni_conf_dir, PathBuf::from("/c"));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.listen, PathBuf::from("/run/podrun/podrun.sock"));
-        assert_eq!(c.cni_bin_dirs, vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]);
+        assert_eq!(
+            c.cni_bin_dirs,
+            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+        );
     }
 
     #[test]

@@ -31,10 +31,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("{what}: {source}")]
-    Sys {
-        what: String,
-        source: nix::Error,
-    },
+    Sys { what: String, source: nix::Error },
     #[error("CNI plugin {plugin:?} failed on {command} of network {network:?}: {message}")]
     Cni {
         plugin: String,
@@ -49,7 +46,10 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
     #[error("{cause}; rolling back also failed: {rollback}")]
-    Rollback { cause: Box<Error>, rollback: Box<Error> },
+    Rollback {
+        cause: Box<Error>,
+        rollback: Box<Error>,
+    },
 }
 
 impl Error {
@@ -70,7 +70,10 @@ impl Error {
     }
 
     pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidArgument { field, reason: reason.into() }
+        Error::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
     }
 
     pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {

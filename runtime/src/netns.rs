@@ -23,8 +23,17 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf> {
     let pinned = std::thread::spawn(move || -> Result<()> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(Error::sys("unshare(CLONE_NEWNET)"))?;
         let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
-        mount(Some(own.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(Error::sys(format!("bind-mounting {own} on {}", target.display())))
+        mount(
+            Some(own.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(Error::sys(format!(
+            "bind-mounting {own} on {}",
+            target.display()
+        )))
         // The thread ends here, and its namespace with it unless the pin holds it.
     })
     .join()
@@ -43,29 +52,52 @@ pub fn remove(path: &Path) -> Result<()> {
         Err(e) => return Err(Error::sys(format!("unmounting {}", path.display()))(e)),
     }
     match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("removing netns pin", path)(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(Error::io("removing netns pin", path)(e))
+        }
         _ => Ok(()),
     }
 }
 
 /// Is `path` a pinned namespace (a mount point of nsfs)?
 pub fn is_pinned(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// Makes `dir` a shared mount point, as `ip netns add` does, so that pins made here are
 /// seen in mount namespaces created later (containers, other daemons).
 fn ensure_shared_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-    let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    let shared = || {
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     match shared() {
         Ok(()) => Ok(()),
         Err(nix::Error::EINVAL) => {
             // Not a mount point yet: bind it onto itself first.
-            mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                .and_then(|_| shared())
-                .map_err(Error::sys(format!("making {} a shared mount", dir.display())))
+            mount(
+                Some(dir),
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .and_then(|_| shared())
+            .map_err(Error::sys(format!(
+                "making {} a shared mount",
+                dir.display()
+            )))
         }
-        Err(e) => Err(Error::sys(format!("making {} a shared mount", dir.display()))(e)),
+        Err(e) => Err(Error::sys(format!(
+            "making {} a shared mount",
+            dir.display()
+        ))(e)),
     }
 }

@@ -18,8 +18,16 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: Config) -> Node {
-        let cni = Arc::new(ProcessExec { bin_dirs: config.cni_bin_dirs.clone(), timeout: Duration::from_secs(60) });
-        Node { binaries: Binaries::find(), cni, sandboxes: Sandboxes::default(), config }
+        let cni = Arc::new(ProcessExec {
+            bin_dirs: config.cni_bin_dirs.clone(),
+            timeout: Duration::from_secs(60),
+        });
+        Node {
+            binaries: Binaries::find(),
+            cni,
+            sandboxes: Sandboxes::default(),
+            config,
+        }
     }
 }
 
@@ -35,24 +43,36 @@ pub const PAUSE_BINARY: &str = "podrun-pause";
 
 impl Binaries {
     pub fn find() -> Binaries {
-        let own_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned));
-        Binaries { shim: find_binary(SHIM_BINARY, own_dir.as_deref()), pause: find_binary(PAUSE_BINARY, own_dir.as_deref()) }
+        let own_dir = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_owned));
+        Binaries {
+            shim: find_binary(SHIM_BINARY, own_dir.as_deref()),
+            pause: find_binary(PAUSE_BINARY, own_dir.as_deref()),
+        }
     }
 
     /// Why the runtime cannot start pods, if it cannot.
     pub fn missing(&self) -> Option<String> {
-        let missing: Vec<&str> = [&self.shim, &self.pause].into_iter().filter_map(|b| b.as_ref().err().map(String::as_str)).collect();
+        let missing: Vec<&str> = [&self.shim, &self.pause]
+            .into_iter()
+            .filter_map(|b| b.as_ref().err().map(String::as_str))
+            .collect();
         (!missing.is_empty()).then(|| missing.join("; "))
     }
 }
 
 fn find_binary(name: &str, own_dir: Option<&Path>) -> Result<PathBuf, String> {
-    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
     own_dir
         .into_iter()
         .map(Path::to_owned)
         .chain(path_dirs)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| format!("{name} not found next to podrund or on PATH (install it with hack/setup)"))
+        .ok_or_else(|| {
+            format!("{name} not found next to podrund or on PATH (install it with hack/setup)")
+        })
 }

@@ -56,6 +56,10 @@ impl Spec {
     }
 
     pub fn namespace(&self, kind: &str) -> Option<&Namespace> {
-        self.linux.as_ref()?.namespaces.iter().find(|n| n.kind == kind)
+        self.linux
+            .as_ref()?
+            .namespaces
+            .iter()
+            .find(|n| n.kind == kind)
     }
 }

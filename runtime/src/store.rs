@@ -13,22 +13,35 @@ use crate::error::{Error, Result};
 
 /// Writes `value` to `path` so that readers see the old or the new record, never a mix.
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
     write_bytes_atomic(path, &bytes)
 }
 
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("record")));
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("record")
+    ));
     let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(Error::io("writing", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(Error::io("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io("syncing", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("syncing", dir))
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = fs::read(path).map_err(Error::io("reading", path))?;
-    serde_json::from_slice(&bytes).map_err(|e| Error::Internal(format!("decoding {}: {e}", path.display())))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Internal(format!("decoding {}: {e}", path.display())))
 }
 
 /// A new object id: 64 lowercase hex characters from the kernel's random source.
@@ -61,7 +74,10 @@ impl ProcessId {
     /// SIGKILLs the process if it is still the one we recorded.
     pub fn kill(&self) {
         if self.is_alive() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -78,7 +94,9 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 fn is_zombie(pid: i32) -> bool {
-    stat_fields(pid).and_then(|f| f.first().cloned()).is_some_and(|s| s == "Z" || s == "X")
+    stat_fields(pid)
+        .and_then(|f| f.first().cloned())
+        .is_some_and(|s| s == "Z" || s == "X")
 }
 
 #[cfg(test)]
@@ -99,7 +117,9 @@ mod tests {
     fn ids_are_64_lowercase_hex_and_distinct() {
         let (a, b) = (new_id().unwrap(), new_id().unwrap());
         assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(a, b);
     }
 
@@ -107,6 +127,10 @@ mod tests {
     fn process_identity_tells_a_live_process_from_a_reused_pid() {
         let me = ProcessId::of(std::process::id() as i32).unwrap();
         assert!(me.is_alive());
-        assert!(!ProcessId { start_time: me.start_time + 1, ..me }.is_alive());
+        assert!(!ProcessId {
+            start_time: me.start_time + 1,
+            ..me
+        }
+        .is_alive());
     }
 }

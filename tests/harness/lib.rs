@@ -1,0 +1,508 @@
+//! The test bed for podrun's end-to-end tests: a real podrund instance per test, with its
+//! own root, state dir, socket, CNI network (bridge, subnet, IPAM dir) and cgroup parent,
+//! so tests run side by side; and checks, from the outside, that nothing was leaked.
+
+pub mod netns;
+
+use std::fs::{self, OpenOptions};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use podrun_proto::client;
+use podrun_proto::cri;
+use podrun_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+pub type Client = RuntimeServiceClient<Channel>;
+
+/// Fails loudly, naming what to install, when a prerequisite is missing.
+pub fn require_root_and_tools() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "podrun's end-to-end tests need root"
+    );
+    for (tool, package) in [
+        ("/usr/lib/cni/bridge", "containernetworking-plugins"),
+        ("/usr/sbin/ip", "iproute2"),
+        ("/usr/bin/nsenter", "util-linux"),
+    ] {
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing: install {package} (hack/setup does)"
+        );
+    }
+}
+
+/// Where cargo put podrun's binaries, next to this test's executable.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<triple>/debug/deps/pods-xxxx -> target/<triple>/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_owned();
+    for b in [
+        "podrund",
+        "containerd-shim-podrun-v2",
+        "podrun-pause",
+        "podctl",
+    ] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} missing: run `cargo build --workspace --bins` (hack/test does)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// A test's slot: a small number unique among tests running now on this machine, which
+/// names the bridge and picks the subnet. Held by an exclusive directory.
+struct Slot {
+    n: u8,
+    lock: PathBuf,
+}
+
+impl Slot {
+    fn take() -> Slot {
+        fs::create_dir_all("/run/podrun-tests").expect("creating /run/podrun-tests");
+        loop {
+            for n in 1..=250u8 {
+                let lock = PathBuf::from(format!("/run/podrun-tests/slot-{n}"));
+                if fs::create_dir(&lock).is_ok() {
+                    return Slot { n, lock };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.lock);
+    }
+}
+
+/// The CNI plugins a test network chains after the bridge.
+pub enum Chain {
+    /// bridge, loopback, portmap: the default network.
+    Standard,
+    /// ... plus a plugin that fails after the bridge has attached the pod.
+    FailingAfterBridge,
+}
+
+/// One podrund instance with everything of its own.
+pub struct TestNode {
+    slot: Slot,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub bridge: String,
+    pub subnet_prefix: String,
+    pub ipam_dir: PathBuf,
+    pub cgroup_parent: String,
+    daemon: Option<Child>,
+    pods: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestNode {
+    pub fn start(chain: Chain) -> TestNode {
+        require_root_and_tools();
+        let slot = Slot::take();
+        let n = slot.n;
+        let dir = PathBuf::from(format!("/tmp/podrun-test-{n}"));
+        let _ = fs::remove_dir_all(&dir);
+        let bridge = format!("prt{n}");
+        let _ = Command::new("ip")
+            .args(["link", "del", &bridge])
+            .stderr(Stdio::null())
+            .status();
+        let node = TestNode {
+            socket: dir.join("state/podrun.sock"),
+            ipam_dir: dir.join("ipam"),
+            subnet_prefix: format!("10.240.{n}."),
+            cgroup_parent: format!("/podrun-test-{n}"),
+            bridge,
+            dir,
+            slot,
+            daemon: None,
+            pods: Default::default(),
+        };
+        node.write_cni(chain);
+        let mut node = node;
+        node.spawn_daemon();
+        node
+    }
+
+    fn write_cni(&self, chain: Chain) {
+        let extra = match chain {
+            Chain::Standard => String::new(),
+            Chain::FailingAfterBridge => {
+                r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#.to_owned()
+            }
+        };
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"podrun-test-{n}","plugins":[
+  {{"type":"bridge","bridge":"{br}","isGateway":true,"ipMasq":false,"hairpinMode":true,
+    "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{p}0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{ipam}"}}}},
+  {{"type":"loopback"}}{extra},
+  {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+            n = self.slot.n,
+            br = self.bridge,
+            p = self.subnet_prefix,
+            ipam = self.ipam_dir.display(),
+        );
+        fs::create_dir_all(self.dir.join("cni")).unwrap();
+        fs::write(self.dir.join("cni/10-test.conflist"), conf).unwrap();
+    }
+
+    /// Starts podrund and waits until it answers.
+    pub fn spawn_daemon(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("podrund.log"))
+            .unwrap();
+        let child = Command::new(bin_dir().join("podrund"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--state")
+            .arg(self.dir.join("state"))
+            .arg("--cni-conf-dir")
+            .arg(self.dir.join("cni"))
+            .args(["--cni-bin-dir", "/usr/lib/cni", "--log-level", "debug"])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting podrund");
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "podrund did not come up; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILLs podrund, as a crash would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        let _ =
+            fs::File::open(self.dir.join("podrund.log")).and_then(|mut f| f.read_to_string(&mut s));
+        s
+    }
+
+    pub async fn client(&self) -> Client {
+        client::runtime(&self.socket)
+            .await
+            .expect("connecting to podrund")
+    }
+
+    /// A pod config with unique metadata, in this node's cgroup parent.
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: "podrun-test".into(),
+                uid: format!("uid-{name}-{}", self.slot.n),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            labels: [("test".to_owned(), name.to_owned())].into(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Runs a pod and remembers its id for the leak checks.
+    pub async fn run_pod(
+        &self,
+        client: &mut Client,
+        config: cri::PodSandboxConfig,
+    ) -> Result<String, tonic::Status> {
+        let id = client
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        self.remember(&id);
+        Ok(id)
+    }
+
+    pub fn remember(&self, id: &str) {
+        self.pods.lock().unwrap().push(id.to_owned());
+    }
+
+    /// Pinned netns of pods this test made (or that podrund still records), still present.
+    fn netns_pins(&self) -> Vec<PathBuf> {
+        let mut ids = self.pods.lock().unwrap().clone();
+        ids.extend(
+            fs::read_dir(self.dir.join("root/pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        );
+        ids.iter()
+            .map(|id| PathBuf::from(format!("/run/netns/podrun-{id}")))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
+    /// Everything podrun made for this node that is still there; empty when nothing leaked.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for sub in ["root/pods", "state/pods"] {
+            if let Ok(entries) = fs::read_dir(self.dir.join(sub)) {
+                found.extend(
+                    entries
+                        .flatten()
+                        .map(|e| format!("state file {}", e.path().display())),
+                );
+            }
+        }
+        let state = self.dir.join("state").display().to_string();
+        for pid in processes_mentioning(&state) {
+            found.push(format!("process {pid} ({})", cmdline(pid)));
+        }
+        for pid in pause_children_of_gone_shims(&self.cgroup_parent) {
+            found.push(format!("process {pid} in pod cgroup"));
+        }
+        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+            for line in info
+                .lines()
+                .filter(|l| l.contains(&self.dir.display().to_string()))
+            {
+                found.push(format!("mount {line}"));
+            }
+        }
+        found.extend(
+            self.netns_pins()
+                .into_iter()
+                .map(|p| format!("netns {}", p.display())),
+        );
+        found.extend(
+            bridge_ports(&self.bridge)
+                .into_iter()
+                .map(|p| format!("veth {p} on {}", self.bridge)),
+        );
+        found.extend(
+            ip_reservations(&self.ipam_dir)
+                .into_iter()
+                .map(|r| format!("IP reservation {r}")),
+        );
+        found.extend(
+            cgroup_children(&self.cgroup_parent)
+                .into_iter()
+                .map(|c| format!("cgroup {c}")),
+        );
+        found
+    }
+
+    pub fn assert_no_leaks(&self) {
+        let left = self.leftovers();
+        assert!(left.is_empty(), "leaked:\n  {}", left.join("\n  "));
+    }
+}
+
+impl Drop for TestNode {
+    /// Stops the daemon and clears whatever a failed test left, so later tests start clean.
+    fn drop(&mut self) {
+        self.kill_daemon();
+        let state = self.dir.join("state").display().to_string();
+        for pid in processes_mentioning(&state) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for c in cgroup_children(&self.cgroup_parent) {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "for p in $(cat {c}/cgroup.procs); do kill -9 $p; done"
+                ))
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+            for line in info.lines() {
+                let mountpoint = line.split(' ').nth(4).unwrap_or_default();
+                if mountpoint.starts_with(&self.dir.display().to_string()) {
+                    let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        for ns in self.netns_pins() {
+            let _ = nix::mount::umount2(&ns, nix::mount::MntFlags::MNT_DETACH);
+            let _ = fs::remove_file(&ns);
+        }
+        for h in cgroup_hierarchies() {
+            let base = h.join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(entries) = fs::read_dir(&base) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = fs::remove_dir(e.path());
+                }
+            }
+            let _ = fs::remove_dir(&base);
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Processes whose command line mentions `needle` (the shims name podrund's socket).
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&pid| {
+                    pid != me
+                        && cmdline(pid).contains(needle)
+                        && !cmdline(pid)
+                            .starts_with(&bin_dir().join("podrund").display().to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pause_children_of_gone_shims(parent: &str) -> Vec<i32> {
+    cgroup_children(parent)
+        .iter()
+        .flat_map(|c| {
+            fs::read_to_string(format!("{c}/cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// The cgroup mount points, read independently of podrun's own code.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split(' ').next()?;
+            let f: Vec<&str> = left.split(' ').collect();
+            (matches!(fstype, "cgroup" | "cgroup2") && f.get(3) == Some(&"/"))
+                .then(|| PathBuf::from(f[4]))
+        })
+        .collect()
+}
+
+/// Leaf cgroups left under `parent`, in any hierarchy.
+pub fn cgroup_children(parent: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in cgroup_hierarchies() {
+        if let Ok(entries) = fs::read_dir(h.join(parent.trim_start_matches('/'))) {
+            out.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path().display().to_string()),
+            );
+        }
+    }
+    out
+}
+
+/// Interfaces enslaved to `bridge` (the host ends of pod veths).
+pub fn bridge_ports(bridge: &str) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", bridge])
+        .stderr(Stdio::null())
+        .output();
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// host-local's reservation files (one per allocated IP) under `dir`.
+pub fn ip_reservations(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for net in fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in fs::read_dir(net.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name != "lock" && !name.starts_with("last_reserved_ip") {
+                out.push(f.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The verbose info podrund gives for a pod.
+pub async fn pod_info(
+    client: &mut Client,
+    id: &str,
+) -> Result<(cri::PodSandboxStatus, serde_json::Value)> {
+    let resp = client
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info = resp.info.get("info").context("no verbose info")?;
+    Ok((
+        resp.status.context("no status")?,
+        serde_json::from_str(info)?,
+    ))
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        if Instant::now() > deadline {
+            bail!("condition not met within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}

@@ -22,7 +22,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Runs plugin binary `plugin` with the CNI variables `env` and `stdin` as its input.
 pub trait Exec: Send + Sync {
-    fn run<'a>(&'a self, plugin: &'a str, env: &'a [(String, String)], stdin: Vec<u8>) -> BoxFuture<'a, Result<Output>>;
+    fn run<'a>(
+        &'a self,
+        plugin: &'a str,
+        env: &'a [(String, String)],
+        stdin: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Output>>;
 }
 
 /// Executes the real plugin binaries found in `bin_dirs`.
@@ -34,24 +39,47 @@ pub struct ProcessExec {
 impl ProcessExec {
     fn find(&self, plugin: &str) -> Result<PathBuf> {
         if plugin.contains('/') {
-            return Err(Error::invalid("CNI config", format!("plugin type {plugin:?} must be a bare name")));
+            return Err(Error::invalid(
+                "CNI config",
+                format!("plugin type {plugin:?} must be a bare name"),
+            ));
         }
-        self.bin_dirs.iter().map(|d| d.join(plugin)).find(|p| p.is_file()).ok_or_else(|| {
-            let dirs: Vec<String> = self.bin_dirs.iter().map(|d| d.display().to_string()).collect();
-            Error::FailedPrecondition(format!("CNI plugin {plugin:?} not found in {}", dirs.join(", ")))
-        })
+        self.bin_dirs
+            .iter()
+            .map(|d| d.join(plugin))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                let dirs: Vec<String> = self
+                    .bin_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                Error::FailedPrecondition(format!(
+                    "CNI plugin {plugin:?} not found in {}",
+                    dirs.join(", ")
+                ))
+            })
     }
 }
 
 impl Exec for ProcessExec {
-    fn run<'a>(&'a self, plugin: &'a str, env: &'a [(String, String)], stdin: Vec<u8>) -> BoxFuture<'a, Result<Output>> {
+    fn run<'a>(
+        &'a self,
+        plugin: &'a str,
+        env: &'a [(String, String)],
+        stdin: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Output>> {
         Box::pin(async move {
             let bin = self.find(plugin)?;
-            let path = std::env::join_paths(&self.bin_dirs).map_err(|e| Error::Internal(e.to_string()))?;
+            let path =
+                std::env::join_paths(&self.bin_dirs).map_err(|e| Error::Internal(e.to_string()))?;
             let mut cmd = tokio::process::Command::new(&bin);
             cmd.env_clear()
                 .env("CNI_PATH", path)
-                .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .env(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                )
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -59,13 +87,24 @@ impl Exec for ProcessExec {
                 .kill_on_drop(true);
             let mut child = cmd.spawn().map_err(Error::io("running CNI plugin", &bin))?;
             if let Some(mut input) = child.stdin.take() {
-                input.write_all(&stdin).await.map_err(Error::io("writing to CNI plugin", &bin))?;
+                input
+                    .write_all(&stdin)
+                    .await
+                    .map_err(Error::io("writing to CNI plugin", &bin))?;
             }
             let out = tokio::time::timeout(self.timeout, child.wait_with_output())
                 .await
-                .map_err(|_| Error::Timeout { what: format!("CNI plugin {}", bin.display()), secs: self.timeout.as_secs() })?
+                .map_err(|_| Error::Timeout {
+                    what: format!("CNI plugin {}", bin.display()),
+                    secs: self.timeout.as_secs(),
+                })?
                 .map_err(Error::io("waiting for CNI plugin", &bin))?;
-            Ok(Output { success: out.status.success(), status: out.status.to_string(), stdout: out.stdout, stderr: out.stderr })
+            Ok(Output {
+                success: out.status.success(),
+                status: out.status.to_string(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
         })
     }
 }

@@ -30,19 +30,32 @@ pub struct Network {
 impl Network {
     /// Parses a `.conflist` (with `plugins`) or a single-plugin `.conf`.
     pub fn parse(bytes: &[u8], source: &Path) -> Result<Network> {
-        let bad = |reason: String| Error::invalid("CNI config", format!("{}: {reason}", source.display()));
+        let bad = |reason: String| {
+            Error::invalid("CNI config", format!("{}: {reason}", source.display()))
+        };
         let v: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        let name = v["name"].as_str().ok_or_else(|| bad("no \"name\"".into()))?.to_owned();
+        let name = v["name"]
+            .as_str()
+            .ok_or_else(|| bad("no \"name\"".into()))?
+            .to_owned();
         let cni_version = v["cniVersion"].as_str().unwrap_or("0.4.0").to_owned();
         let plugins = match v.get("plugins") {
             Some(Value::Array(list)) if !list.is_empty() => list.clone(),
             Some(_) => return Err(bad("\"plugins\" must be a non-empty list".into())),
             None => vec![v.clone()],
         };
-        if let Some(p) = plugins.iter().find(|p| p["type"].as_str().is_none_or(str::is_empty)) {
+        if let Some(p) = plugins
+            .iter()
+            .find(|p| p["type"].as_str().is_none_or(str::is_empty))
+        {
             return Err(bad(format!("plugin without \"type\": {p}")));
         }
-        Ok(Network { name, cni_version, plugins, source: source.to_owned() })
+        Ok(Network {
+            name,
+            cni_version,
+            plugins,
+            source: source.to_owned(),
+        })
     }
 
     /// The first valid configuration in `dir`, by file name; None when there is none.
@@ -52,7 +65,12 @@ impl Network {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("reading CNI conf dir", dir)(e)),
         };
-        files.retain(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("conf" | "conflist" | "json")));
+        files.retain(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("conf" | "conflist" | "json")
+            )
+        });
         files.sort();
         for path in files {
             let Ok(bytes) = fs::read(&path) else { continue };
@@ -85,9 +103,18 @@ impl Attachment {
     pub async fn add(&mut self, exec: &dyn Exec) -> Result<()> {
         let mut prev: Option<Value> = None;
         for plugin in &self.network.plugins {
-            let out = exec.run(plugin_type(plugin), &self.env("ADD"), self.stdin(plugin, prev.as_ref())).await;
+            let out = exec
+                .run(
+                    plugin_type(plugin),
+                    &self.env("ADD"),
+                    self.stdin(plugin, prev.as_ref()),
+                )
+                .await;
             let out = self.check("ADD", plugin, out)?;
-            prev = Some(serde_json::from_slice(&out).map_err(|e| self.fail("ADD", plugin, format!("bad result: {e}")))?);
+            prev = Some(
+                serde_json::from_slice(&out)
+                    .map_err(|e| self.fail("ADD", plugin, format!("bad result: {e}")))?,
+            );
         }
         self.result = prev;
         Ok(())
@@ -97,7 +124,13 @@ impl Attachment {
     pub async fn del(&self, exec: &dyn Exec) -> Result<()> {
         let mut first_err = None;
         for plugin in self.network.plugins.iter().rev() {
-            let out = exec.run(plugin_type(plugin), &self.env("DEL"), self.stdin(plugin, self.result.as_ref())).await;
+            let out = exec
+                .run(
+                    plugin_type(plugin),
+                    &self.env("DEL"),
+                    self.stdin(plugin, self.result.as_ref()),
+                )
+                .await;
             if let Err(e) = self.check("DEL", plugin, out) {
                 first_err.get_or_insert(e);
             }
@@ -135,7 +168,12 @@ impl Attachment {
         serde_json::to_vec(&conf).unwrap_or_default()
     }
 
-    fn check(&self, command: &'static str, plugin: &Value, out: Result<exec::Output>) -> Result<Vec<u8>> {
+    fn check(
+        &self,
+        command: &'static str,
+        plugin: &Value,
+        out: Result<exec::Output>,
+    ) -> Result<Vec<u8>> {
         let out = out.map_err(|e| self.fail(command, plugin, e.to_string()))?;
         if out.success {
             return Ok(out.stdout);
@@ -143,11 +181,17 @@ impl Attachment {
         // Plugins report failure as a JSON error object on stdout.
         let message = match serde_json::from_slice::<Value>(&out.stdout) {
             Ok(v) if v["msg"].is_string() => match v["details"].as_str() {
-                Some(d) if !d.is_empty() => format!("{}: {d}", v["msg"].as_str().unwrap_or_default()),
+                Some(d) if !d.is_empty() => {
+                    format!("{}: {d}", v["msg"].as_str().unwrap_or_default())
+                }
                 _ => v["msg"].as_str().unwrap_or_default().to_owned(),
             },
             _ => {
-                let text = String::from_utf8_lossy(if out.stderr.is_empty() { &out.stdout } else { &out.stderr });
+                let text = String::from_utf8_lossy(if out.stderr.is_empty() {
+                    &out.stdout
+                } else {
+                    &out.stderr
+                });
                 format!("{} ({})", text.trim(), out.status)
             }
         };
@@ -165,7 +209,9 @@ impl Attachment {
 
     /// The pod's IPs from the result: IPv4 first, then the others, in result order.
     pub fn ips(&self) -> Vec<IpAddr> {
-        let Some(result) = &self.result else { return Vec::new() };
+        let Some(result) = &self.result else {
+            return Vec::new();
+        };
         let mut ips: Vec<IpAddr> = result["ips"]
             .as_array()
             .into_iter()

@@ -10,16 +10,40 @@ struct Recorder {
 }
 
 impl Exec for Recorder {
-    fn run<'a>(&'a self, plugin: &'a str, env: &'a [(String, String)], stdin: Vec<u8>) -> BoxFuture<'a, Result<Output>> {
+    fn run<'a>(
+        &'a self,
+        plugin: &'a str,
+        env: &'a [(String, String)],
+        stdin: Vec<u8>,
+    ) -> BoxFuture<'a, Result<Output>> {
         Box::pin(async move {
-            let command = env.iter().find(|(k, _)| k == "CNI_COMMAND").unwrap().1.clone();
-            self.calls.lock().unwrap().push((command, plugin.to_owned(), serde_json::from_slice(&stdin).unwrap()));
+            let command = env
+                .iter()
+                .find(|(k, _)| k == "CNI_COMMAND")
+                .unwrap()
+                .1
+                .clone();
+            self.calls.lock().unwrap().push((
+                command,
+                plugin.to_owned(),
+                serde_json::from_slice(&stdin).unwrap(),
+            ));
             if self.fail == Some(plugin) {
                 let err = json!({"cniVersion": "1.0.0", "code": 7, "msg": "no luck", "details": "really"});
-                return Ok(Output { success: false, status: "exit 1".into(), stdout: err.to_string().into_bytes(), stderr: vec![] });
+                return Ok(Output {
+                    success: false,
+                    status: "exit 1".into(),
+                    stdout: err.to_string().into_bytes(),
+                    stderr: vec![],
+                });
             }
             let result = json!({"cniVersion": "1.0.0", "ips": [{"address": "fd00::5/64"}, {"address": format!("10.0.0.{}/24", plugin.len())}]});
-            Ok(Output { success: true, status: "exit 0".into(), stdout: result.to_string().into_bytes(), stderr: vec![] })
+            Ok(Output {
+                success: true,
+                status: "exit 0".into(),
+                stdout: result.to_string().into_bytes(),
+                stderr: vec![],
+            })
         })
     }
 }
@@ -29,14 +53,20 @@ fn attachment() -> Attachment {
         {"type":"bridge","bridge":"br0"},
         {"type":"portmap","capabilities":{"portMappings":true}}]}"#;
     let mut capabilities = Map::new();
-    capabilities.insert("portMappings".into(), json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
+    capabilities.insert(
+        "portMappings".into(),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+    );
     capabilities.insert("dns".into(), json!({"servers": ["10.0.0.10"]}));
     Attachment {
         network: Network::parse(list, Path::new("/etc/cni/net.d/10-pod.conflist")).unwrap(),
         container_id: "abc".into(),
         netns: "/run/netns/x".into(),
         ifname: "eth0".into(),
-        args: vec![("IgnoreUnknown".into(), "1".into()), ("K8S_POD_NAME".into(), "web".into())],
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAME".into(), "web".into()),
+        ],
         capabilities,
         result: None,
     }
@@ -44,7 +74,10 @@ fn attachment() -> Attachment {
 
 #[tokio::test]
 async fn add_chains_prev_result_and_gives_capabilities_only_to_plugins_that_ask() {
-    let rec = Recorder { calls: Mutex::new(vec![]), fail: None };
+    let rec = Recorder {
+        calls: Mutex::new(vec![]),
+        fail: None,
+    };
     let mut att = attachment();
     att.add(&rec).await.unwrap();
     let calls = rec.calls.lock().unwrap();
@@ -56,7 +89,10 @@ async fn add_chains_prev_result_and_gives_capabilities_only_to_plugins_that_ask(
     assert!(bridge.get("prevResult").is_none() && bridge.get("runtimeConfig").is_none());
     let portmap = &calls[1].2;
     assert_eq!(portmap["prevResult"]["ips"][1]["address"], "10.0.0.6/24");
-    assert_eq!(portmap["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
+    assert_eq!(
+        portmap["runtimeConfig"]["portMappings"][0]["hostPort"],
+        8080
+    );
     assert!(portmap["runtimeConfig"].get("dns").is_none());
     // The primary IP is the IPv4 one, even when the result lists IPv6 first.
     assert_eq!(att.ips()[0].to_string(), "10.0.0.7");
@@ -64,23 +100,37 @@ async fn add_chains_prev_result_and_gives_capabilities_only_to_plugins_that_ask(
 
 #[tokio::test]
 async fn del_runs_in_reverse_with_the_cached_result_and_tries_every_plugin() {
-    let rec = Recorder { calls: Mutex::new(vec![]), fail: Some("portmap") };
+    let rec = Recorder {
+        calls: Mutex::new(vec![]),
+        fail: Some("portmap"),
+    };
     let mut att = attachment();
     att.result = Some(json!({"ips": [{"address": "10.0.0.9/24"}]}));
     let err = att.del(&rec).await.unwrap_err().to_string();
-    assert!(err.contains("portmap") && err.contains("no luck: really"), "{err}");
+    assert!(
+        err.contains("portmap") && err.contains("no luck: really"),
+        "{err}"
+    );
     let calls = rec.calls.lock().unwrap();
     let order: Vec<&str> = calls.iter().map(|c| c.1.as_str()).collect();
     assert_eq!(order, ["portmap", "bridge"]);
-    assert!(calls.iter().all(|c| c.0 == "DEL" && c.2["prevResult"]["ips"][0]["address"] == "10.0.0.9/24"));
+    assert!(calls
+        .iter()
+        .all(|c| c.0 == "DEL" && c.2["prevResult"]["ips"][0]["address"] == "10.0.0.9/24"));
 }
 
 #[tokio::test]
 async fn a_failing_plugin_stops_add_with_its_message() {
-    let rec = Recorder { calls: Mutex::new(vec![]), fail: Some("bridge") };
+    let rec = Recorder {
+        calls: Mutex::new(vec![]),
+        fail: Some("bridge"),
+    };
     let mut att = attachment();
     let err = att.add(&rec).await.unwrap_err().to_string();
-    assert!(err.contains("\"bridge\"") && err.contains("podnet") && err.contains("no luck"), "{err}");
+    assert!(
+        err.contains("\"bridge\"") && err.contains("podnet") && err.contains("no luck"),
+        "{err}"
+    );
     assert_eq!(rec.calls.lock().unwrap().len(), 1);
     assert!(att.result.is_none());
 }
@@ -88,18 +138,35 @@ async fn a_failing_plugin_stops_add_with_its_message() {
 #[test]
 fn first_config_by_name_wins_and_single_conf_files_become_lists() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("20-b.conflist"), r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#).unwrap();
-    std::fs::write(dir.path().join("10-a.conf"), r#"{"cniVersion":"0.4.0","name":"a","type":"ptp"}"#).unwrap();
+    std::fs::write(
+        dir.path().join("20-b.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("10-a.conf"),
+        r#"{"cniVersion":"0.4.0","name":"a","type":"ptp"}"#,
+    )
+    .unwrap();
     std::fs::write(dir.path().join("05-broken.conf"), "{").unwrap();
     std::fs::write(dir.path().join("00-readme.txt"), "ignored").unwrap();
     let net = Network::load_first(dir.path()).unwrap().unwrap();
-    assert_eq!((net.name.as_str(), net.cni_version.as_str()), ("a", "0.4.0"));
+    assert_eq!(
+        (net.name.as_str(), net.cni_version.as_str()),
+        ("a", "0.4.0")
+    );
     assert_eq!(net.plugins[0]["type"], "ptp");
-    assert!(Network::load_first(&dir.path().join("missing")).unwrap().is_none());
+    assert!(Network::load_first(&dir.path().join("missing"))
+        .unwrap()
+        .is_none());
 }
 
 #[test]
 fn configs_without_a_plugin_type_are_rejected() {
-    let err = Network::parse(br#"{"name":"x","plugins":[{"bridge":"b"}]}"#, Path::new("x.conflist")).unwrap_err();
+    let err = Network::parse(
+        br#"{"name":"x","plugins":[{"bridge":"b"}]}"#,
+        Path::new("x.conflist"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("without \"type\""), "{err}");
 }

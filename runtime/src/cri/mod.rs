@@ -38,7 +38,10 @@ fn to_status(e: &Error) -> Status {
 }
 
 /// Runs one request: logs it with its duration and maps its error.
-async fn handle<T>(method: &'static str, work: impl Future<Output = Result<T, Error>>) -> Result<Response<T>, Status> {
+async fn handle<T>(
+    method: &'static str,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<Response<T>, Status> {
     let start = Instant::now();
     let result = work.await;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -50,7 +53,9 @@ async fn handle<T>(method: &'static str, work: impl Future<Output = Result<T, Er
         Err(e) => {
             let status = to_status(&e);
             match e.kind() {
-                Kind::Internal | Kind::DeadlineExceeded => tracing::error!(method, ms, error = %e, "failed"),
+                Kind::Internal | Kind::DeadlineExceeded => {
+                    tracing::error!(method, ms, error = %e, "failed")
+                }
                 _ => tracing::info!(method, ms, code = ?status.code(), error = %e, "refused"),
             }
             Err(status)
@@ -68,10 +73,19 @@ impl Cri {
         let dir = &self.node.config.cni_conf_dir;
         let (status, reason, message) = match Network::load_first(dir) {
             Ok(Some(_)) => (true, String::new(), String::new()),
-            Ok(None) => (false, "NetworkPluginNotReady".into(), format!("no CNI configuration found in {}", dir.display())),
+            Ok(None) => (
+                false,
+                "NetworkPluginNotReady".into(),
+                format!("no CNI configuration found in {}", dir.display()),
+            ),
             Err(e) => (false, "NetworkPluginNotReady".into(), e.to_string()),
         };
-        cri::RuntimeCondition { r#type: "NetworkReady".into(), status, reason, message }
+        cri::RuntimeCondition {
+            r#type: "NetworkReady".into(),
+            status,
+            reason,
+            message,
+        }
     }
 
     fn runtime_condition(&self) -> cri::RuntimeCondition {
@@ -79,7 +93,12 @@ impl Cri {
             None => (true, String::new(), String::new()),
             Some(missing) => (false, "BinariesMissing".into(), missing),
         };
-        cri::RuntimeCondition { r#type: "RuntimeReady".into(), status, reason, message }
+        cri::RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status,
+            reason,
+            message,
+        }
     }
 }
 
@@ -111,7 +130,10 @@ impl RuntimeService for Cri {
     type GetContainerEventsStream = Stream<cri::ContainerEventResponse>;
     type StreamPodSandboxMetricsStream = Stream<cri::StreamPodSandboxMetricsResponse>;
 
-    async fn version(&self, _: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
         handle("Version", async {
             Ok(cri::VersionResponse {
                 version: KUBELET_API_VERSION.into(),
@@ -123,7 +145,10 @@ impl RuntimeService for Cri {
         .await
     }
 
-    async fn status(&self, req: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
         handle("Status", async {
             let conditions = vec![self.runtime_condition(), self.network_condition()];
             let mut info = std::collections::HashMap::new();
@@ -137,20 +162,32 @@ impl RuntimeService for Cri {
                 });
                 info.insert("config".to_owned(), config.to_string());
             }
-            Ok(cri::StatusResponse { status: Some(cri::RuntimeStatus { conditions }), info, ..Default::default() })
+            Ok(cri::StatusResponse {
+                status: Some(cri::RuntimeStatus { conditions }),
+                info,
+                ..Default::default()
+            })
         })
         .await
     }
 
-    async fn runtime_config(&self, _: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+    async fn runtime_config(
+        &self,
+        _: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         handle("RuntimeConfig", async {
-            let linux = cri::LinuxRuntimeConfiguration { cgroup_driver: cri::CgroupDriver::Cgroupfs as i32 };
+            let linux = cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            };
             Ok(cri::RuntimeConfigResponse { linux: Some(linux) })
         })
         .await
     }
 
-    async fn run_pod_sandbox(&self, req: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let node = self.node.clone();
         handle("RunPodSandbox", async move {
             let pod_sandbox_id = sandbox::run(node, req.into_inner()).await?;
@@ -159,20 +196,50 @@ impl RuntimeService for Cri {
         .await
     }
 
-    async fn stop_pod_sandbox(&self, req: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        handle("StopPodSandbox", async { sandbox::stop(self.node.clone(), req.into_inner()).await.map(|_| cri::StopPodSandboxResponse {}) }).await
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        handle("StopPodSandbox", async {
+            sandbox::stop(self.node.clone(), req.into_inner())
+                .await
+                .map(|_| cri::StopPodSandboxResponse {})
+        })
+        .await
     }
 
-    async fn remove_pod_sandbox(&self, req: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        handle("RemovePodSandbox", async { sandbox::remove(self.node.clone(), req.into_inner()).await.map(|_| cri::RemovePodSandboxResponse {}) }).await
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        handle("RemovePodSandbox", async {
+            sandbox::remove(self.node.clone(), req.into_inner())
+                .await
+                .map(|_| cri::RemovePodSandboxResponse {})
+        })
+        .await
     }
 
-    async fn pod_sandbox_status(&self, req: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        handle("PodSandboxStatus", sandbox::status(self.node.clone(), req.into_inner())).await
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        handle(
+            "PodSandboxStatus",
+            sandbox::status(self.node.clone(), req.into_inner()),
+        )
+        .await
     }
 
-    async fn list_pod_sandbox(&self, req: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        handle("ListPodSandbox", sandbox::list(self.node.clone(), req.into_inner())).await
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        handle(
+            "ListPodSandbox",
+            sandbox::list(self.node.clone(), req.into_inner()),
+        )
+        .await
     }
 
     unimplemented_rpcs! {
@@ -227,9 +294,21 @@ mod tests {
     #[test]
     fn error_kinds_map_to_grpc_codes() {
         let cases = [
-            (Error::invalid("config.metadata.name", "is required"), tonic::Code::InvalidArgument),
-            (Error::NotFound { what: "pod sandbox", id: "x".into() }, tonic::Code::NotFound),
-            (Error::FailedPrecondition("no".into()), tonic::Code::FailedPrecondition),
+            (
+                Error::invalid("config.metadata.name", "is required"),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                Error::NotFound {
+                    what: "pod sandbox",
+                    id: "x".into(),
+                },
+                tonic::Code::NotFound,
+            ),
+            (
+                Error::FailedPrecondition("no".into()),
+                tonic::Code::FailedPrecondition,
+            ),
             (Error::Unimplemented("ExecSync"), tonic::Code::Unimplemented),
             (Error::Internal("boom".into()), tonic::Code::Internal),
         ];

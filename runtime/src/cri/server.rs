@@ -15,7 +15,10 @@ use crate::node::Node;
 
 /// Binds `node.config.listen` (mode 0660), recovers the pods on disk and serves until
 /// `shutdown` completes. A socket another live podrund answers on is left alone.
-pub async fn serve(node: Arc<Node>, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<()> {
+pub async fn serve(
+    node: Arc<Node>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
     let path = node.config.listen.clone();
     let listener = bind(&path).await?;
     let recovered = crate::sandbox::recover(&node).await?;
@@ -37,12 +40,17 @@ async fn bind(path: &Path) -> Result<UnixListener> {
     }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
-            return Err(Error::FailedPrecondition(format!("another server is listening on {}", path.display())));
+            return Err(Error::FailedPrecondition(format!(
+                "another server is listening on {}",
+                path.display()
+            )));
         }
         std::fs::remove_file(path).map_err(Error::io("removing stale socket", path))?;
     }
     let listener = UnixListener::bind(path).map_err(Error::io("binding", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(Error::io("chmod", path))?;
-    nix::unistd::chown(path, Some(0.into()), Some(0.into())).map_err(Error::sys(format!("chown {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(Error::io("chmod", path))?;
+    nix::unistd::chown(path, Some(0.into()), Some(0.into()))
+        .map_err(Error::sys(format!("chown {}", path.display())))?;
     Ok(listener)
 }

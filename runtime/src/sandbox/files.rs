@@ -42,7 +42,12 @@ pub fn node_hostname() -> Result<String> {
 }
 
 /// Writes hostname, hosts and resolv.conf into the pod's state dir.
-pub fn write(dir: &Path, config: &cri::PodSandboxConfig, host_network: bool, ip: Option<&str>) -> Result<()> {
+pub fn write(
+    dir: &Path,
+    config: &cri::PodSandboxConfig,
+    host_network: bool,
+    ip: Option<&str>,
+) -> Result<()> {
     let hostname = if host_network || config.hostname.is_empty() {
         node_hostname()?
     } else {
@@ -54,12 +59,18 @@ pub fn write(dir: &Path, config: &cri::PodSandboxConfig, host_network: bool, ip:
     };
     write("hostname", &format!("{hostname}\n"))?;
     match host_network {
-        true => write("hosts", &fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(None, &hostname)))?,
+        true => write(
+            "hosts",
+            &fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts(None, &hostname)),
+        )?,
         false => write("hosts", &hosts(ip, &hostname))?,
     }
     match &config.dns_config {
         Some(dns) => write("resolv.conf", &resolv_conf(dns)),
-        None => write("resolv.conf", &fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+        None => write(
+            "resolv.conf",
+            &fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
     }
 }
 
@@ -67,8 +78,17 @@ pub fn write(dir: &Path, config: &cri::PodSandboxConfig, host_network: bool, ip:
 pub fn mount_shm(path: &Path) -> Result<()> {
     fs::create_dir_all(path).map_err(Error::io("creating", path))?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("shm"), path, Some("tmpfs"), flags, Some("mode=1777,size=65536k"))
-        .map_err(Error::sys(format!("mounting shm tmpfs on {}", path.display())))
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        flags,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(Error::sys(format!(
+        "mounting shm tmpfs on {}",
+        path.display()
+    )))
 }
 
 pub fn unmount_shm(path: &Path) -> Result<()> {
@@ -84,7 +104,8 @@ pub fn node_ips() -> Vec<IpAddr> {
     let default_if = fs::read_to_string("/proc/net/route").ok().and_then(|t| {
         t.lines().skip(1).find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000")).then(|| f[0].to_owned())
+            (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000"))
+                .then(|| f[0].to_owned())
         })
     });
     let mut ips: Vec<(String, IpAddr)> = nix::ifaddrs::getifaddrs()
@@ -97,7 +118,8 @@ pub fn node_ips() -> Vec<IpAddr> {
                         (_, Some(v6)) => IpAddr::V6(v6.ip()),
                         _ => return None,
                     };
-                    let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                    let link_local =
+                        matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
                     (!ip.is_loopback() && !link_local).then_some((a.interface_name, ip))
                 })
                 .collect()
@@ -128,7 +150,10 @@ mod tests {
     fn resolv_conf_follows_dns_config() {
         let dns = cri::DnsConfig {
             servers: vec!["10.96.0.10".into(), "10.96.0.11".into()],
-            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
             options: vec!["ndots:5".into()],
         };
         assert_eq!(

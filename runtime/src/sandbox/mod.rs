@@ -52,8 +52,12 @@ impl State {
     fn to(self, next: State) -> Result<State> {
         use State::*;
         match (self, next) {
-            (Creating, Ready) | (Creating, NotReady) | (Ready, NotReady) | (NotReady, NotReady) => Ok(next),
-            _ => Err(Error::FailedPrecondition(format!("pod sandbox cannot go from {self:?} to {next:?}"))),
+            (Creating, Ready) | (Creating, NotReady) | (Ready, NotReady) | (NotReady, NotReady) => {
+                Ok(next)
+            }
+            _ => Err(Error::FailedPrecondition(format!(
+                "pod sandbox cannot go from {self:?} to {next:?}"
+            ))),
         }
     }
 }
@@ -99,8 +103,14 @@ pub(crate) fn namespace_mode(
     config: &cri::PodSandboxConfig,
     pick: impl Fn(&cri::NamespaceOption) -> i32,
 ) -> cri::NamespaceMode {
-    let options = config.linux.as_ref().and_then(|l| l.security_context.as_ref()).and_then(|s| s.namespace_options.as_ref());
-    options.map_or(cri::NamespaceMode::Pod, |o| cri::NamespaceMode::try_from(pick(o)).unwrap_or(cri::NamespaceMode::Pod))
+    let options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    options.map_or(cri::NamespaceMode::Pod, |o| {
+        cri::NamespaceMode::try_from(pick(o)).unwrap_or(cri::NamespaceMode::Pod)
+    })
 }
 
 /// The identity kubelet gives a pod: a retry with the same key is the same pod.
@@ -109,7 +119,12 @@ pub struct PodKey(String, String, String, u32);
 
 impl PodKey {
     fn of(m: &cri::PodSandboxMetadata) -> PodKey {
-        PodKey(m.name.clone(), m.namespace.clone(), m.uid.clone(), m.attempt)
+        PodKey(
+            m.name.clone(),
+            m.namespace.clone(),
+            m.uid.clone(),
+            m.attempt,
+        )
     }
 }
 
@@ -132,14 +147,20 @@ impl Sandboxes {
     }
 
     fn insert(&self, record: Record) -> Arc<Sandbox> {
-        let pod = Arc::new(Sandbox { id: record.id.clone(), record: tokio::sync::Mutex::new(record) });
+        let pod = Arc::new(Sandbox {
+            id: record.id.clone(),
+            record: tokio::sync::Mutex::new(record),
+        });
         self.pods().insert(pod.id.clone(), pod.clone());
         pod
     }
 
     fn forget(&self, id: &str, key: &PodKey) {
         self.pods().remove(id);
-        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     pub fn all(&self) -> Vec<Arc<Sandbox>> {
@@ -148,7 +169,10 @@ impl Sandboxes {
 
     /// The pod whose id is `id` or starts with it (a unique prefix, as crictl passes).
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        let not_found = || Error::NotFound { what: "pod sandbox", id: id.to_owned() };
+        let not_found = || Error::NotFound {
+            what: "pod sandbox",
+            id: id.to_owned(),
+        };
         if id.is_empty() {
             return Err(Error::invalid("pod_sandbox_id", "must not be empty"));
         }
@@ -159,14 +183,22 @@ impl Sandboxes {
         let mut found = pods.values().filter(|p| p.id.starts_with(id));
         match (found.next(), found.next()) {
             (Some(pod), None) => Ok(pod.clone()),
-            (Some(_), Some(_)) => Err(Error::invalid("pod_sandbox_id", format!("prefix {id:?} matches several pods"))),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "pod_sandbox_id",
+                format!("prefix {id:?} matches several pods"),
+            )),
             _ => Err(not_found()),
         }
     }
 
     /// The lock that serializes RunPodSandbox calls for one pod identity.
     fn key_lock(&self, key: &PodKey) -> Arc<tokio::sync::Mutex<()>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone()
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     async fn find_by_key(&self, key: &PodKey) -> Option<String> {
@@ -190,7 +222,10 @@ pub(crate) struct PodDirs {
 
 impl PodDirs {
     pub fn new(config: &crate::config::Config, id: &str) -> PodDirs {
-        PodDirs { root: config.root.join("pods").join(id), state: config.state.join("pods").join(id) }
+        PodDirs {
+            root: config.root.join("pods").join(id),
+            state: config.state.join("pods").join(id),
+        }
     }
 
     fn record(&self) -> PathBuf {

@@ -36,7 +36,10 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
         let ready = record.state == State::Ready
             && alive(&record.pause)
             && alive(&record.shim)
-            && reconnect(&record).await.inspect_err(|e| tracing::warn!(pod = %id, error = %e, "shim does not answer")).is_ok();
+            && reconnect(&record)
+                .await
+                .inspect_err(|e| tracing::warn!(pod = %id, error = %e, "shim does not answer"))
+                .is_ok();
         if !ready && record.state != State::NotReady {
             tracing::warn!(pod = %id, state = ?record.state, "pod found not ready on restart");
             record.state = State::NotReady;
@@ -55,6 +58,9 @@ async fn reconnect(record: &Record) -> Result<()> {
     let running = state.status.value() == containerd_shim_protos::api::Status::RUNNING as i32;
     match running && Some(state.pid as i32) == record.pause.map(|p| p.pid) {
         true => Ok(()),
-        false => Err(Error::Shim { pod: record.id.clone(), message: format!("pause task is {:?}, pid {}", state.status, state.pid) }),
+        false => Err(Error::Shim {
+            pod: record.id.clone(),
+            message: format!("pause task is {:?}, pid {}", state.status, state.pid),
+        }),
     }
 }

@@ -31,7 +31,9 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
 pub(super) fn remove_dirs(dirs: &PodDirs) -> Result<()> {
     for dir in [&dirs.state, &dirs.root] {
         match std::fs::remove_dir_all(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("removing", dir)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("removing", dir)(e))
+            }
             _ => {}
         }
     }

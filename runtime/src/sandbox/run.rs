@@ -10,7 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use podrun_proto::cri;
 use serde_json::{json, Map, Value};
 
-use super::{files, namespace_mode, persist, shim, spec, stop, PodDirs, PodKey, Record, State, RECORD_VERSION};
+use super::{
+    files, namespace_mode, persist, shim, spec, stop, PodDirs, PodKey, Record, State,
+    RECORD_VERSION,
+};
 use crate::cni::{Attachment, Network};
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -22,7 +25,9 @@ const DEFAULT_CGROUP_PARENT: &str = "/podrun";
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<String> {
-    let config = req.config.ok_or_else(|| Error::invalid("config", "is required"))?;
+    let config = req
+        .config
+        .ok_or_else(|| Error::invalid("config", "is required"))?;
     validate(&config)?;
     let key = PodKey::of(config.metadata.as_ref().unwrap_or(&Default::default()));
     let guard = node.sandboxes.key_lock(&key).lock_owned().await;
@@ -34,22 +39,38 @@ pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<Stri
         let _reserved = guard;
         create(&node, config, handler).await
     });
-    task.await.map_err(|e| Error::Internal(format!("RunPodSandbox task failed: {e}")))?
+    task.await
+        .map_err(|e| Error::Internal(format!("RunPodSandbox task failed: {e}")))?
 }
 
 fn validate(config: &cri::PodSandboxConfig) -> Result<()> {
-    let m = config.metadata.as_ref().ok_or_else(|| Error::invalid("config.metadata", "is required"))?;
-    for (field, value) in [("config.metadata.name", &m.name), ("config.metadata.namespace", &m.namespace), ("config.metadata.uid", &m.uid)] {
+    let m = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| Error::invalid("config.metadata", "is required"))?;
+    for (field, value) in [
+        ("config.metadata.name", &m.name),
+        ("config.metadata.namespace", &m.namespace),
+        ("config.metadata.uid", &m.uid),
+    ] {
         if value.is_empty() {
             return Err(Error::invalid(field, "is required"));
         }
     }
-    if let Some(parent) = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).filter(|p| !p.is_empty()) {
+    if let Some(parent) = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .filter(|p| !p.is_empty())
+    {
         cgroup::validate(parent)?;
     }
     for p in &config.port_mappings {
         if !(0..=65535).contains(&p.host_port) || !(1..=65535).contains(&p.container_port) {
-            return Err(Error::invalid("config.port_mappings", format!("ports out of range: {p:?}")));
+            return Err(Error::invalid(
+                "config.port_mappings",
+                format!("ports out of range: {p:?}"),
+            ));
         }
     }
     Ok(())
@@ -79,7 +100,12 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
                 super::remove::remove_dirs(&dirs)
             })
             .await
-            .unwrap_or_else(|_| Err(Error::Timeout { what: "rollback".into(), secs: ROLLBACK_TIMEOUT.as_secs() }));
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout {
+                    what: "rollback".into(),
+                    secs: ROLLBACK_TIMEOUT.as_secs(),
+                })
+            });
             match rollback {
                 Ok(()) => Err(cause),
                 Err(rollback) => {
@@ -87,7 +113,10 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
                     record.state = State::NotReady;
                     let _ = persist(&dirs, &record);
                     node.sandboxes.insert(record);
-                    Err(Error::Rollback { cause: Box::new(cause), rollback: Box::new(rollback) })
+                    Err(Error::Rollback {
+                        cause: Box::new(cause),
+                        rollback: Box::new(rollback),
+                    })
                 }
             }
         }
@@ -98,18 +127,29 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
 fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -> Result<Record> {
     let host_network = namespace_mode(&config, |o| o.network) == cri::NamespaceMode::Node;
     let dirs = PodDirs::new(&node.config, id);
-    let parent = config.linux.as_ref().map(|l| l.cgroup_parent.as_str()).filter(|p| !p.is_empty()).unwrap_or(DEFAULT_CGROUP_PARENT);
+    let parent = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.as_str())
+        .filter(|p| !p.is_empty())
+        .unwrap_or(DEFAULT_CGROUP_PARENT);
     let netns = (!host_network).then(|| node.config.netns_dir.join(format!("podrun-{id}")));
     let network = match &netns {
         None => None,
         Some(path) => {
             let net = Network::load_first(&node.config.cni_conf_dir)?.ok_or_else(|| {
-                Error::FailedPrecondition(format!("network not ready: no CNI configuration in {}", node.config.cni_conf_dir.display()))
+                Error::FailedPrecondition(format!(
+                    "network not ready: no CNI configuration in {}",
+                    node.config.cni_conf_dir.display()
+                ))
             })?;
             Some(attachment(net, id, path, &config))
         }
     };
-    let created_at = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as i64;
+    let created_at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64;
     Ok(Record {
         version: RECORD_VERSION,
         id: id.to_owned(),
@@ -118,18 +158,28 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
         created_at,
         netns,
         cgroup: format!("{}/{id}", parent.trim_end_matches('/')),
-        shim_socket: node.config.state.join("s").join(format!("{}.sock", &id[..32])),
+        shim_socket: node
+            .config
+            .state
+            .join("s")
+            .join(format!("{}.sock", &id[..32])),
         shim: None,
         pause: None,
         network,
         ips: Vec::new(),
-        shm: (namespace_mode(&config, |o| o.ipc) != cri::NamespaceMode::Node).then(|| dirs.state.join("shm")),
+        shm: (namespace_mode(&config, |o| o.ipc) != cri::NamespaceMode::Node)
+            .then(|| dirs.state.join("shm")),
         stopped: false,
         config,
     })
 }
 
-fn attachment(network: Network, id: &str, netns: &std::path::Path, config: &cri::PodSandboxConfig) -> Attachment {
+fn attachment(
+    network: Network,
+    id: &str,
+    netns: &std::path::Path,
+    config: &cri::PodSandboxConfig,
+) -> Attachment {
     let m = config.metadata.clone().unwrap_or_default();
     let args = [
         ("IgnoreUnknown", "1"),
@@ -152,14 +202,20 @@ fn attachment(network: Network, id: &str, netns: &std::path::Path, config: &cri:
         capabilities.insert("portMappings".into(), Value::Array(ports));
     }
     if let Some(dns) = &config.dns_config {
-        capabilities.insert("dns".into(), json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}));
+        capabilities.insert(
+            "dns".into(),
+            json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
+        );
     }
     Attachment {
         network,
         container_id: id.to_owned(),
         netns: netns.to_owned(),
         ifname: "eth0".into(),
-        args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         capabilities,
         result: None,
     }
@@ -177,7 +233,10 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
 
     let phase = Instant::now();
     if let Some(path) = record.netns.clone() {
-        let (dir, name) = (node.config.netns_dir.clone(), path.file_name().map(|n| n.to_owned()).unwrap_or_default());
+        let (dir, name) = (
+            node.config.netns_dir.clone(),
+            path.file_name().map(|n| n.to_owned()).unwrap_or_default(),
+        );
         tokio::task::spawn_blocking(move || netns::create(&dir, &name.to_string_lossy()))
             .await
             .map_err(|e| Error::Internal(e.to_string()))??;
@@ -193,8 +252,18 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     let bundle_spec = spec::pause_spec(record);
     let spec_path = dirs.state.join("config.json");
     store::write_atomic(&spec_path, &bundle_spec)?;
-    let shim_bin = node.binaries.shim.clone().map_err(Error::FailedPrecondition)?;
-    let shim_process = shim::spawn(&shim_bin, &record.id, &record.shim_socket, &dirs.state.join("shim.log"), &node.config.listen)?;
+    let shim_bin = node
+        .binaries
+        .shim
+        .clone()
+        .map_err(Error::FailedPrecondition)?;
+    let shim_process = shim::spawn(
+        &shim_bin,
+        &record.id,
+        &record.shim_socket,
+        &dirs.state.join("shim.log"),
+        &node.config.listen,
+    )?;
     record.shim = Some(shim_process);
 
     // CNI ADD and the pause start are independent: overlap them.
@@ -226,7 +295,12 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         Some(att) if attached => att.ips().iter().map(ToString::to_string).collect(),
         _ => files::node_ips().iter().map(ToString::to_string).collect(),
     };
-    files::write(&dirs.state, &record.config, record.netns.is_none(), record.ips.first().map(String::as_str))?;
+    files::write(
+        &dirs.state,
+        &record.config,
+        record.netns.is_none(),
+        record.ips.first().map(String::as_str),
+    )?;
     tracing::debug!(
         pod = %record.id,
         dirs_ms = ms(t_dirs), netns_ms = ms(t_netns), cgroup_shm_ms = ms(t_cgroup_shm),
@@ -246,7 +320,12 @@ mod tests {
 
     fn config(name: &str, namespace: &str, uid: &str) -> cri::PodSandboxConfig {
         cri::PodSandboxConfig {
-            metadata: Some(cri::PodSandboxMetadata { name: name.into(), namespace: namespace.into(), uid: uid.into(), attempt: 0 }),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                namespace: namespace.into(),
+                uid: uid.into(),
+                attempt: 0,
+            }),
             ..Default::default()
         }
     }
@@ -268,18 +347,38 @@ mod tests {
     fn port_mappings_and_dns_become_capability_args() {
         let mut c = config("web", "default", "u1");
         c.port_mappings = vec![
-            cri::PortMapping { protocol: cri::Protocol::Udp as i32, container_port: 53, host_port: 5353, host_ip: "127.0.0.1".into() },
-            cri::PortMapping { protocol: 0, container_port: 80, host_port: 0, host_ip: String::new() },
+            cri::PortMapping {
+                protocol: cri::Protocol::Udp as i32,
+                container_port: 53,
+                host_port: 5353,
+                host_ip: "127.0.0.1".into(),
+            },
+            cri::PortMapping {
+                protocol: 0,
+                container_port: 80,
+                host_port: 0,
+                host_ip: String::new(),
+            },
         ];
-        c.dns_config = Some(cri::DnsConfig { servers: vec!["10.96.0.10".into()], ..Default::default() });
-        let net = Network { name: "n".into(), cni_version: "1.0.0".into(), plugins: vec![], source: "x".into() };
+        c.dns_config = Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            ..Default::default()
+        });
+        let net = Network {
+            name: "n".into(),
+            cni_version: "1.0.0".into(),
+            plugins: vec![],
+            source: "x".into(),
+        };
         let att = attachment(net, "id1", std::path::Path::new("/run/netns/p"), &c);
         assert_eq!(
             Value::Object(att.capabilities.clone()),
             json!({"portMappings": [{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}],
                    "dns": {"servers": ["10.96.0.10"], "searches": [], "options": []}})
         );
-        assert!(att.args.contains(&("K8S_POD_INFRA_CONTAINER_ID".into(), "id1".into())));
+        assert!(att
+            .args
+            .contains(&("K8S_POD_INFRA_CONTAINER_ID".into(), "id1".into())));
         assert_eq!(att.args[0], ("IgnoreUnknown".into(), "1".into()));
     }
 }

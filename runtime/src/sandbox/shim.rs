@@ -23,14 +23,25 @@ use crate::store::ProcessId;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the shim binary for pod `id`, serving on `socket`; its stderr goes to `log`.
-pub fn spawn(shim: &Path, id: &str, socket: &Path, log: &Path, daemon_address: &Path) -> Result<ProcessId> {
+pub fn spawn(
+    shim: &Path,
+    id: &str,
+    socket: &Path,
+    log: &Path,
+    daemon_address: &Path,
+) -> Result<ProcessId> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).map_err(Error::io("binding shim socket", socket))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(Error::io("chmod", socket))?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(Error::io("opening", log))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(Error::io("chmod", socket))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io("opening", log))?;
     let fd: OwnedFd = listener.into();
     let raw = fd.as_raw_fd();
     let mut cmd = tokio::process::Command::new(shim);
@@ -64,7 +75,10 @@ pub fn spawn(shim: &Path, id: &str, socket: &Path, log: &Path, daemon_address: &
         let mut child = child;
         let _ = child.wait().await;
     });
-    ProcessId::of(pid).ok_or_else(|| Error::Shim { pod: id.to_owned(), message: "exited at once; see its log".into() })
+    ProcessId::of(pid).ok_or_else(|| Error::Shim {
+        pod: id.to_owned(),
+        message: "exited at once; see its log".into(),
+    })
 }
 
 /// A connection to one pod's shim.
@@ -82,39 +96,86 @@ impl Shim {
         let address = format!("unix://{}", socket.display());
         let client = tokio::time::timeout(CALL_TIMEOUT, Client::connect(&address))
             .await
-            .map_err(|_| Error::Shim { pod: pod.to_owned(), message: format!("connecting to {address} timed out") })?
-            .map_err(|e| Error::Shim { pod: pod.to_owned(), message: format!("connecting to {address}: {e}") })?;
-        Ok(Shim { pod: pod.to_owned(), client: TaskClient::new(client) })
+            .map_err(|_| Error::Shim {
+                pod: pod.to_owned(),
+                message: format!("connecting to {address} timed out"),
+            })?
+            .map_err(|e| Error::Shim {
+                pod: pod.to_owned(),
+                message: format!("connecting to {address}: {e}"),
+            })?;
+        Ok(Shim {
+            pod: pod.to_owned(),
+            client: TaskClient::new(client),
+        })
     }
 
     fn err(&self, call: &str) -> impl FnOnce(containerd_shim_protos::ttrpc::Error) -> Error + '_ {
         let call = call.to_owned();
-        move |e| Error::Shim { pod: self.pod.clone(), message: format!("{call}: {e}") }
+        move |e| Error::Shim {
+            pod: self.pod.clone(),
+            message: format!("{call}: {e}"),
+        }
     }
 
     /// Creates and starts task `id` from the bundle at `bundle`; returns its pid.
     pub async fn create_and_start(&self, id: &str, bundle: &Path) -> Result<u32> {
-        let create = api::CreateTaskRequest { id: id.to_owned(), bundle: bundle.display().to_string(), ..Default::default() };
-        self.client.create(ctx(), &create).await.map_err(self.err("Create"))?;
-        let start = api::StartRequest { id: id.to_owned(), ..Default::default() };
-        Ok(self.client.start(ctx(), &start).await.map_err(self.err("Start"))?.pid)
+        let create = api::CreateTaskRequest {
+            id: id.to_owned(),
+            bundle: bundle.display().to_string(),
+            ..Default::default()
+        };
+        self.client
+            .create(ctx(), &create)
+            .await
+            .map_err(self.err("Create"))?;
+        let start = api::StartRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .start(ctx(), &start)
+            .await
+            .map_err(self.err("Start"))?
+            .pid)
     }
 
     pub async fn state(&self, id: &str) -> Result<api::StateResponse> {
-        let req = api::StateRequest { id: id.to_owned(), ..Default::default() };
-        self.client.state(ctx(), &req).await.map_err(self.err("State"))
+        let req = api::StateRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.client
+            .state(ctx(), &req)
+            .await
+            .map_err(self.err("State"))
     }
 
     /// SIGKILLs task `id`, waits for its exit and deletes it. A task already gone is fine.
     pub async fn kill_and_delete(&self, id: &str) -> Result<()> {
-        let kill = api::KillRequest { id: id.to_owned(), signal: libc::SIGKILL as u32, all: true, ..Default::default() };
+        let kill = api::KillRequest {
+            id: id.to_owned(),
+            signal: libc::SIGKILL as u32,
+            all: true,
+            ..Default::default()
+        };
         match self.client.kill(ctx(), &kill).await {
             Err(e) if is_not_found(&e) => return Ok(()),
             other => other.map_err(self.err("Kill"))?,
         };
-        let wait = api::WaitRequest { id: id.to_owned(), ..Default::default() };
-        self.client.wait(ctx(), &wait).await.map_err(self.err("Wait"))?;
-        let delete = api::DeleteRequest { id: id.to_owned(), ..Default::default() };
+        let wait = api::WaitRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        self.client
+            .wait(ctx(), &wait)
+            .await
+            .map_err(self.err("Wait"))?;
+        let delete = api::DeleteRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
         match self.client.delete(ctx(), &delete).await {
             Err(e) if is_not_found(&e) => Ok(()),
             other => other.map(drop).map_err(self.err("Delete")),
@@ -122,10 +183,15 @@ impl Shim {
     }
 
     pub async fn shutdown(&self) -> Result<()> {
-        let req = api::ShutdownRequest { now: true, ..Default::default() };
+        let req = api::ShutdownRequest {
+            now: true,
+            ..Default::default()
+        };
         match self.client.shutdown(ctx(), &req).await {
             // The shim may exit before its answer is read.
-            Ok(_) | Err(containerd_shim_protos::ttrpc::Error::LocalClosed) | Err(containerd_shim_protos::ttrpc::Error::RemoteClosed) => Ok(()),
+            Ok(_)
+            | Err(containerd_shim_protos::ttrpc::Error::LocalClosed)
+            | Err(containerd_shim_protos::ttrpc::Error::RemoteClosed) => Ok(()),
             Err(e) => Err(self.err("Shutdown")(e)),
         }
     }

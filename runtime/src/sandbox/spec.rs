@@ -6,10 +6,15 @@ use std::collections::BTreeMap;
 use podrun_proto::cri::NamespaceMode;
 
 use super::{namespace_mode, Record};
-use crate::spec::{Linux, Namespace, Process, Spec, CONTAINER_TYPE, CONTAINER_TYPE_SANDBOX, SANDBOX_ID};
+use crate::spec::{
+    Linux, Namespace, Process, Spec, CONTAINER_TYPE, CONTAINER_TYPE_SANDBOX, SANDBOX_ID,
+};
 
 pub fn pause_spec(record: &Record) -> Spec {
-    let ns = |kind: &str, path: Option<String>| Namespace { kind: kind.into(), path };
+    let ns = |kind: &str, path: Option<String>| Namespace {
+        kind: kind.into(),
+        path,
+    };
     let mut namespaces = Vec::new();
     if let Some(netns) = &record.netns {
         namespaces.push(ns("network", Some(netns.display().to_string())));
@@ -28,10 +33,17 @@ pub fn pause_spec(record: &Record) -> Spec {
     ]);
     Spec {
         oci_version: "1.0.2".into(),
-        process: Some(Process { args: vec!["/pause".into()], cwd: "/".into() }),
-        hostname: (record.netns.is_some() && !record.config.hostname.is_empty()).then(|| record.config.hostname.clone()),
+        process: Some(Process {
+            args: vec!["/pause".into()],
+            cwd: "/".into(),
+        }),
+        hostname: (record.netns.is_some() && !record.config.hostname.is_empty())
+            .then(|| record.config.hostname.clone()),
         annotations,
-        linux: Some(Linux { namespaces, cgroups_path: Some(record.cgroup.clone()) }),
+        linux: Some(Linux {
+            namespaces,
+            cgroups_path: Some(record.cgroup.clone()),
+        }),
     }
 }
 
@@ -42,11 +54,18 @@ mod tests {
     use super::*;
 
     fn record(network: NamespaceMode, pid: NamespaceMode) -> Record {
-        let options = cri::NamespaceOption { network: network as i32, pid: pid as i32, ..Default::default() };
+        let options = cri::NamespaceOption {
+            network: network as i32,
+            pid: pid as i32,
+            ..Default::default()
+        };
         let config = cri::PodSandboxConfig {
             hostname: "web-0".into(),
             linux: Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext { namespace_options: Some(options), ..Default::default() }),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(options),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -93,7 +112,14 @@ mod tests {
     #[test]
     fn host_network_and_host_pid_keep_the_nodes_namespaces() {
         let spec = pause_spec(&record(NamespaceMode::Node, NamespaceMode::Node));
-        let kinds: Vec<&str> = spec.linux.as_ref().unwrap().namespaces.iter().map(|n| n.kind.as_str()).collect();
+        let kinds: Vec<&str> = spec
+            .linux
+            .as_ref()
+            .unwrap()
+            .namespaces
+            .iter()
+            .map(|n| n.kind.as_str())
+            .collect();
         assert_eq!(kinds, ["ipc"]);
         assert_eq!(spec.hostname, None);
     }

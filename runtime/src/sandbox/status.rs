@@ -24,7 +24,10 @@ fn refresh(record: &mut Record) {
     }
 }
 
-pub async fn status(node: Arc<Node>, req: cri::PodSandboxStatusRequest) -> Result<cri::PodSandboxStatusResponse> {
+pub async fn status(
+    node: Arc<Node>,
+    req: cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse> {
     let pod = node.sandboxes.get(&req.pod_sandbox_id)?;
     let mut r = pod.record.lock().await;
     refresh(&mut r);
@@ -37,7 +40,12 @@ pub async fn status(node: Arc<Node>, req: cri::PodSandboxStatusRequest) -> Resul
         .unwrap_or_default();
     let network = (!r.stopped).then(|| cri::PodSandboxNetworkStatus {
         ip: r.ips.first().cloned().unwrap_or_default(),
-        additional_ips: r.ips.iter().skip(1).map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+        additional_ips: r
+            .ips
+            .iter()
+            .skip(1)
+            .map(|ip| cri::PodIp { ip: ip.clone() })
+            .collect(),
     });
     let status = cri::PodSandboxStatus {
         id: r.id.clone(),
@@ -46,7 +54,9 @@ pub async fn status(node: Arc<Node>, req: cri::PodSandboxStatusRequest) -> Resul
         created_at: r.created_at,
         network,
         linux: Some(cri::LinuxPodSandboxStatus {
-            namespaces: Some(cri::Namespace { options: Some(namespace_options), ..Default::default() }),
+            namespaces: Some(cri::Namespace {
+                options: Some(namespace_options),
+            }),
         }),
         labels: r.config.labels.clone(),
         annotations: r.config.annotations.clone(),
@@ -66,10 +76,17 @@ pub async fn status(node: Arc<Node>, req: cri::PodSandboxStatusRequest) -> Resul
         });
         info.insert("info".to_owned(), verbose.to_string());
     }
-    Ok(cri::PodSandboxStatusResponse { status: Some(status), info, ..Default::default() })
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(status),
+        info,
+        ..Default::default()
+    })
 }
 
-pub async fn list(node: Arc<Node>, req: cri::ListPodSandboxRequest) -> Result<cri::ListPodSandboxResponse> {
+pub async fn list(
+    node: Arc<Node>,
+    req: cri::ListPodSandboxRequest,
+) -> Result<cri::ListPodSandboxResponse> {
     let filter = req.filter.unwrap_or_default();
     let mut items = Vec::new();
     for pod in node.sandboxes.all() {
@@ -79,10 +96,18 @@ pub async fn list(node: Arc<Node>, req: cri::ListPodSandboxRequest) -> Result<cr
         let mut r = pod.record.lock().await;
         refresh(&mut r);
         let state = cri_state(r.state);
-        if filter.state.as_ref().is_some_and(|s| s.state != state as i32) {
+        if filter
+            .state
+            .as_ref()
+            .is_some_and(|s| s.state != state as i32)
+        {
             continue;
         }
-        if !filter.label_selector.iter().all(|(k, v)| r.config.labels.get(k) == Some(v)) {
+        if !filter
+            .label_selector
+            .iter()
+            .all(|(k, v)| r.config.labels.get(k) == Some(v))
+        {
             continue;
         }
         items.push(cri::PodSandbox {

@@ -80,7 +80,9 @@ async fn stop_processes(record: &mut Record) {
                     tracing::warn!(pod = %record.id, error = %e, "shutting the shim down");
                 }
             }
-            Err(e) => tracing::warn!(pod = %record.id, error = %e, "shim unreachable; killing by pid"),
+            Err(e) => {
+                tracing::warn!(pod = %record.id, error = %e, "shim unreachable; killing by pid")
+            }
         }
     }
     if let Some(pause) = &record.pause {

@@ -51,15 +51,26 @@ fn main() -> Result<()> {
         log_level: flags.log_level,
     }));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(log_filter(&config.log_level)).context("--log-level")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(log_filter(&config.log_level))
+                .context("--log-level")?,
+        )
         .with_writer(std::io::stderr)
         .init();
     let node = Arc::new(Node::new(config));
     match (&node.binaries.shim, &node.binaries.pause) {
-        (Ok(shim), Ok(pause)) => tracing::info!(shim = %shim.display(), pause = %pause.display(), "helper binaries"),
-        _ => tracing::error!(missing = node.binaries.missing().unwrap_or_default(), "cannot start pods"),
+        (Ok(shim), Ok(pause)) => {
+            tracing::info!(shim = %shim.display(), pause = %pause.display(), "helper binaries")
+        }
+        _ => tracing::error!(
+            missing = node.binaries.missing().unwrap_or_default(),
+            "cannot start pods"
+        ),
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -67,7 +78,9 @@ fn main() -> Result<()> {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             tracing::info!("shutting down; pods keep running");
         };
-        podrun_runtime::cri::serve(node, shutdown).await.map_err(anyhow::Error::from)
+        podrun_runtime::cri::serve(node, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
     })
 }
 
@@ -75,7 +88,9 @@ fn main() -> Result<()> {
 /// full tracing filter.
 fn log_filter(level: &str) -> String {
     match level {
-        "error" | "warn" | "info" | "debug" | "trace" => format!("warn,podrund={level},podrun_runtime={level}"),
+        "error" | "warn" | "info" | "debug" | "trace" => {
+            format!("warn,podrund={level},podrun_runtime={level}")
+        }
         filter => filter.to_owned(),
     }
 }

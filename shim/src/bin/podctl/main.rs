@@ -15,7 +15,12 @@ use serde_json::{json, Value};
 #[command(version, about = "A crictl-like client for CRI runtimes")]
 struct Cli {
     /// CRI endpoint: a unix socket path or unix:// URL.
-    #[arg(long, short = 'r', env = "CONTAINER_RUNTIME_ENDPOINT", default_value = "/run/podrun/podrun.sock")]
+    #[arg(
+        long,
+        short = 'r',
+        env = "CONTAINER_RUNTIME_ENDPOINT",
+        default_value = "/run/podrun/podrun.sock"
+    )]
     runtime_endpoint: PathBuf,
     /// Seconds to wait for each call.
     #[arg(long, default_value_t = 120)]
@@ -70,17 +75,23 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(cli.timeout), run(&cli.runtime_endpoint, cli.command))
-            .await
-            .context("timed out")?
+        tokio::time::timeout(
+            Duration::from_secs(cli.timeout),
+            run(&cli.runtime_endpoint, cli.command),
+        )
+        .await
+        .context("timed out")?
     })
 }
 
 /// Reads a PodSandboxConfig (or any CRI message) from a JSON or YAML file.
 fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -91,38 +102,75 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 
 /// The verbose info map holds JSON strings: show them as JSON.
 fn info_json(info: &HashMap<String, String>) -> Value {
-    info.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap_or_else(|_| json!(v)))).collect::<serde_json::Map<_, _>>().into()
+    info.iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_str(v).unwrap_or_else(|_| json!(v)),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 async fn run(endpoint: &Path, command: Command) -> Result<()> {
-    let mut rt = client::runtime(endpoint).await.with_context(|| format!("connecting to {}", endpoint.display()))?;
+    let mut rt = client::runtime(endpoint)
+        .await
+        .with_context(|| format!("connecting to {}", endpoint.display()))?;
     match command {
         Command::Version => {
-            let v = rt.version(cri::VersionRequest::default()).await?.into_inner();
-            println!("Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}", v.version, v.runtime_name, v.runtime_version, v.runtime_api_version);
+            let v = rt
+                .version(cri::VersionRequest::default())
+                .await?
+                .into_inner();
+            println!(
+                "Version:  {}\nRuntimeName:  {}\nRuntimeVersion:  {}\nRuntimeApiVersion:  {}",
+                v.version, v.runtime_name, v.runtime_version, v.runtime_api_version
+            );
         }
         Command::Info => {
-            let s = rt.status(cri::StatusRequest { verbose: true }).await?.into_inner();
+            let s = rt
+                .status(cri::StatusRequest { verbose: true })
+                .await?
+                .into_inner();
             print_json(&json!({"status": s.status, "info": info_json(&s.info)}))?;
         }
         Command::Runp { file, runtime } => {
             let config: cri::PodSandboxConfig = read_config(&file)?;
-            let req = cri::RunPodSandboxRequest { config: Some(config), runtime_handler: runtime.unwrap_or_default() };
-            println!("{}", rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id);
+            let req = cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: runtime.unwrap_or_default(),
+            };
+            println!(
+                "{}",
+                rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id
+            );
         }
         Command::Stopp { ids } => {
             for id in ids {
-                rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+                rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await?;
                 println!("Stopped sandbox {id}");
             }
         }
         Command::Rmp { ids } => {
             for id in ids {
-                rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() }).await?;
+                rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await?;
                 println!("Removed sandbox {id}");
             }
         }
-        Command::Pods { output, id, state, label, quiet } => {
+        Command::Pods {
+            output,
+            id,
+            state,
+            label,
+            quiet,
+        } => {
             let state = match state.as_deref() {
                 None => None,
                 Some("ready") => Some(cri::PodSandboxState::SandboxReady),
@@ -131,7 +179,9 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
             };
             let mut label_selector = HashMap::new();
             for l in label {
-                let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: use key=value"))?;
+                let (k, v) = l
+                    .split_once('=')
+                    .with_context(|| format!("--label {l:?}: use key=value"))?;
                 label_selector.insert(k.to_owned(), v.to_owned());
             }
             let filter = cri::PodSandboxFilter {
@@ -139,7 +189,12 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
                 state: state.map(|s| cri::PodSandboxStateValue { state: s as i32 }),
                 label_selector,
             };
-            let pods = rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) }).await?.into_inner();
+            let pods = rt
+                .list_pod_sandbox(cri::ListPodSandboxRequest {
+                    filter: Some(filter),
+                })
+                .await?
+                .into_inner();
             match (quiet, output) {
                 (true, _) => pods.items.iter().for_each(|p| println!("{}", p.id)),
                 (false, Output::Json) => print_json(&pods)?,
@@ -147,7 +202,13 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
             }
         }
         Command::Inspectp { id } => {
-            let s = rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: id, verbose: true }).await?.into_inner();
+            let s = rt
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: id,
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
             print_json(&json!({"status": s.status, "info": info_json(&s.info)}))?;
         }
     }
@@ -155,21 +216,39 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
 }
 
 fn print_pods(pods: &[cri::PodSandbox]) {
-    println!("{:<13}  {:<14}  {:<8}  {:<30}  {:<20}  {:<7}  RUNTIME", "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT");
+    println!(
+        "{:<13}  {:<14}  {:<8}  {:<30}  {:<20}  {:<7}  RUNTIME",
+        "POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT"
+    );
     for p in pods {
         let m = p.metadata.clone().unwrap_or_default();
         let state = match cri::PodSandboxState::try_from(p.state) {
             Ok(cri::PodSandboxState::SandboxReady) => "Ready",
             _ => "NotReady",
         };
-        let runtime = if p.runtime_handler.is_empty() { "(default)" } else { &p.runtime_handler };
-        println!("{:<13}  {:<14}  {:<8}  {:<30}  {:<20}  {:<7}  {runtime}", &p.id[..13.min(p.id.len())], ago(p.created_at), state, m.name, m.namespace, m.attempt);
+        let runtime = if p.runtime_handler.is_empty() {
+            "(default)"
+        } else {
+            &p.runtime_handler
+        };
+        println!(
+            "{:<13}  {:<14}  {:<8}  {:<30}  {:<20}  {:<7}  {runtime}",
+            &p.id[..13.min(p.id.len())],
+            ago(p.created_at),
+            state,
+            m.name,
+            m.namespace,
+            m.attempt
+        );
     }
 }
 
 fn ago(nanos: i64) -> String {
     let created = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
-    let secs = SystemTime::now().duration_since(created).unwrap_or_default().as_secs();
+    let secs = SystemTime::now()
+        .duration_since(created)
+        .unwrap_or_default()
+        .as_secs();
     match secs {
         0..60 => format!("{secs} seconds ago"),
         60..3600 => format!("{} minutes ago", secs / 60),

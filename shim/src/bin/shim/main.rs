@@ -57,24 +57,36 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     let level = if args.debug { "debug" } else { "info" };
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(level).with_ansi(false).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(level)
+        .with_ansi(false)
+        .init();
     match args.action.as_deref() {
         None => {}
         Some(other) => bail!("action {other:?} is not supported yet"),
     }
     // SAFETY: plain prctl on this process.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
-        bail!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error());
+        bail!(
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: by contract with whoever started us, fd 3 is our listening unix socket and
     // nothing else in this process owns it.
     let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(listener, args.id))
 }
 
 async fn serve(listener: UnixListener, id: String) -> Result<()> {
-    let socket_path = listener.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.to_owned()));
+    let socket_path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_owned()));
     listener.set_nonblocking(true)?;
     let shim = Arc::new(task::Shim::new());
     let mut children = signal(SignalKind::child())?;
@@ -93,7 +105,9 @@ async fn serve(listener: UnixListener, id: String) -> Result<()> {
         services.insert("containerd.task.v2.Task".into(), v2);
     }
     let listener = Listener::try_from(listener).context("wrapping the listening socket")?;
-    let mut server = Server::new().add_listener(listener).register_service(services);
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(services);
     server.start().await.context("starting the ttrpc server")?;
     tracing::info!(%id, "shim serving");
     let mut term = signal(SignalKind::terminate())?;
@@ -117,6 +131,12 @@ fn reap(shim: &task::Shim) {
             Ok(WaitStatus::StillAlive) | Err(_) => return,
             Ok(_) => continue,
         };
-        shim.exited(status.0.as_raw(), task::Exit { status: status.1, at: SystemTime::now() });
+        shim.exited(
+            status.0.as_raw(),
+            task::Exit {
+                status: status.1,
+                at: SystemTime::now(),
+            },
+        );
     }
 }

@@ -14,9 +14,15 @@ use podrun_runtime::spec::Spec;
 
 /// Locates `podrun-pause`: next to this executable first, then on PATH.
 pub fn find_pause() -> Result<PathBuf> {
-    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("podrun-pause")));
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("podrun-pause")));
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("podrun-pause")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("podrun-pause"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     beside
         .into_iter()
@@ -34,7 +40,12 @@ struct Join {
 pub fn spawn(spec: &Spec, pause: &Path) -> Result<i32> {
     let mut new_flags: libc::c_int = 0;
     let mut joins = Vec::new();
-    for ns in spec.linux.as_ref().map(|l| l.namespaces.as_slice()).unwrap_or_default() {
+    for ns in spec
+        .linux
+        .as_ref()
+        .map(|l| l.namespaces.as_slice())
+        .unwrap_or_default()
+    {
         let flag = match ns.kind.as_str() {
             "network" => libc::CLONE_NEWNET,
             "ipc" => libc::CLONE_NEWIPC,
@@ -45,8 +56,12 @@ pub fn spawn(spec: &Spec, pause: &Path) -> Result<i32> {
         };
         match &ns.path {
             Some(path) => {
-                let fd = File::open(path).with_context(|| format!("opening {} namespace {path}", ns.kind))?;
-                joins.push(Join { fd: fd.into(), flag });
+                let fd = File::open(path)
+                    .with_context(|| format!("opening {} namespace {path}", ns.kind))?;
+                joins.push(Join {
+                    fd: fd.into(),
+                    flag,
+                });
             }
             None => new_flags |= flag,
         }
@@ -64,22 +79,45 @@ pub fn spawn(spec: &Spec, pause: &Path) -> Result<i32> {
     // SAFETY: a fork-like clone (no new stack, no CLONE_VM): the child gets a copy of this
     // address space and runs only async-signal-safe syscalls on data prepared above, then
     // execs or _exits. Nothing in it allocates, locks or unwinds.
-    let pid = unsafe { libc::syscall(libc::SYS_clone, (new_flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (new_flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if pid < 0 {
         bail!("clone: {}", std::io::Error::last_os_error());
     }
     if pid == 0 {
         // SAFETY: see above; `child` never returns.
-        unsafe { child(&joins, hostname.as_deref(), devnull.as_raw_fd(), err_wr.as_raw_fd(), &argv, &envp) }
+        unsafe {
+            child(
+                &joins,
+                hostname.as_deref(),
+                devnull.as_raw_fd(),
+                err_wr.as_raw_fd(),
+                &argv,
+                &envp,
+            )
+        }
     }
     drop(err_wr);
     let mut report = Vec::new();
     File::from(err_rd).read_to_end(&mut report)?;
     if report.len() >= 5 {
         let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
-        let step = ["setns", "sethostname", "dup2", "execve", "sigprocmask"].get(report[0] as usize).unwrap_or(&"?");
+        let step = ["setns", "sethostname", "dup2", "execve", "sigprocmask"]
+            .get(report[0] as usize)
+            .unwrap_or(&"?");
         // The child has exited (127); the reaper collects it.
-        bail!("starting pause: {step}: {}", std::io::Error::from_raw_os_error(errno));
+        bail!(
+            "starting pause: {step}: {}",
+            std::io::Error::from_raw_os_error(errno)
+        );
     }
     Ok(pid as i32)
 }

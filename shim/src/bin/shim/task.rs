@@ -55,7 +55,11 @@ pub struct Shim {
 
 impl Shim {
     pub fn new() -> Shim {
-        Shim { tasks: Mutex::default(), unclaimed: Mutex::default(), shutdown: Arc::new(Notify::new()) }
+        Shim {
+            tasks: Mutex::default(),
+            unclaimed: Mutex::default(),
+            shutdown: Arc::new(Notify::new()),
+        }
     }
 
     /// Called by the reaper for every child it collects.
@@ -71,7 +75,11 @@ impl Shim {
         }
     }
 
-    fn with_task<T>(&self, id: &str, f: impl FnOnce(&mut Task) -> ttrpc::Result<T>) -> ttrpc::Result<T> {
+    fn with_task<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Task) -> ttrpc::Result<T>,
+    ) -> ttrpc::Result<T> {
         let mut tasks = lock(&self.tasks);
         let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
         f(task)
@@ -100,43 +108,88 @@ fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
 
 #[async_trait]
 impl TaskService for Shim {
-    async fn create(&self, _: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
         if lock(&self.tasks).contains_key(&req.id) {
-            return Err(status(ttrpc::Code::ALREADY_EXISTS, format!("task {:?} already exists", req.id)));
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("task {:?} already exists", req.id),
+            ));
         }
         let path = std::path::Path::new(&req.bundle).join("config.json");
         let spec: Spec = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, format!("{}: {e}", path.display())))?;
+            .map_err(|e| {
+                status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
         if !spec.is_sandbox() {
-            return Err(status(ttrpc::Code::UNIMPLEMENTED, "app containers are not supported by this shim yet".into()));
+            return Err(status(
+                ttrpc::Code::UNIMPLEMENTED,
+                "app containers are not supported by this shim yet".into(),
+            ));
         }
-        let pause = crate::pause::find_pause().map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
-        let pid = crate::pause::spawn(&spec, &pause).map_err(|e| status(ttrpc::Code::INTERNAL, format!("{e:#}")))?;
+        let pause = crate::pause::find_pause()
+            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+        let pid = crate::pause::spawn(&spec, &pause)
+            .map_err(|e| status(ttrpc::Code::INTERNAL, format!("{e:#}")))?;
         if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
             if let Err(e) = podrun_runtime::cgroup::join(cgroup, pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
             }
         }
         let (exit, _) = watch::channel(lock(&self.unclaimed).remove(&pid));
-        lock(&self.tasks).insert(req.id.clone(), Task { bundle: req.bundle, pid, started: false, exit });
+        lock(&self.tasks).insert(
+            req.id.clone(),
+            Task {
+                bundle: req.bundle,
+                pid,
+                started: false,
+                exit,
+            },
+        );
         tracing::info!(id = %req.id, pid, "sandbox task created with built-in pause");
-        Ok(api::CreateTaskResponse { pid: pid as u32, ..Default::default() })
-    }
-
-    async fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
-        self.with_task(&req.id, |t| {
-            if t.exit.borrow().is_some() {
-                return Err(status(ttrpc::Code::FAILED_PRECONDITION, format!("task {:?} has exited", req.id)));
-            }
-            t.started = true;
-            Ok(api::StartResponse { pid: t.pid as u32, ..Default::default() })
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
         })
     }
 
-    async fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
+    async fn start(
+        &self,
+        _: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
+        self.with_task(&req.id, |t| {
+            if t.exit.borrow().is_some() {
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("task {:?} has exited", req.id),
+                ));
+            }
+            t.started = true;
+            Ok(api::StartResponse {
+                pid: t.pid as u32,
+                ..Default::default()
+            })
+        })
+    }
+
+    async fn state(
+        &self,
+        _: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
         self.with_task(&req.id, |t| {
             let exit = *t.exit.borrow();
             Ok(api::StateResponse {
@@ -152,10 +205,17 @@ impl TaskService for Shim {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        let pid = self.with_task(&req.id, |t| Ok((t.exit.borrow().is_none()).then_some(t.pid)))?;
+        let pid = self.with_task(
+            &req.id,
+            |t| Ok((t.exit.borrow().is_none()).then_some(t.pid)),
+        )?;
         if let Some(pid) = pid {
-            let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
-                .map_err(|_| status(ttrpc::Code::INVALID_ARGUMENT, format!("signal {} is not valid", req.signal)))?;
+            let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+                status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("signal {} is not valid", req.signal),
+                )
+            })?;
             match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
                 Ok(()) | Err(nix::Error::ESRCH) => {}
                 Err(e) => return Err(status(ttrpc::Code::INTERNAL, format!("kill {pid}: {e}"))),
@@ -164,35 +224,69 @@ impl TaskService for Shim {
         Ok(Empty::new())
     }
 
-    async fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
+    async fn wait(
+        &self,
+        _: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> ttrpc::Result<api::WaitResponse> {
         let mut rx = self.with_task(&req.id, |t| Ok(t.exit.subscribe()))?;
         let exit = rx.wait_for(Option::is_some).await.map(|exit| *exit);
         let Ok(Some(exit)) = exit else {
-            return Err(status(ttrpc::Code::NOT_FOUND, format!("task {:?} was deleted", req.id)));
+            return Err(status(
+                ttrpc::Code::NOT_FOUND,
+                format!("task {:?} was deleted", req.id),
+            ));
         };
-        Ok(api::WaitResponse { exit_status: exit.status, exited_at: timestamp(exit.at), ..Default::default() })
-    }
-
-    async fn delete(&self, _: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
-        let mut tasks = lock(&self.tasks);
-        let task = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        let Some(exit) = *task.exit.borrow() else {
-            return Err(status(ttrpc::Code::FAILED_PRECONDITION, format!("task {:?} is still running", req.id)));
-        };
-        let pid = task.pid as u32;
-        tasks.remove(&req.id);
-        Ok(api::DeleteResponse { pid, exit_status: exit.status, exited_at: timestamp(exit.at), ..Default::default() })
-    }
-
-    async fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
-        self.with_task(&req.id, |t| {
-            let mut info = containerd_shim_protos::types::task::ProcessInfo::new();
-            info.pid = t.pid as u32;
-            Ok(api::PidsResponse { processes: vec![info], ..Default::default() })
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
         })
     }
 
-    async fn connect(&self, _: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
+    async fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        let mut tasks = lock(&self.tasks);
+        let task = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
+        let Some(exit) = *task.exit.borrow() else {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("task {:?} is still running", req.id),
+            ));
+        };
+        let pid = task.pid as u32;
+        tasks.remove(&req.id);
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> ttrpc::Result<api::PidsResponse> {
+        self.with_task(&req.id, |t| {
+            let mut info = containerd_shim_protos::types::task::ProcessInfo::new();
+            info.pid = t.pid as u32;
+            Ok(api::PidsResponse {
+                processes: vec![info],
+                ..Default::default()
+            })
+        })
+    }
+
+    async fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
         let task_pid = lock(&self.tasks).get(&req.id).map_or(0, |t| t.pid as u32);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
