@@ -55,3 +55,167 @@ pub mod client {
         Ok(ImageServiceClient::new(channel(socket).await?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::cri;
+
+    /// The first byte of an encoding with exactly one field set is that field's tag:
+    /// (number << 3) | wire type. These pin the numbers podrun relies on to upstream's.
+    fn tag(msg: impl Message) -> u8 {
+        msg.encode_to_vec()[0]
+    }
+
+    const LEN: u8 = 2;
+    const VARINT: u8 = 0;
+
+    #[test]
+    fn wire_numbers_match_upstream() {
+        let s = || "x".to_owned();
+        let cases: Vec<(&str, u8, u8)> = vec![
+            (
+                "RunPodSandboxRequest.config",
+                tag(cri::RunPodSandboxRequest {
+                    config: Some(Default::default()),
+                    ..Default::default()
+                }),
+                1 << 3 | LEN,
+            ),
+            (
+                "RunPodSandboxRequest.runtime_handler",
+                tag(cri::RunPodSandboxRequest {
+                    runtime_handler: s(),
+                    ..Default::default()
+                }),
+                2 << 3 | LEN,
+            ),
+            (
+                "PodSandboxConfig.hostname",
+                tag(cri::PodSandboxConfig {
+                    hostname: s(),
+                    ..Default::default()
+                }),
+                2 << 3 | LEN,
+            ),
+            (
+                "PodSandboxConfig.log_directory",
+                tag(cri::PodSandboxConfig {
+                    log_directory: s(),
+                    ..Default::default()
+                }),
+                3 << 3 | LEN,
+            ),
+            (
+                "PodSandboxConfig.dns_config",
+                tag(cri::PodSandboxConfig {
+                    dns_config: Some(Default::default()),
+                    ..Default::default()
+                }),
+                4 << 3 | LEN,
+            ),
+            (
+                "PodSandboxConfig.port_mappings",
+                tag(cri::PodSandboxConfig {
+                    port_mappings: vec![Default::default()],
+                    ..Default::default()
+                }),
+                5 << 3 | LEN,
+            ),
+            (
+                "PodSandboxConfig.linux",
+                tag(cri::PodSandboxConfig {
+                    linux: Some(Default::default()),
+                    ..Default::default()
+                }),
+                8 << 3 | LEN,
+            ),
+            (
+                "PodSandboxMetadata.attempt",
+                tag(cri::PodSandboxMetadata {
+                    attempt: 1,
+                    ..Default::default()
+                }),
+                4 << 3 | VARINT,
+            ),
+            (
+                "NamespaceOption.pid",
+                tag(cri::NamespaceOption {
+                    pid: 1,
+                    ..Default::default()
+                }),
+                2 << 3 | VARINT,
+            ),
+            (
+                "NamespaceOption.ipc",
+                tag(cri::NamespaceOption {
+                    ipc: 1,
+                    ..Default::default()
+                }),
+                3 << 3 | VARINT,
+            ),
+            (
+                "LinuxPodSandboxConfig.cgroup_parent",
+                tag(cri::LinuxPodSandboxConfig {
+                    cgroup_parent: s(),
+                    ..Default::default()
+                }),
+                1 << 3 | LEN,
+            ),
+            (
+                "PodSandboxStatus.network",
+                tag(cri::PodSandboxStatus {
+                    network: Some(Default::default()),
+                    ..Default::default()
+                }),
+                5 << 3 | LEN,
+            ),
+            (
+                "PodSandboxStatus.runtime_handler",
+                tag(cri::PodSandboxStatus {
+                    runtime_handler: s(),
+                    ..Default::default()
+                }),
+                9 << 3 | LEN,
+            ),
+            (
+                "PodSandboxNetworkStatus.additional_ips",
+                tag(cri::PodSandboxNetworkStatus {
+                    additional_ips: vec![Default::default()],
+                    ..Default::default()
+                }),
+                2 << 3 | LEN,
+            ),
+            (
+                "PodSandboxFilter.label_selector",
+                tag(cri::PodSandboxFilter {
+                    label_selector: [(s(), s())].into(),
+                    ..Default::default()
+                }),
+                3 << 3 | LEN,
+            ),
+            (
+                "PortMapping.host_ip",
+                tag(cri::PortMapping {
+                    host_ip: s(),
+                    ..Default::default()
+                }),
+                4 << 3 | LEN,
+            ),
+            (
+                "RuntimeConfigResponse.linux",
+                tag(cri::RuntimeConfigResponse {
+                    linux: Some(Default::default()),
+                }),
+                1 << 3 | LEN,
+            ),
+        ];
+        for (field, got, want) in cases {
+            assert_eq!(got, want, "{field}: tag {got:#x}, upstream {want:#x}");
+        }
+        assert_eq!(cri::CgroupDriver::Cgroupfs as i32, 1);
+        assert_eq!(cri::NamespaceMode::Node as i32, 2);
+        assert_eq!(cri::PodSandboxState::SandboxNotready as i32, 1);
+    }
+}

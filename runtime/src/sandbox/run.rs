@@ -252,13 +252,8 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     let bundle_spec = spec::pause_spec(record);
     let spec_path = dirs.state.join("config.json");
     store::write_atomic(&spec_path, &bundle_spec)?;
-    let shim_bin = node
-        .binaries
-        .shim
-        .clone()
-        .map_err(Error::FailedPrecondition)?;
     let shim_process = shim::spawn(
-        &shim_bin,
+        &node.binaries,
         &record.id,
         &record.shim_socket,
         &dirs.state.join("shim.log"),

@@ -17,19 +17,29 @@ use containerd_shim_protos::shim_async::{Client, TaskClient};
 use containerd_shim_protos::ttrpc::context;
 
 use crate::error::{Error, Result};
+use crate::node::Binaries;
 use crate::store::ProcessId;
 
 /// How long one shim call may take before podrund gives up on the shim.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts the shim binary for pod `id`, serving on `socket`; its stderr goes to `log`.
+/// It runs the `pause` binary podrund chose.
 pub fn spawn(
-    shim: &Path,
+    binaries: &Binaries,
     id: &str,
     socket: &Path,
     log: &Path,
     daemon_address: &Path,
 ) -> Result<ProcessId> {
+    let shim = binaries
+        .shim
+        .as_deref()
+        .map_err(|e| Error::FailedPrecondition(e.clone()))?;
+    let pause = binaries
+        .pause
+        .as_deref()
+        .map_err(|e| Error::FailedPrecondition(e.clone()))?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
@@ -47,6 +57,12 @@ pub fn spawn(
     let mut cmd = tokio::process::Command::new(shim);
     cmd.args(["-namespace", "k8s.io", "-id", id, "-address"])
         .arg(daemon_address)
+        .env_clear()
+        .env("PODRUN_PAUSE", pause)
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -12,8 +12,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use podrun_runtime::spec::Spec;
 
-/// Locates `podrun-pause`: next to this executable first, then on PATH.
+/// Locates `podrun-pause`: where podrund says (`PODRUN_PAUSE`), else next to this
+/// executable, else on PATH.
 pub fn find_pause() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PODRUN_PAUSE") {
+        return Ok(path.into());
+    }
     let beside = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(|d| d.join("podrun-pause")));
