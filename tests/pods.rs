@@ -407,8 +407,32 @@ async fn pods_survive_a_podrund_crash_and_are_managed_after_it() {
         assert_eq!(info["pausePid"], before.1["pausePid"]);
     }
     stop_and_remove(&mut client, &a).await;
-    stop_and_remove(&mut client, &b).await;
+    // Remove without Stop stops first.
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: b.clone(),
+        })
+        .await
+        .unwrap();
     assert!(!alive(shim) && !alive(pause));
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_releases_the_ip_even_when_the_netns_is_already_gone() {
+    let node = TestNode::start(Chain::Standard);
+    let mut client = node.client().await;
+    let id = node
+        .run_pod(&mut client, node.pod_config("gone"))
+        .await
+        .unwrap();
+    let (_, info) = pod_info(&mut client, &id).await.unwrap();
+    assert_eq!(podrun_tests::ip_reservations(&node.ipam_dir).len(), 1);
+    // Someone (a reboot, an operator) removes the pin behind podrun's back.
+    let pin = info["netnsPath"].as_str().unwrap();
+    nix::mount::umount2(pin, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    std::fs::remove_file(pin).unwrap();
+    stop_and_remove(&mut client, &id).await;
     node.assert_no_leaks();
 }
 

@@ -131,6 +131,7 @@ impl PodKey {
 /// One pod in memory. Its record is behind an async lock that serializes operations on it.
 pub struct Sandbox {
     pub id: String,
+    key: PodKey,
     pub record: tokio::sync::Mutex<Record>,
 }
 
@@ -149,6 +150,7 @@ impl Sandboxes {
     fn insert(&self, record: Record) -> Arc<Sandbox> {
         let pod = Arc::new(Sandbox {
             id: record.id.clone(),
+            key: record.key(),
             record: tokio::sync::Mutex::new(record),
         });
         self.pods().insert(pod.id.clone(), pod.clone());
@@ -201,13 +203,11 @@ impl Sandboxes {
             .clone()
     }
 
-    async fn find_by_key(&self, key: &PodKey) -> Option<String> {
-        for pod in self.all() {
-            if pod.record.lock().await.key() == *key {
-                return Some(pod.id.clone());
-            }
-        }
-        None
+    fn find_by_key(&self, key: &PodKey) -> Option<String> {
+        self.pods()
+            .values()
+            .find(|p| p.key == *key)
+            .map(|p| p.id.clone())
     }
 }
 

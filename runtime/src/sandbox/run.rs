@@ -31,7 +31,7 @@ pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<Stri
     validate(&config)?;
     let key = PodKey::of(config.metadata.as_ref().unwrap_or(&Default::default()));
     let guard = node.sandboxes.key_lock(&key).lock_owned().await;
-    if let Some(id) = node.sandboxes.find_by_key(&key).await {
+    if let Some(id) = node.sandboxes.find_by_key(&key) {
         return Ok(id);
     }
     let handler = req.runtime_handler;

@@ -56,6 +56,7 @@ fn main() -> Result<()> {
                 .context("--log-level")?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let node = Arc::new(Node::new(config));
     match (&node.binaries.shim, &node.binaries.pause) {
