@@ -9,14 +9,24 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// The mount points of every cgroup hierarchy, one per hierarchy.
-pub fn hierarchies() -> Result<Vec<PathBuf>> {
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hierarchy {
+    pub mount: PathBuf,
+    /// A v1 hierarchy with the cpuset controller, whose children start with empty
+    /// `cpuset.cpus`/`cpuset.mems` that must be filled before a task can join (on v2 an
+    /// empty value means "inherit" and must be left alone).
+    pub v1_cpuset: bool,
+}
+
+/// Every cgroup hierarchy, each once.
+pub fn hierarchies() -> Result<Vec<Hierarchy>> {
     let info = fs::read_to_string("/proc/self/mountinfo")
         .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
     Ok(parse_hierarchies(&info))
 }
 
-fn parse_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
+fn parse_hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
     let mut seen = Vec::new();
     let mut out = Vec::new();
     for line in mountinfo.lines() {
@@ -34,10 +44,14 @@ fn parse_hierarchies(mountinfo: &str) -> Vec<PathBuf> {
             continue;
         }
         // A hierarchy mounted twice has the same super options (its controllers): keep one.
-        let key = format!("{fstype} {}", right.get(2).unwrap_or(&""));
+        let options = right.get(2).unwrap_or(&"");
+        let key = format!("{fstype} {options}");
         if !seen.contains(&key) {
             seen.push(key);
-            out.push(PathBuf::from(mountpoint.replace("\\040", " ")));
+            out.push(Hierarchy {
+                mount: PathBuf::from(mountpoint.replace("\\040", " ")),
+                v1_cpuset: *fstype == "cgroup" && options.split(',').any(|o| o == "cpuset"),
+            });
         }
     }
     out
@@ -58,36 +72,40 @@ fn dirs(path: &str) -> Result<Vec<PathBuf>> {
     validate(path)?;
     Ok(hierarchies()?
         .into_iter()
-        .map(|h| h.join(path.trim_start_matches('/')))
+        .map(|h| h.mount.join(path.trim_start_matches('/')))
         .collect())
 }
 
 /// Makes `path` (and missing parents) in every hierarchy.
 pub fn create(path: &str) -> Result<()> {
-    for dir in dirs(path)? {
+    validate(path)?;
+    for h in hierarchies()? {
+        let dir = h.mount.join(path.trim_start_matches('/'));
         fs::create_dir_all(&dir).map_err(Error::io("creating cgroup", &dir))?;
-        // cpuset children start empty; a process cannot join them until they are filled.
-        for knob in ["cpuset.cpus", "cpuset.mems"] {
-            let own = dir.join(knob);
-            if own.exists() && fs::read_to_string(&own).is_ok_and(|v| v.trim().is_empty()) {
-                inherit_cpuset(&dir, knob)?;
+        if h.v1_cpuset {
+            for knob in ["cpuset.cpus", "cpuset.mems"] {
+                inherit_cpuset(&h.mount, &dir, knob)?;
             }
         }
     }
     Ok(())
 }
 
-fn inherit_cpuset(dir: &Path, knob: &str) -> Result<()> {
-    let parent = dir
-        .parent()
-        .ok_or_else(|| Error::Internal(format!("{} has no parent", dir.display())))?;
-    let mut value = fs::read_to_string(parent.join(knob)).unwrap_or_default();
-    if value.trim().is_empty() {
-        inherit_cpuset(parent, knob)?;
-        value = fs::read_to_string(parent.join(knob))
-            .map_err(Error::io("reading", parent.join(knob)))?;
+/// Fills an empty v1 cpuset knob from the nearest ancestor below `mount` that has one.
+fn inherit_cpuset(mount: &Path, dir: &Path, knob: &str) -> Result<()> {
+    let read = |d: &Path| {
+        fs::read_to_string(d.join(knob))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    if dir == mount || !read(dir).is_empty() {
+        return Ok(());
     }
-    fs::write(dir.join(knob), value.trim()).map_err(Error::io("writing", dir.join(knob)))
+    let parent = dir.parent().unwrap_or(mount);
+    inherit_cpuset(mount, parent, knob)?;
+    let value = read(parent);
+    fs::write(dir.join(knob), value).map_err(Error::io("writing", dir.join(knob)))
 }
 
 /// Moves process `pid` into `path` in every hierarchy.
@@ -152,17 +170,20 @@ mod tests {
 26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 27 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 28 25 0:25 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+31 25 0:26 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset
 29 1 0:24 / /mnt/again rw - cgroup cgroup rw,cpu,cpuacct
 30 1 0:25 /nested /mnt/nested rw - cgroup cgroup rw,memory";
-        let got = parse_hierarchies(info);
-        let want: Vec<PathBuf> = [
-            "/sys/fs/cgroup/unified",
-            "/sys/fs/cgroup/cpu,cpuacct",
-            "/sys/fs/cgroup/memory",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+        let got: Vec<(String, bool)> = parse_hierarchies(info)
+            .into_iter()
+            .map(|h| (h.mount.display().to_string(), h.v1_cpuset))
+            .collect();
+        let want = [
+            ("/sys/fs/cgroup/unified", false),
+            ("/sys/fs/cgroup/cpu,cpuacct", false),
+            ("/sys/fs/cgroup/memory", false),
+            ("/sys/fs/cgroup/cpuset", true),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(m, c)| (m.to_string(), *c)).collect();
         assert_eq!(got, want);
     }
 

@@ -14,6 +14,9 @@ pub struct Node {
     pub binaries: Binaries,
     pub cni: Arc<dyn Exec>,
     pub sandboxes: Sandboxes,
+    /// Held shared by every operation that changes pods; shutdown takes it exclusively,
+    /// so podrund never exits half-way through making or tearing down a pod.
+    pub inflight: tokio::sync::RwLock<()>,
 }
 
 impl Node {
@@ -26,6 +29,7 @@ impl Node {
             binaries: Binaries::find(),
             cni,
             sandboxes: Sandboxes::default(),
+            inflight: tokio::sync::RwLock::new(()),
             config,
         }
     }

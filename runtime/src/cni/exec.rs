@@ -86,19 +86,30 @@ impl Exec for ProcessExec {
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
             let mut child = cmd.spawn().map_err(Error::io("running CNI plugin", &bin))?;
-            if let Some(mut input) = child.stdin.take() {
-                input
-                    .write_all(&stdin)
+            let mut input = child.stdin.take();
+            let run = async {
+                if let Some(input) = input.as_mut() {
+                    // A plugin that exits without reading all its input is judged by its
+                    // exit status and output, not by our broken pipe.
+                    match input.write_all(&stdin).await {
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                            return Err(Error::io("writing to CNI plugin", &bin)(e))
+                        }
+                        _ => {}
+                    }
+                }
+                drop(input);
+                child
+                    .wait_with_output()
                     .await
-                    .map_err(Error::io("writing to CNI plugin", &bin))?;
-            }
-            let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+                    .map_err(Error::io("waiting for CNI plugin", &bin))
+            };
+            let out = tokio::time::timeout(self.timeout, run)
                 .await
                 .map_err(|_| Error::Timeout {
                     what: format!("CNI plugin {}", bin.display()),
                     secs: self.timeout.as_secs(),
-                })?
-                .map_err(Error::io("waiting for CNI plugin", &bin))?;
+                })??;
             Ok(Output {
                 success: out.status.success(),
                 status: out.status.to_string(),

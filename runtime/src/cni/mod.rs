@@ -107,7 +107,7 @@ impl Attachment {
                 .run(
                     plugin_type(plugin),
                     &self.env("ADD"),
-                    self.stdin(plugin, prev.as_ref()),
+                    self.stdin("ADD", plugin, prev.as_ref()),
                 )
                 .await;
             let out = self.check("ADD", plugin, out)?;
@@ -128,7 +128,7 @@ impl Attachment {
                 .run(
                     plugin_type(plugin),
                     &self.env("DEL"),
-                    self.stdin(plugin, self.result.as_ref()),
+                    self.stdin("DEL", plugin, self.result.as_ref()),
                 )
                 .await;
             if let Err(e) = self.check("DEL", plugin, out) {
@@ -149,12 +149,16 @@ impl Attachment {
         ]
     }
 
-    fn stdin(&self, plugin: &Value, prev: Option<&Value>) -> Vec<u8> {
+    fn stdin(&self, command: &str, plugin: &Value, prev: Option<&Value>) -> Vec<u8> {
         let mut conf = plugin.as_object().cloned().unwrap_or_default();
         conf.insert("name".into(), json!(self.network.name));
         conf.insert("cniVersion".into(), json!(self.network.cni_version));
         if let Some(prev) = prev {
             conf.insert("prevResult".into(), prev.clone());
+        }
+        // prevResult on DEL came with spec 0.4.0.
+        if command == "DEL" && version_below(&self.network.cni_version, (0, 4)) {
+            conf.remove("prevResult");
         }
         let wanted: Map<String, Value> = self
             .capabilities
@@ -212,15 +216,32 @@ impl Attachment {
         let Some(result) = &self.result else {
             return Vec::new();
         };
+        // Only addresses on interfaces inside the pod (those with a `sandbox`) are the pod's;
+        // an IP that names no interface is taken as the pod's, as libcni users do.
+        let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+        let in_pod = |ip: &Value| match ip["interface"].as_u64() {
+            Some(i) => interfaces
+                .get(i as usize)
+                .is_none_or(|itf| itf["sandbox"].as_str().is_some_and(|s| !s.is_empty())),
+            None => true,
+        };
         let mut ips: Vec<IpAddr> = result["ips"]
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|ip| in_pod(ip))
             .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
             .collect();
         ips.sort_by_key(|ip| !ip.is_ipv4());
         ips
     }
+}
+
+/// Is the spec version `v` ("0.3.1") older than (major, minor)?
+fn version_below(v: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) < (major, minor)
 }
 
 fn plugin_type(plugin: &Value) -> &str {

@@ -170,3 +170,39 @@ fn configs_without_a_plugin_type_are_rejected() {
     .unwrap_err();
     assert!(err.to_string().contains("without \"type\""), "{err}");
 }
+
+#[test]
+fn only_addresses_inside_the_pod_are_pod_ips() {
+    let mut att = attachment();
+    att.result = Some(json!({
+        "interfaces": [{"name": "cni0"}, {"name": "eth0", "sandbox": "/run/netns/x"}],
+        "ips": [{"address": "10.0.0.1/24", "interface": 0}, {"address": "10.0.0.7/24", "interface": 1}]
+    }));
+    assert_eq!(
+        att.ips(),
+        vec!["10.0.0.7".parse::<std::net::IpAddr>().unwrap()]
+    );
+}
+
+#[tokio::test]
+async fn del_gets_no_prev_result_before_spec_0_4_0() {
+    let rec = Recorder {
+        calls: Mutex::new(vec![]),
+        fail: None,
+    };
+    let mut att = attachment();
+    att.network.cni_version = "0.3.1".into();
+    att.result = Some(json!({"ips": []}));
+    att.del(&rec).await.unwrap();
+    assert!(rec
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|c| c.2.get("prevResult").is_none()));
+    assert!(
+        version_below("0.3.1", (0, 4))
+            && !version_below("1.0.0", (0, 4))
+            && !version_below("0.4.0", (0, 4))
+    );
+}

@@ -3,6 +3,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use podrun_proto::cri::image_service_server::ImageServiceServer;
 use podrun_proto::cri::runtime_service_server::RuntimeServiceServer;
@@ -23,7 +24,7 @@ pub async fn serve(
     let listener = bind(&path).await?;
     let recovered = crate::sandbox::recover(&node).await?;
     tracing::info!(socket = %path.display(), recovered, "podrund serving CRI");
-    let cri = Cri { node };
+    let cri = Cri { node: node.clone() };
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
         .add_service(ImageServiceServer::new(cri))
@@ -31,6 +32,11 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Internal(format!("serving {}: {e}", path.display())));
     let _ = std::fs::remove_file(&path);
+    // Let pod operations already under way finish (their clients may be gone).
+    let drained = tokio::time::timeout(Duration::from_secs(120), node.inflight.write()).await;
+    if drained.is_err() {
+        tracing::error!("pod operations still running after 120s; exiting anyway");
+    }
     result
 }
 

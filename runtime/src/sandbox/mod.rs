@@ -128,11 +128,25 @@ impl PodKey {
     }
 }
 
-/// One pod in memory. Its record is behind an async lock that serializes operations on it.
+/// One pod in memory. Its record is behind an async lock that serializes operations on it;
+/// readers (status, list) see the last published copy, so a slow Stop blocks no one else.
 pub struct Sandbox {
     pub id: String,
     key: PodKey,
-    pub record: tokio::sync::Mutex<Record>,
+    record: tokio::sync::Mutex<Record>,
+    view: Mutex<Record>,
+}
+
+impl Sandbox {
+    /// Makes `record` what readers see.
+    fn publish(&self, record: &Record) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
+    }
+
+    /// The record as last published.
+    fn view(&self) -> Record {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The index of pods, and the reservations that make RunPodSandbox retries safe.
@@ -151,6 +165,7 @@ impl Sandboxes {
         let pod = Arc::new(Sandbox {
             id: record.id.clone(),
             key: record.key(),
+            view: Mutex::new(record.clone()),
             record: tokio::sync::Mutex::new(record),
         });
         self.pods().insert(pod.id.clone(), pod.clone());

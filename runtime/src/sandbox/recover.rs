@@ -4,11 +4,14 @@
 //! A record that cannot be read is left on disk, untouched, and reported.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{persist, PodDirs, Record, State, RECORD_VERSION};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::store;
+
+const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn recover(node: &Arc<Node>) -> Result<usize> {
     let dir = node.config.root.join("pods");
@@ -17,11 +20,12 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(Error::io("reading", &dir)(e)),
     };
-    let mut count = 0;
+    // Pods are checked concurrently, so a few hung shims do not hold up the start.
+    let mut checks = tokio::task::JoinSet::new();
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
         let dirs = PodDirs::new(&node.config, &id);
-        let mut record: Record = match store::read_json(&dirs.record()) {
+        let record: Record = match store::read_json(&dirs.record()) {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(pod = %id, error = %e, "cannot read pod record; leaving it in place");
@@ -32,23 +36,42 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
             tracing::error!(pod = %id, version = record.version, "unexpected pod record; leaving it in place");
             continue;
         }
-        let alive = |p: &Option<store::ProcessId>| p.as_ref().is_some_and(|p| p.is_alive());
-        let ready = record.state == State::Ready
-            && alive(&record.pause)
-            && alive(&record.shim)
-            && reconnect(&record)
-                .await
-                .inspect_err(|e| tracing::warn!(pod = %id, error = %e, "shim does not answer"))
-                .is_ok();
-        if !ready && record.state != State::NotReady {
-            tracing::warn!(pod = %id, state = ?record.state, "pod found not ready on restart");
-            record.state = State::NotReady;
-            persist(&dirs, &record)?;
-        }
+        checks.spawn(check(dirs, record));
+    }
+    let mut count = 0;
+    while let Some(checked) = checks.join_next().await {
+        let record = checked.map_err(|e| Error::Internal(format!("recovery task: {e}")))?;
         node.sandboxes.insert(record);
         count += 1;
     }
     Ok(count)
+}
+
+/// Degrades the record to NotReady unless its pause and shim are alive and answering.
+async fn check(dirs: PodDirs, mut record: Record) -> Record {
+    let alive = |p: &Option<store::ProcessId>| p.as_ref().is_some_and(|p| p.is_alive());
+    let ready = record.state == State::Ready && alive(&record.pause) && alive(&record.shim) && {
+        let answered = tokio::time::timeout(RECONNECT_TIMEOUT, reconnect(&record)).await;
+        match answered {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %record.id, error = %e, "shim does not answer as expected");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(pod = %record.id, "shim did not answer in time");
+                false
+            }
+        }
+    };
+    if !ready && record.state != State::NotReady {
+        tracing::warn!(pod = %record.id, state = ?record.state, "pod found not ready on restart");
+        record.state = State::NotReady;
+        if let Err(e) = persist(&dirs, &record) {
+            tracing::error!(pod = %record.id, error = %e, "cannot record NotReady; continuing");
+        }
+    }
+    record
 }
 
 /// Reconnects to the pod's shim and checks that it still runs the pod's pause.

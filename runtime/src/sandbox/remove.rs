@@ -16,8 +16,11 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
         Err(e) => return Err(e),
     };
     tokio::spawn(async move {
+        let _inflight = node.inflight.read().await;
         let mut record = pod.record.lock().await;
-        stop::stop_locked(&node, &mut record).await?;
+        let stopped = stop::stop_locked(&node, &mut record).await;
+        pod.publish(&record);
+        stopped?;
         remove_dirs(&PodDirs::new(&node.config, &record.id))?;
         node.sandboxes.forget(&record.id, &record.key());
         Ok(())

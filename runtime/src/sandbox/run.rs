@@ -37,6 +37,7 @@ pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<Stri
     let handler = req.runtime_handler;
     let task = tokio::spawn(async move {
         let _reserved = guard;
+        let _inflight = node.inflight.read().await;
         create(&node, config, handler).await
     });
     task.await
@@ -84,11 +85,14 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
     let dirs = PodDirs::new(&node.config, &id);
     let mut record = plan(node, &id, config, handler)?;
     let started = Instant::now();
-    let made = make(node, &dirs, &mut record).await;
+    let made = async {
+        make(node, &dirs, &mut record).await?;
+        record.state = record.state.to(State::Ready)?;
+        persist(&dirs, &record)
+    }
+    .await;
     match made {
         Ok(()) => {
-            record.state = record.state.to(State::Ready)?;
-            persist(&dirs, &record)?;
             tracing::debug!(pod = %id, total_ms = started.elapsed().as_millis() as u64, "RunPodSandbox done");
             node.sandboxes.insert(record);
             Ok(id)
@@ -111,6 +115,7 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
                 Err(rollback) => {
                     // Keep the pod listed as NotReady so Stop/Remove can finish the job later.
                     record.state = State::NotReady;
+                    record.stopped = false;
                     let _ = persist(&dirs, &record);
                     node.sandboxes.insert(record);
                     Err(Error::Rollback {
@@ -284,6 +289,13 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         record.pause = store::ProcessId::of(*pid as i32);
     }
     let (t_cni, (_, t_pause)) = (cni?, pause?);
+    if record.pause.is_none() {
+        let message = "pause exited as soon as it started; see the shim log".to_owned();
+        return Err(Error::Shim {
+            pod: record.id.clone(),
+            message,
+        });
+    }
     let t_both = phase.elapsed();
 
     record.ips = match &record.network {

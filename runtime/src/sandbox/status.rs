@@ -29,7 +29,7 @@ pub async fn status(
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse> {
     let pod = node.sandboxes.get(&req.pod_sandbox_id)?;
-    let mut r = pod.record.lock().await;
+    let mut r = pod.view();
     refresh(&mut r);
     let namespace_options = r
         .config
@@ -93,7 +93,7 @@ pub async fn list(
         if !filter.id.is_empty() && !pod.id.starts_with(&filter.id) {
             continue;
         }
-        let mut r = pod.record.lock().await;
+        let mut r = pod.view();
         refresh(&mut r);
         let state = cri_state(r.state);
         if filter

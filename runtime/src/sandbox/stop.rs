@@ -25,8 +25,11 @@ pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()
     };
     // Run in a task of its own so a client that gives up does not cut teardown half-way.
     tokio::spawn(async move {
+        let _inflight = node.inflight.read().await;
         let mut record = pod.record.lock().await;
-        stop_locked(&node, &mut record).await
+        let result = stop_locked(&node, &mut record).await;
+        pod.publish(&record);
+        result
     })
     .await
     .map_err(|e| Error::Internal(format!("StopPodSandbox task failed: {e}")))?
@@ -45,32 +48,53 @@ pub(super) async fn stop_locked(node: &Node, record: &mut Record) -> Result<()> 
 }
 
 /// Releases everything the pod holds. Safe to repeat; sets `record.stopped` when complete.
+/// Every step runs even when an earlier one failed (the first error is returned), except
+/// that the netns stays pinned while CNI DEL has not succeeded, so DEL can be retried.
 pub(super) async fn teardown(node: &Node, record: &mut Record) -> Result<()> {
     stop_processes(record).await;
-
-    if let Some(att) = &record.network {
-        att.del(node.cni.as_ref()).await?;
-    }
+    let mut first: Option<Error> = None;
+    let mut note = |r: Result<()>| {
+        if let Err(e) = r {
+            tracing::warn!(pod = %record.id, error = %e, "teardown step failed");
+            first.get_or_insert(e);
+        }
+    };
+    let deleted = match &record.network {
+        Some(att) => att.del(node.cni.as_ref()).await,
+        None => Ok(()),
+    };
+    let network_released = deleted.is_ok();
+    note(deleted);
     if let Some(shm) = &record.shm {
-        files::unmount_shm(shm)?;
+        note(files::unmount_shm(shm));
     }
-    if let Some(path) = &record.netns {
-        netns::remove(path)?;
+    if let (Some(path), true) = (&record.netns, network_released) {
+        note(netns::remove(path));
     }
     let cgroup_path = record.cgroup.clone();
-    tokio::task::spawn_blocking(move || cgroup::remove(&cgroup_path))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
-    let _ = std::fs::remove_file(&record.shim_socket);
-    record.stopped = true;
-    Ok(())
+    note(
+        tokio::task::spawn_blocking(move || cgroup::remove(&cgroup_path))
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(e.to_string()))),
+    );
+    match first {
+        Some(e) => Err(e),
+        None => {
+            let _ = std::fs::remove_file(&record.shim_socket);
+            record.stopped = true;
+            Ok(())
+        }
+    }
 }
 
 /// Kills pause through the shim and shuts the shim down; when the shim cannot be reached,
-/// kills both by pid (after checking their start times, so no reused pid is hit).
+/// kills both by pid (after checking their start times, so no reused pid is hit). The
+/// socket is tried even when no shim pid was recorded: podrund may have died between
+/// starting the shim and recording it.
 async fn stop_processes(record: &mut Record) {
-    let shim_alive = record.shim.as_ref().is_some_and(|s| s.is_alive());
-    if shim_alive {
+    let reachable =
+        record.shim.as_ref().is_none_or(|s| s.is_alive()) && record.shim_socket.exists();
+    if reachable {
         match shim::Shim::connect(&record.id, &record.shim_socket).await {
             Ok(client) => {
                 if let Err(e) = client.kill_and_delete(&record.id).await {

@@ -76,6 +76,12 @@ fn main() -> Result<()> {
     // SAFETY: by contract with whoever started us, fd 3 is our listening unix socket and
     // nothing else in this process owns it.
     let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
+    // Children (pause, OCI runtimes) must not hold our listener open after we are gone.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .context("marking the listener close-on-exec")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

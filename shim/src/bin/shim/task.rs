@@ -46,10 +46,10 @@ impl Task {
     }
 }
 
+/// The shim's tasks. It runs on one thread, and Create spawns and records a task without
+/// an `.await` in between, so the reaper never sees an exit of a task not yet recorded.
 pub struct Shim {
     tasks: Mutex<HashMap<String, Task>>,
-    /// Exits of pids that no task claims yet (a child may die before Create records it).
-    unclaimed: Mutex<HashMap<i32, Exit>>,
     pub shutdown: Arc<Notify>,
 }
 
@@ -57,21 +57,15 @@ impl Shim {
     pub fn new() -> Shim {
         Shim {
             tasks: Mutex::default(),
-            unclaimed: Mutex::default(),
             shutdown: Arc::new(Notify::new()),
         }
     }
 
     /// Called by the reaper for every child it collects.
     pub fn exited(&self, pid: i32, exit: Exit) {
-        let tasks = lock(&self.tasks);
-        match tasks.values().find(|t| t.pid == pid) {
-            Some(task) => {
-                task.exit.send_replace(Some(exit));
-            }
-            None => {
-                lock(&self.unclaimed).insert(pid, exit);
-            }
+        // Exits of processes that are no task (a pause that failed to start) are dropped.
+        if let Some(task) = lock(&self.tasks).values().find(|t| t.pid == pid) {
+            task.exit.send_replace(Some(exit));
         }
     }
 
@@ -148,7 +142,7 @@ impl TaskService for Shim {
                 return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
             }
         }
-        let (exit, _) = watch::channel(lock(&self.unclaimed).remove(&pid));
+        let (exit, _) = watch::channel(None);
         lock(&self.tasks).insert(
             req.id.clone(),
             Task {
