@@ -835,3 +835,46 @@ async fn two_instances_run_side_by_side_without_seeing_each_other() {
     one.assert_no_leaks();
     two.assert_no_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_run_pod_sandbox_leaves_nothing_that_remove_cannot_clean() {
+    let mut node = TestNode::start(Chain::Standard);
+    // Kill podrund while pods are in every phase of RunPodSandbox: early and later.
+    for (round, delay) in [(0, 5), (1, 20)] {
+        let client = node.client().await;
+        for i in 0..6 {
+            let mut client = client.clone();
+            let config = node.pod_config(&format!("crash-{round}-{i}"));
+            tokio::spawn(async move {
+                client
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config),
+                        ..Default::default()
+                    })
+                    .await
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        node.kill_daemon();
+        drop(client);
+        node.spawn_daemon();
+        let mut client = node.client().await;
+        // kubelet's garbage collection: remove whatever is listed.
+        let pods = client
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        for p in &pods {
+            node.remember(&p.id);
+            let removed = client
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: p.id.clone(),
+                })
+                .await;
+            removed.unwrap_or_else(|e| panic!("remove after a crash {delay}ms in: {e:?}"));
+        }
+        node.assert_no_leaks();
+    }
+}

@@ -208,9 +208,10 @@ impl TestNode {
     }
 
     pub async fn client(&self) -> Client {
-        client::runtime(&self.socket)
-            .await
-            .expect("connecting to podrund")
+        match client::runtime(&self.socket).await {
+            Ok(c) => c,
+            Err(e) => panic!("connecting to podrund: {e:?}; its log:\n{}", self.log()),
+        }
     }
 
     /// A pod config with unique metadata, in this node's cgroup parent.

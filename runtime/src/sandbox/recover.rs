@@ -27,6 +27,13 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
         let dirs = PodDirs::new(&node.config, &id);
         let record: Record = match store::read_json(&dirs.record()) {
             Ok(r) => r,
+            // Dirs are made just before the first record is written, and nothing else
+            // before it: a crash in between leaves only empty dirs.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(pod = %id, "pod dir without a record; removing it");
+                let _ = super::remove::remove_dirs(&dirs);
+                continue;
+            }
             Err(e) => {
                 tracing::error!(pod = %id, error = %e, "cannot read pod record; leaving it in place");
                 continue;

@@ -59,6 +59,13 @@ pub(super) async fn teardown(node: &Node, record: &mut Record) -> Result<()> {
             first.get_or_insert(e);
         }
     };
+    if let Some(path) = &record.netns {
+        // A crash between creating the pin file and mounting the netns on it leaves a
+        // plain file, which plugins reject; without it they see "netns gone", as they should.
+        if path.exists() && !netns::is_pinned(path) {
+            note(std::fs::remove_file(path).map_err(Error::io("removing stale netns pin", path)));
+        }
+    }
     let deleted = match &record.network {
         Some(att) => att.del(node.cni.as_ref()).await,
         None => Ok(()),
