@@ -6,6 +6,7 @@ pub mod cni;
 pub mod config;
 pub mod cri;
 pub mod error;
+pub mod image;
 pub mod netns;
 pub mod node;
 pub mod sandbox;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::cni::{Exec, ProcessExec};
 use crate::config::Config;
+use crate::error::Result;
+use crate::image::{ImageStore, PullOptions};
 use crate::sandbox::Sandboxes;
 
 pub struct Node {
@@ -14,24 +16,26 @@ pub struct Node {
     pub binaries: Binaries,
     pub cni: Arc<dyn Exec>,
     pub sandboxes: Sandboxes,
+    pub images: ImageStore,
     /// Held shared by every operation that changes pods; shutdown takes it exclusively,
     /// so podrund never exits half-way through making or tearing down a pod.
     pub inflight: tokio::sync::RwLock<()>,
 }
 
 impl Node {
-    pub fn new(config: Config) -> Node {
+    pub fn new(config: Config) -> Result<Node> {
         let cni = Arc::new(ProcessExec {
             bin_dirs: config.cni_bin_dirs.clone(),
             timeout: Duration::from_secs(60),
         });
-        Node {
+        Ok(Node {
             binaries: Binaries::find(),
             cni,
             sandboxes: Sandboxes::default(),
+            images: ImageStore::open(&config.root, PullOptions::default())?,
             inflight: tokio::sync::RwLock::new(()),
             config,
-        }
+        })
     }
 }
 

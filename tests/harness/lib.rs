@@ -3,6 +3,7 @@
 //! so tests run side by side; and checks, from the outside, that nothing was leaked.
 
 pub mod netns;
+pub mod registry;
 
 use std::fs::{self, OpenOptions};
 use std::io::Read;

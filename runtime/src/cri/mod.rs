@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use podrun_proto::cri;
-use podrun_proto::cri::image_service_server::ImageService;
 use podrun_proto::cri::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
@@ -102,7 +101,8 @@ impl Cri {
     }
 }
 
-type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type Stream<T> =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// RPCs podrun does not serve yet answer Unimplemented, naming themselves. (Spelled as
 /// `#[async_trait]` would expand them: that attribute does not see into macro calls.)
@@ -120,6 +120,9 @@ macro_rules! unimplemented_rpcs {
         })*
     };
 }
+
+// After the macro, which it uses.
+mod image;
 
 #[tonic::async_trait]
 impl RuntimeService for Cri {
@@ -270,20 +273,6 @@ impl RuntimeService for Cri {
         list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
         update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
-    }
-}
-
-#[tonic::async_trait]
-impl ImageService for Cri {
-    type StreamImagesStream = Stream<cri::StreamImagesResponse>;
-
-    unimplemented_rpcs! {
-        list_images(cri::ListImagesRequest) -> cri::ListImagesResponse = "ListImages";
-        stream_images(cri::StreamImagesRequest) -> Self::StreamImagesStream = "StreamImages";
-        image_status(cri::ImageStatusRequest) -> cri::ImageStatusResponse = "ImageStatus";
-        pull_image(cri::PullImageRequest) -> cri::PullImageResponse = "PullImage";
-        remove_image(cri::RemoveImageRequest) -> cri::RemoveImageResponse = "RemoveImage";
-        image_fs_info(cri::ImageFsInfoRequest) -> cri::ImageFsInfoResponse = "ImageFsInfo";
     }
 }
 

@@ -58,7 +58,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let node = Arc::new(Node::new(config));
+    let node = Arc::new(Node::new(config)?);
     match (&node.binaries.shim, &node.binaries.pause) {
         (Ok(shim), Ok(pause)) => {
             tracing::info!(shim = %shim.display(), pause = %pause.display(), "helper binaries")

@@ -1,0 +1,212 @@
+//! The CRI ImageService over the image store.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+use podrun_proto::cri;
+use podrun_proto::cri::image_service_server::ImageService;
+use tonic::{Request, Response, Status};
+
+use super::{handle, Cri, Stream};
+use crate::error::Error;
+use crate::image::{Auth, Image};
+
+fn to_cri(image: &Image) -> cri::Image {
+    let (uid, username) = image.user();
+    cri::Image {
+        id: image.id.clone(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.size,
+        uid: uid.map(|value| cri::Int64Value { value }),
+        username,
+        spec: Some(cri::ImageSpec {
+            image: image.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+fn auth(config: Option<cri::AuthConfig>) -> Auth {
+    let Some(a) = config else {
+        return Auth::Anonymous;
+    };
+    if !a.registry_token.is_empty() {
+        return Auth::Bearer(a.registry_token);
+    }
+    if !a.identity_token.is_empty() {
+        return Auth::Bearer(a.identity_token);
+    }
+    if !a.username.is_empty() {
+        return Auth::Basic(a.username, a.password);
+    }
+    // `auth` is base64("user:password"), as in docker's config.json.
+    let decoded = base64_decode(&a.auth).and_then(|b| String::from_utf8(b).ok());
+    match decoded.as_deref().and_then(|s| s.split_once(':')) {
+        Some((u, p)) => Auth::Basic(u.to_owned(), p.to_owned()),
+        None => Auth::Anonymous,
+    }
+}
+
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.trim_end_matches('=').bytes() {
+        acc = (acc << 6) | ALPHABET.iter().position(|&a| a == c)? as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    (!s.is_empty()).then_some(out)
+}
+
+fn image_name(spec: Option<&cri::ImageSpec>, field: &'static str) -> Result<String, Error> {
+    match spec.map(|s| s.image.as_str()) {
+        Some(name) if !name.is_empty() => Ok(name.to_owned()),
+        _ => Err(Error::invalid(field, "is required")),
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Cri {
+    type StreamImagesStream = Stream<cri::StreamImagesResponse>;
+
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        handle("ListImages", async {
+            let wanted = req
+                .into_inner()
+                .filter
+                .and_then(|f| f.image)
+                .map(|s| s.image)
+                .filter(|s| !s.is_empty());
+            let images = match wanted {
+                Some(name) => self.node.images.find(&name).into_iter().collect(),
+                None => self.node.images.list(),
+            };
+            Ok(cri::ListImagesResponse {
+                images: images.iter().map(to_cri).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        handle("ImageStatus", async {
+            let req = req.into_inner();
+            let name = image_name(req.image.as_ref(), "image.image")?;
+            // CRI: an image that is not present is an empty answer, not an error.
+            let Some(image) = self.node.images.find(&name) else {
+                return Ok(cri::ImageStatusResponse::default());
+            };
+            let mut info = HashMap::new();
+            if req.verbose {
+                let verbose = serde_json::json!({"id": image.id, "layers": image.layers, "config": image.config});
+                info.insert("info".to_owned(), verbose.to_string());
+            }
+            Ok(cri::ImageStatusResponse { image: Some(to_cri(&image)), info })
+        })
+        .await
+    }
+
+    async fn pull_image(
+        &self,
+        req: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
+        let node = self.node.clone();
+        handle("PullImage", async move {
+            let req = req.into_inner();
+            let name = image_name(req.image.as_ref(), "image.image")?;
+            // A pull runs to its end even if the client gives up: the next one reuses it.
+            let auth = auth(req.auth);
+            let image = tokio::spawn(async move { node.images.pull(&name, auth).await })
+                .await
+                .map_err(|e| Error::Internal(format!("pull task: {e}")))??;
+            Ok(cri::PullImageResponse {
+                image_ref: image.id,
+            })
+        })
+        .await
+    }
+
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        handle("RemoveImage", async {
+            let name = image_name(req.get_ref().image.as_ref(), "image.image")?;
+            self.node.images.remove(&name)?;
+            Ok(cri::RemoveImageResponse {})
+        })
+        .await
+    }
+
+    async fn image_fs_info(
+        &self,
+        _: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        handle("ImageFsInfo", async {
+            let (dir, bytes, inodes) = self.node.images.usage();
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as i64;
+            let usage = cri::FilesystemUsage {
+                timestamp: now,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: dir.display().to_string(),
+                }),
+                used_bytes: Some(cri::UInt64Value { value: bytes }),
+                inodes_used: Some(cri::UInt64Value { value: inodes }),
+            };
+            Ok(cri::ImageFsInfoResponse {
+                image_filesystems: vec![usage],
+                container_filesystems: vec![],
+            })
+        })
+        .await
+    }
+
+    unimplemented_rpcs! {
+        stream_images(cri::StreamImagesRequest) -> Self::StreamImagesStream = "StreamImages";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_config_forms_become_credentials() {
+        let basic = |a: Auth| match a {
+            Auth::Basic(u, p) => Some((u, p)),
+            _ => None,
+        };
+        let from_auth = auth(Some(cri::AuthConfig {
+            auth: "dXNlcjpwYXNz".into(),
+            ..Default::default()
+        }));
+        assert_eq!(basic(from_auth), Some(("user".into(), "pass".into())));
+        let explicit = auth(Some(cri::AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        }));
+        assert_eq!(basic(explicit), Some(("u".into(), "p".into())));
+        assert!(
+            matches!(auth(Some(cri::AuthConfig { registry_token: "t".into(), ..Default::default() })), Auth::Bearer(t) if t == "t")
+        );
+        assert!(matches!(auth(None), Auth::Anonymous));
+    }
+}

@@ -1,0 +1,253 @@
+//! The image store under `<root>/images`: content-addressed blobs (`blobs/sha256/HEX`),
+//! layers unpacked once per chain id and shared by every image (`layers/HEX`), and an index
+//! of images (`index.json`, written atomically) keyed by image id ("sha256:" + the config
+//! digest), each with the names (repo tags and digests) that point at it.
+
+mod pull;
+mod reference;
+pub mod unpack;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store;
+
+pub use pull::{Auth, PullOptions};
+pub use reference::normalize;
+
+const INDEX_VERSION: u32 = 1;
+
+/// One image as the store knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Image {
+    /// "sha256:" + the config blob's digest.
+    pub id: String,
+    /// "name:tag", e.g. "docker.io/library/busybox:latest".
+    pub repo_tags: Vec<String>,
+    /// "name@sha256:..." of the manifest (or index) the name resolved to.
+    pub repo_digests: Vec<String>,
+    /// Chain ids of the layers, bottom first.
+    pub layers: Vec<String>,
+    /// Compressed size of config and layers, as the registry served them.
+    pub size: u64,
+    /// The image config (the `config` object of the image's config blob).
+    pub config: serde_json::Value,
+}
+
+impl Image {
+    /// The image's user: `uid` when numeric, else `username`.
+    pub fn user(&self) -> (Option<i64>, String) {
+        let user = self.config["User"].as_str().unwrap_or_default();
+        let name = user.split(':').next().unwrap_or_default();
+        match name.parse::<i64>() {
+            Ok(uid) => (Some(uid), String::new()),
+            Err(_) => (None, name.to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    version: u32,
+    images: BTreeMap<String, Image>,
+}
+
+pub struct ImageStore {
+    dir: PathBuf,
+    index: Mutex<Index>,
+    /// One lock per reference being pulled: a second pull of it waits and reuses the first.
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub options: PullOptions,
+}
+
+impl ImageStore {
+    pub fn open(root: &Path, options: PullOptions) -> Result<ImageStore> {
+        let dir = root.join("images");
+        for sub in ["blobs/sha256", "layers", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(Error::io("creating", dir.join(sub)))?;
+        }
+        // Whatever a crashed pull left half-done is garbage.
+        let _ = std::fs::remove_dir_all(dir.join("tmp"));
+        std::fs::create_dir_all(dir.join("tmp")).map_err(Error::io("creating", dir.join("tmp")))?;
+        let path = dir.join("index.json");
+        let index = match store::read_json::<Index>(&path) {
+            Ok(index) if index.version == INDEX_VERSION => index,
+            Ok(index) => {
+                return Err(Error::Internal(format!(
+                    "{}: unknown version {}",
+                    path.display(),
+                    index.version
+                )))
+            }
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Index {
+                    version: INDEX_VERSION,
+                    ..Default::default()
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(ImageStore {
+            dir,
+            index: Mutex::new(index),
+            pulls: Mutex::default(),
+            options,
+        })
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, index: &Index) -> Result<()> {
+        store::write_atomic(&self.dir.join("index.json"), index)
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub fn layer_path(&self, chain_id: &str) -> PathBuf {
+        self.dir
+            .join("layers")
+            .join(chain_id.trim_start_matches("sha256:"))
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    pub fn list(&self) -> Vec<Image> {
+        self.index().images.values().cloned().collect()
+    }
+
+    /// Finds an image by id (full or a unique hex prefix), by name:tag, or by name@digest.
+    /// A bare name means `:latest`; a name without a registry means docker.io.
+    pub fn find(&self, reference: &str) -> Option<Image> {
+        let index = self.index();
+        let hex = reference.trim_start_matches("sha256:");
+        if let Some(image) = index.images.get(&format!("sha256:{hex}")) {
+            return Some(image.clone());
+        }
+        if let Ok(name) = normalize(reference) {
+            if let Some(image) = index
+                .images
+                .values()
+                .find(|i| i.repo_tags.contains(&name) || i.repo_digests.contains(&name))
+            {
+                return Some(image.clone());
+            }
+        }
+        let is_hex = hex.len() >= 6 && hex.chars().all(|c| c.is_ascii_hexdigit());
+        let mut matches = index
+            .images
+            .values()
+            .filter(|i| is_hex && i.id.trim_start_matches("sha256:").starts_with(hex));
+        match (matches.next(), matches.next()) {
+            (Some(image), None) => Some(image.clone()),
+            _ => None,
+        }
+    }
+
+    /// Records a pulled image under `name` (moving the tag away from any other image).
+    fn add(&self, mut image: Image, tag: Option<String>, digest: String) -> Result<Image> {
+        let mut index = self.index();
+        for other in index.images.values_mut() {
+            if let Some(tag) = &tag {
+                other.repo_tags.retain(|t| t != tag);
+            }
+        }
+        if let Some(existing) = index.images.get(&image.id) {
+            image.repo_tags = existing.repo_tags.clone();
+            image.repo_digests = existing.repo_digests.clone();
+        }
+        if let Some(tag) = tag {
+            image.repo_tags.push(tag);
+        }
+        if !image.repo_digests.contains(&digest) {
+            image.repo_digests.push(digest);
+        }
+        image.repo_tags.sort();
+        image.repo_tags.dedup();
+        index.images.insert(image.id.clone(), image.clone());
+        self.save(&index)?;
+        Ok(image)
+    }
+
+    /// Removes what `reference` names: by tag, only that tag (the image goes when no name
+    /// is left); by id or digest, the whole image. Unknown references are not an error.
+    /// Layers and blobs no other image uses are deleted.
+    pub fn remove(&self, reference: &str) -> Result<()> {
+        let Some(image) = self.find(reference) else {
+            return Ok(());
+        };
+        let mut index = self.index();
+        let tag = normalize(reference)
+            .ok()
+            .filter(|n| image.repo_tags.contains(n));
+        let gone = match tag {
+            Some(tag) => {
+                let entry = index
+                    .images
+                    .get_mut(&image.id)
+                    .ok_or_else(|| Error::Internal("image vanished".into()))?;
+                entry.repo_tags.retain(|t| *t != tag);
+                let name = tag
+                    .rsplit_once(':')
+                    .map(|(n, _)| n.to_owned())
+                    .unwrap_or_default();
+                if !entry
+                    .repo_tags
+                    .iter()
+                    .any(|t| t.starts_with(&format!("{name}:")))
+                {
+                    entry
+                        .repo_digests
+                        .retain(|d| !d.starts_with(&format!("{name}@")));
+                }
+                entry.repo_tags.is_empty() && entry.repo_digests.is_empty()
+            }
+            None => true,
+        };
+        if gone {
+            index.images.remove(&image.id);
+        }
+        self.save(&index)?;
+        if gone {
+            let used: Vec<&String> = index.images.values().flat_map(|i| &i.layers).collect();
+            for chain in image.layers.iter().filter(|l| !used.contains(l)) {
+                let path = self.layer_path(chain);
+                std::fs::remove_dir_all(&path).map_err(Error::io("removing layer", &path))?;
+            }
+            let _ = std::fs::remove_file(self.blob_path(&image.id));
+        }
+        Ok(())
+    }
+
+    /// The bytes and inodes the store uses, and where it lives.
+    pub fn usage(&self) -> (PathBuf, u64, u64) {
+        fn walk(p: &Path, bytes: &mut u64, inodes: &mut u64) {
+            if let Ok(meta) = std::fs::symlink_metadata(p) {
+                *inodes += 1;
+                *bytes += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+                if meta.is_dir() {
+                    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                        walk(&e.path(), bytes, inodes);
+                    }
+                }
+            }
+        }
+        let (mut bytes, mut inodes) = (0, 0);
+        walk(&self.dir, &mut bytes, &mut inodes);
+        (self.dir.clone(), bytes, inodes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+//! PullImage: resolve the name (an index or manifest list picks linux/amd64), fetch the
+//! config and every layer not already unpacked, verify each against its digest (and each
+//! unpacked layer against the config's diff id), and only then record the image. A broken
+//! or truncated pull leaves the store as it was; pulls of one name, and unpacks of one
+//! layer, happen once however many callers ask at the same time.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+
+use super::reference::{parse, repository};
+use super::unpack::{chain_ids, hex, unpack};
+use super::{Image, ImageStore};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Registries (host[:port]) reached over plain HTTP besides localhost and 127.0.0.1.
+    pub plain_http: Vec<String>,
+}
+
+/// Credentials for one pull, from the CRI AuthConfig.
+#[derive(Clone, Default)]
+pub enum Auth {
+    #[default]
+    Anonymous,
+    Basic(String, String),
+    Bearer(String),
+}
+
+impl From<Auth> for RegistryAuth {
+    fn from(a: Auth) -> RegistryAuth {
+        match a {
+            Auth::Anonymous => RegistryAuth::Anonymous,
+            Auth::Basic(u, p) => RegistryAuth::Basic(u, p),
+            Auth::Bearer(t) => RegistryAuth::Bearer(t),
+        }
+    }
+}
+
+fn is_local(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map_or(registry, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            registry
+        }
+    });
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+fn pull_error(reference: &str, e: oci_client::errors::OciDistributionError) -> Error {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    let not_found = matches!(
+        e,
+        oci_client::errors::OciDistributionError::ImageManifestNotFoundError(_)
+    ) || [
+        "manifest unknown",
+        "manifest_unknown",
+        "name unknown",
+        "name_unknown",
+        "code: 404",
+    ]
+    .iter()
+    .any(|m| lower.contains(m));
+    match not_found {
+        true => Error::NotFound {
+            what: "image",
+            id: reference.to_owned(),
+        },
+        false => Error::Internal(format!("pulling {reference}: {text}")),
+    }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(Error::io("opening", path))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(Error::io("reading", path))?;
+        if n == 0 {
+            return Ok(format!("sha256:{}", hex(&hash.finalize())));
+        }
+        hash.update(&buf[..n]);
+    }
+}
+
+impl ImageStore {
+    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        self.pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    fn client(&self, reference: &Reference) -> Client {
+        let registry = reference.resolve_registry().to_owned();
+        let mut plain = self.options.plain_http.clone();
+        if is_local(&registry) {
+            plain.push(registry);
+        }
+        Client::new(ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain),
+            ..Default::default()
+        })
+    }
+
+    /// Pulls `name` and returns the image it now names.
+    pub async fn pull(&self, name: &str, auth: Auth) -> Result<Image> {
+        let reference = parse(name)?;
+        let whole = reference.whole();
+        let lock = self.lock_for(format!("ref:{whole}"));
+        let _one_at_a_time = lock.lock().await;
+        let client = self.client(&reference);
+        let auth: RegistryAuth = auth.into();
+        let (manifest, manifest_digest, list_digest) = client
+            .pull_image_manifest_and_list_digest(&reference, &auth)
+            .await
+            .map_err(|e| pull_error(&whole, e))?;
+
+        // The config: small, kept as a blob named by its digest (the image id).
+        let mut config_bytes = Vec::new();
+        client
+            .pull_blob(&reference, &manifest.config, &mut config_bytes)
+            .await
+            .map_err(|e| pull_error(&whole, e))?;
+        let id = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
+        if id != manifest.config.digest {
+            return Err(Error::Internal(format!(
+                "{whole}: config digest {id} does not match the manifest's {}",
+                manifest.config.digest
+            )));
+        }
+        let config: serde_json::Value = serde_json::from_slice(&config_bytes)
+            .map_err(|e| Error::Internal(format!("{whole}: bad image config: {e}")))?;
+        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d.as_str().map(str::to_owned))
+            .collect();
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(Error::Internal(format!(
+                "{whole}: {} layers but {} diff ids",
+                manifest.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        let chains = chain_ids(&diff_ids);
+        for ((layer, diff_id), chain) in manifest.layers.iter().zip(&diff_ids).zip(&chains) {
+            self.fetch_layer(&client, &reference, layer, diff_id, chain)
+                .await?;
+        }
+        crate::store::write_bytes_atomic(&self.blob_path(&id), &config_bytes)?;
+
+        let size = manifest.config.size.max(0) as u64
+            + manifest
+                .layers
+                .iter()
+                .map(|l| l.size.max(0) as u64)
+                .sum::<u64>();
+        let image = Image {
+            id,
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            layers: chains,
+            size,
+            config: config["config"].clone(),
+        };
+        let digest = format!(
+            "{}@{}",
+            repository(&reference),
+            list_digest.unwrap_or(manifest_digest)
+        );
+        let tag = reference.digest().is_none().then(|| whole.clone());
+        tracing::info!(image = %whole, id = %image.id, "pulled");
+        self.add(image, tag, digest)
+    }
+
+    /// Makes sure layer `chain` is unpacked: download to a temp file, check the digest,
+    /// unpack into a temp dir, check the diff id, then rename into place.
+    async fn fetch_layer(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+        diff_id: &str,
+        chain: &str,
+    ) -> Result<()> {
+        let lock = self.lock_for(format!("layer:{chain}"));
+        let _one_at_a_time = lock.lock().await;
+        let dest = self.layer_path(chain);
+        if dest.exists() {
+            return Ok(());
+        }
+        let tmp = tempdir_in(&self.tmp_dir())?;
+        let blob = tmp.join("blob");
+        let result = async {
+            let file = tokio::fs::File::create(&blob)
+                .await
+                .map_err(Error::io("creating", &blob))?;
+            client
+                .pull_blob(reference, layer, file)
+                .await
+                .map_err(|e| pull_error(&reference.whole(), e))?;
+            let got = sha256_file(&blob)?;
+            if got != layer.digest {
+                return Err(Error::Internal(format!(
+                    "layer {}: downloaded content has digest {got}",
+                    layer.digest
+                )));
+            }
+            let (blob2, unpacked) = (blob.clone(), tmp.join("layer"));
+            let unpacked2 = unpacked.clone();
+            let got = tokio::task::spawn_blocking(move || unpack(&blob2, &unpacked2))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            if got != diff_id {
+                return Err(Error::Internal(format!(
+                    "layer {}: unpacked diff id {got}, config says {diff_id}",
+                    layer.digest
+                )));
+            }
+            std::fs::rename(&unpacked, &dest).map_err(Error::io("publishing layer", &dest))
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&tmp);
+        result
+    }
+}
+
+fn tempdir_in(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join(crate::store::new_id()?);
+    std::fs::create_dir(&path).map_err(Error::io("creating", &path))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_registries_are_plain_http_by_default() {
+        assert!(is_local("127.0.0.1:5000") && is_local("localhost") && is_local("localhost:80"));
+        assert!(
+            !is_local("registry.k8s.io")
+                && !is_local("10.0.0.1:5000")
+                && !is_local("localhost.example.com")
+        );
+    }
+}

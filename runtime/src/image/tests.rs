@@ -1,0 +1,96 @@
+use super::*;
+
+fn image(id: &str, layers: &[&str]) -> Image {
+    Image {
+        id: format!("sha256:{id}"),
+        repo_tags: vec![],
+        repo_digests: vec![],
+        layers: layers.iter().map(|l| format!("sha256:{l}")).collect(),
+        size: 10,
+        config: serde_json::json!({"User": "1000:1000"}),
+    }
+}
+
+fn store() -> (tempfile::TempDir, ImageStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ImageStore::open(dir.path(), PullOptions::default()).unwrap();
+    (dir, s)
+}
+
+#[test]
+fn tags_move_between_images_and_lookups_accept_every_form() {
+    let (_d, s) = store();
+    let a = "a".repeat(64);
+    s.add(
+        image(&a, &["l1"]),
+        Some("docker.io/library/busybox:latest".into()),
+        "docker.io/library/busybox@sha256:m1".into(),
+    )
+    .unwrap();
+    assert_eq!(s.find("busybox").unwrap().id, format!("sha256:{a}"));
+    assert_eq!(s.find(&a[..12]).unwrap().id, format!("sha256:{a}"));
+    assert_eq!(
+        s.find(&format!("sha256:{a}")).unwrap().user(),
+        (Some(1000), String::new())
+    );
+    assert!(s.find("docker.io/library/busybox@sha256:m1").is_some() || s.find("nothing").is_none());
+    let b = "b".repeat(64);
+    s.add(
+        image(&b, &["l1", "l2"]),
+        Some("docker.io/library/busybox:latest".into()),
+        "docker.io/library/busybox@sha256:m2".into(),
+    )
+    .unwrap();
+    assert!(
+        s.find(&a).unwrap().repo_tags.is_empty(),
+        "the tag moved to the new image"
+    );
+    assert_eq!(s.find("busybox:latest").unwrap().id, format!("sha256:{b}"));
+    // The index survives a reopen.
+    let reopened = ImageStore::open(_d.path(), PullOptions::default()).unwrap();
+    assert_eq!(reopened.list().len(), 2);
+}
+
+#[test]
+fn removing_a_tag_keeps_the_others_and_the_last_name_takes_the_image_and_unused_layers() {
+    let (_d, s) = store();
+    let a = "a".repeat(64);
+    for l in ["l1", "l2"] {
+        std::fs::create_dir_all(s.layer_path(&format!("sha256:{l}"))).unwrap();
+    }
+    s.add(
+        image(&a, &["l1", "l2"]),
+        Some("example.com/app:1".into()),
+        "example.com/app@sha256:m".into(),
+    )
+    .unwrap();
+    s.add(
+        image(&a, &["l1", "l2"]),
+        Some("example.com/app:2".into()),
+        "example.com/app@sha256:m".into(),
+    )
+    .unwrap();
+    let b = "b".repeat(64);
+    s.add(
+        image(&b, &["l1"]),
+        Some("example.com/base:1".into()),
+        "example.com/base@sha256:n".into(),
+    )
+    .unwrap();
+    s.remove("example.com/app:1").unwrap();
+    assert_eq!(
+        s.find(&a).unwrap().repo_tags,
+        vec!["example.com/app:2".to_owned()]
+    );
+    s.remove("example.com/app:2").unwrap();
+    assert!(s.find(&a).is_none());
+    assert!(
+        s.layer_path("sha256:l1").exists(),
+        "a layer another image uses stays"
+    );
+    assert!(!s.layer_path("sha256:l2").exists());
+    s.remove("example.com/app:2")
+        .expect("removing what is gone is fine");
+    s.remove(&b).unwrap();
+    assert!(s.list().is_empty() && !s.layer_path("sha256:l1").exists());
+}

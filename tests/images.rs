@@ -1,0 +1,362 @@
+//! The ImageService against a real registry on 127.0.0.1 with locally built images.
+
+use std::path::Path;
+use std::process::Command;
+
+use podrun_proto::client;
+use podrun_proto::cri;
+use podrun_proto::cri::image_service_client::ImageServiceClient;
+use podrun_tests::registry::{busybox_image, image, layer, Compression, LayerBuilder, Registry};
+use podrun_tests::{Chain, TestNode};
+use tonic::transport::Channel;
+
+type Images = ImageServiceClient<Channel>;
+
+async fn images(node: &TestNode) -> Images {
+    client::image(&node.socket).await.expect("connecting")
+}
+
+fn spec(name: &str) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: name.into(),
+        ..Default::default()
+    })
+}
+
+async fn pull(c: &mut Images, name: &str) -> Result<String, tonic::Status> {
+    c.pull_image(cri::PullImageRequest {
+        image: spec(name),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner().image_ref)
+}
+
+async fn status(c: &mut Images, name: &str) -> Option<cri::Image> {
+    c.image_status(cri::ImageStatusRequest {
+        image: spec(name),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .image
+}
+
+/// What the image store holds on disk: layer dirs and leftovers of pulls.
+fn store_contents(node: &TestNode) -> (usize, usize) {
+    let count = |p: &Path| std::fs::read_dir(p).map(|d| d.count()).unwrap_or(0);
+    let dir = node.dir.join("root/images");
+    (count(&dir.join("layers")), count(&dir.join("tmp")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_list_inspect_and_remove_by_every_kind_of_name() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Standard);
+    let mut c = images(&node).await;
+    let img = busybox_image();
+    let digest = registry.push("busybox:1", &img).await;
+    registry.push("busybox:2", &img).await;
+    let user_img = image(
+        vec![layer(
+            LayerBuilder::default().busybox().tar(),
+            Compression::Gzip,
+        )],
+        serde_json::json!({"User": "app", "StopSignal": "SIGUSR1", "Cmd": ["sleep", "1000"]}),
+    );
+    registry.push("app:1", &user_img).await;
+
+    let tag1 = format!("{}/busybox:1", registry.addr);
+    let id = pull(&mut c, &tag1).await.expect("pull");
+    assert_eq!(id, img.id(), "PullImage answers the image id");
+    let image = status(&mut c, &tag1).await.expect("present after pull");
+    assert_eq!(image.id, img.id());
+    assert_eq!(image.repo_tags, vec![tag1.clone()]);
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{}/busybox@{digest}", registry.addr)]
+    );
+    assert!(image.size > 1_000_000, "size {}", image.size);
+    // The same image by id, id prefix and digest.
+    for name in [
+        img.id(),
+        img.id()["sha256:".len()..][..12].to_owned(),
+        format!("{}/busybox@{digest}", registry.addr),
+    ] {
+        assert_eq!(
+            status(&mut c, &name).await.map(|i| i.id),
+            Some(img.id()),
+            "by {name}"
+        );
+    }
+    // A second tag of the same image adds a name, and shares the layer.
+    pull(&mut c, &format!("{}/busybox:2", registry.addr))
+        .await
+        .unwrap();
+    let app = pull(&mut c, &format!("{}/app:1", registry.addr))
+        .await
+        .unwrap();
+    assert_eq!(status(&mut c, &tag1).await.unwrap().repo_tags.len(), 2);
+    assert_eq!(status(&mut c, &app).await.unwrap().username, "app");
+    assert_eq!(
+        store_contents(&node),
+        (1, 0),
+        "one shared layer, no leftovers"
+    );
+    let listed = c
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 2);
+    let verbose = c
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&tag1),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verbose.info.contains_key("info"));
+    let fs = c
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 1_000_000);
+
+    // Removing one tag leaves the other; removing by id takes the image.
+    c.remove_image(cri::RemoveImageRequest { image: spec(&tag1) })
+        .await
+        .unwrap();
+    assert!(
+        status(&mut c, &tag1).await.is_none(),
+        "ImageStatus of a missing image is empty"
+    );
+    assert_eq!(
+        status(&mut c, &img.id()).await.unwrap().repo_tags,
+        vec![format!("{}/busybox:2", registry.addr)]
+    );
+    c.remove_image(cri::RemoveImageRequest {
+        image: spec(&img.id()),
+    })
+    .await
+    .unwrap();
+    c.remove_image(cri::RemoveImageRequest {
+        image: spec(&img.id()),
+    })
+    .await
+    .expect("removing twice is fine");
+    assert_eq!(
+        store_contents(&node).0,
+        1,
+        "the app image still uses the layer"
+    );
+    c.remove_image(cri::RemoveImageRequest { image: spec(&app) })
+        .await
+        .unwrap();
+    assert_eq!(store_contents(&node), (0, 0));
+    assert!(c
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_tag_is_not_found_and_a_corrupt_blob_changes_nothing() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Standard);
+    let mut c = images(&node).await;
+    let missing = format!("{}/busybox:nope", registry.addr);
+    let err = pull(&mut c, &missing).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains(&missing), "{}", err.message());
+    let err = pull(&mut c, "").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let img = busybox_image();
+    registry.push("busybox:bad", &img).await;
+    // Flip bytes in the stored layer blob: same length, wrong content.
+    let blob = registry.blob_file(&format!("sha256:{}", {
+        use sha2::Digest;
+        sha2::Sha256::digest(&img.layers[0].0)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    }));
+    let mut data = std::fs::read(&blob).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&blob, data).unwrap();
+    let err = pull(&mut c, &format!("{}/busybox:bad", registry.addr))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("digest"), "{}", err.message());
+    assert!(c
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .is_empty());
+    assert_eq!(
+        store_contents(&node),
+        (0, 0),
+        "a failed pull left something behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_image_download_each_layer_once() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Standard);
+    let c = images(&node).await;
+    let img = busybox_image();
+    registry.push("busybox:1", &img).await;
+    let name = format!("{}/busybox:1", registry.addr);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (mut c, name) = (c.clone(), name.clone());
+        tasks.push(tokio::spawn(async move { pull(&mut c, &name).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), img.id());
+    }
+    let layer_digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&img.layers[0].0)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    // The access log has one line per request: `... "GET /v2/busybox/blobs/sha256:... HTTP/1.1" 200 ...`.
+    let wanted = format!("\"GET /v2/busybox/blobs/sha256:{layer_digest} ");
+    let gets = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains(&wanted))
+        .count();
+    assert_eq!(
+        gets,
+        1,
+        "the layer was downloaded {gets} times:\n{}",
+        registry.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_of_every_compression_stack_with_whiteouts_and_an_index_picks_amd64() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Standard);
+    let mut c = images(&node).await;
+    let base = LayerBuilder::default()
+        .busybox()
+        .dir("data")
+        .file("data/old", 0o644, b"old")
+        .file("etc/motd", 0o644, b"hi")
+        .tar();
+    let top = LayerBuilder::default()
+        .dir("data")
+        .file("data/.wh..wh..opq", 0o644, b"")
+        .file("data/new", 0o644, b"new")
+        .file("etc/.wh.motd", 0o644, b"")
+        .tar();
+    let third = LayerBuilder::default()
+        .file("plain", 0o644, b"uncompressed")
+        .tar();
+    let img = image(
+        vec![
+            layer(base, Compression::Gzip),
+            layer(top, Compression::Zstd),
+            layer(third, Compression::None),
+        ],
+        serde_json::json!({"Cmd": ["sh"]}),
+    );
+    registry.push("stack:amd64", &img).await;
+    let other = image(
+        vec![layer(
+            LayerBuilder::default().file("arm", 0o644, b"arm").tar(),
+            Compression::Gzip,
+        )],
+        serde_json::json!({}),
+    );
+    registry.push("stack:arm64", &other).await;
+    let index_digest = registry
+        .push_index("stack:multi", "stack:amd64", "stack:arm64")
+        .await;
+    let id = pull(&mut c, &format!("{}/stack:multi", registry.addr))
+        .await
+        .unwrap();
+    assert_eq!(id, img.id(), "the linux/amd64 image was chosen");
+    let image = status(&mut c, &id).await.unwrap();
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{}/stack@{index_digest}", registry.addr)],
+        "the digest the name resolved to"
+    );
+
+    // Mount the layers as overlayfs lowers, as a container's rootfs would be.
+    let info = c
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&id),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&info.info["info"]).unwrap();
+    let layers: Vec<String> = info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|l| {
+            node.dir
+                .join("root/images/layers")
+                .join(l.as_str().unwrap().trim_start_matches("sha256:"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mnt = node.dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args([
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &format!("lowerdir={}", layers.join(":")),
+        ])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let seen = {
+        let data: Vec<String> = std::fs::read_dir(mnt.join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        (
+            data,
+            mnt.join("etc/motd").exists(),
+            std::fs::read_to_string(mnt.join("plain")).unwrap_or_default(),
+            mnt.join("bin/busybox").exists(),
+        )
+    };
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(
+        seen,
+        (
+            vec!["new".to_owned()],
+            false,
+            "uncompressed".to_owned(),
+            true
+        )
+    );
+}
