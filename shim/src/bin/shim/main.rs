@@ -7,20 +7,20 @@
 //! [-address ADDR] [-publish-binary BIN] [-id ID] [-debug] [start|delete]`. Without an
 //! action it serves.
 
+mod crilog;
+mod oci;
 mod pause;
+mod reaper;
 mod task;
 
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The fd on which the listening socket is inherited.
@@ -94,12 +94,12 @@ async fn serve(listener: UnixListener, id: String) -> Result<()> {
         .ok()
         .and_then(|a| a.as_pathname().map(|p| p.to_owned()));
     listener.set_nonblocking(true)?;
-    let shim = Arc::new(task::Shim::new());
+    let reaper = Arc::new(reaper::Reaper::default());
+    let shim = Arc::new(task::Shim::new(reaper.clone()));
     let mut children = signal(SignalKind::child())?;
-    let reaper = shim.clone();
     tokio::spawn(async move {
         loop {
-            reap(&reaper);
+            reaper.reap();
             if children.recv().await.is_none() {
                 return;
             }
@@ -126,23 +126,4 @@ async fn serve(listener: UnixListener, id: String) -> Result<()> {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
-}
-
-/// Collects every child that has exited and reports it to the task service.
-fn reap(shim: &task::Shim) {
-    loop {
-        let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, code as u32),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as u32),
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
-        };
-        shim.exited(
-            status.0.as_raw(),
-            task::Exit {
-                status: status.1,
-                at: SystemTime::now(),
-            },
-        );
-    }
 }

@@ -1,12 +1,17 @@
 //! containerd's shim v2 Task service, as podrun's per-pod shim serves it.
 //!
-//! Each task moves through `Created -> Running -> Stopped`, then `Delete` forgets it:
+//! Each process (a task's init, or an exec) moves through:
 //! ```text
-//!  Create ──▶ Created ──Start──▶ Running ──exit──▶ Stopped ──Delete──▶ (gone)
-//!                 └────────────exit──────────────────▶┘
+//!  Create/Exec ──▶ Created ──Start──▶ Running ──exit──▶ Stopped ──Delete──▶ (gone)
+//!                     └──────────────exit──────────────────▶┘
 //! ```
 //! The sandbox task (the spec carries containerd's `container-type: sandbox` annotation)
-//! is served by podrun's built-in pause, spawned at Create; it idles until told to stop.
+//! is served by podrun's built-in pause, spawned at Create. Other tasks run through the OCI
+//! runtime named by the spec's `io.podrun.oci-runtime` annotation (else `runc`).
+//!
+//! podrun's additions to the protocol: a task's `stdout` of the form `cri-log://PATH`
+//! sends both output streams to a CRI-format log at PATH; `Update` with the annotation
+//! `io.podrun.reopen-log` reopens that log.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,25 +25,29 @@ use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim_protos::shim_async::Task as TaskService;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use podrun_runtime::spec::Spec;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
-/// How a process ended: the exit code, or 128 + the signal that killed it.
-#[derive(Debug, Clone, Copy)]
-pub struct Exit {
-    pub status: u32,
-    pub at: SystemTime,
-}
+use crate::crilog::{self, Log};
+use crate::oci::{self, Runtime, Stdio3};
+use crate::reaper::{exited, Exit, ExitWatch, Reaper};
 
-struct Task {
-    bundle: String,
+pub const CRI_LOG_SCHEME: &str = "cri-log://";
+pub const REOPEN_LOG: &str = "io.podrun.reopen-log";
+
+/// One process of a task: its pid once it runs, and its exit.
+struct Proc {
     pid: i32,
+    exit: Option<ExitWatch>,
     started: bool,
-    exit: watch::Sender<Option<Exit>>,
 }
 
-impl Task {
+impl Proc {
+    fn exit(&self) -> Option<Exit> {
+        self.exit.as_ref().and_then(|w| *w.borrow())
+    }
+
     fn status(&self) -> Status {
-        match (*self.exit.borrow(), self.started) {
+        match (self.exit(), self.started) {
             (Some(_), _) => Status::STOPPED,
             (None, true) => Status::RUNNING,
             (None, false) => Status::CREATED,
@@ -46,38 +55,27 @@ impl Task {
     }
 }
 
-/// The shim's tasks. It runs on one thread, and Create spawns and records a task without
-/// an `.await` in between, so the reaper never sees an exit of a task not yet recorded.
-pub struct Shim {
-    tasks: Mutex<HashMap<String, Task>>,
-    pub shutdown: Arc<Notify>,
+/// An exec: its process spec and stdio paths until started, then its process.
+struct Exec {
+    spec: Vec<u8>,
+    stdout: String,
+    stderr: String,
+    proc: Proc,
 }
 
-impl Shim {
-    pub fn new() -> Shim {
-        Shim {
-            tasks: Mutex::default(),
-            shutdown: Arc::new(Notify::new()),
-        }
-    }
+struct Task {
+    bundle: String,
+    /// None for the sandbox's built-in pause.
+    runtime: Option<Runtime>,
+    log: Option<Arc<Log>>,
+    init: Proc,
+    execs: HashMap<String, Exec>,
+}
 
-    /// Called by the reaper for every child it collects.
-    pub fn exited(&self, pid: i32, exit: Exit) {
-        // Exits of processes that are no task (a pause that failed to start) are dropped.
-        if let Some(task) = lock(&self.tasks).values().find(|t| t.pid == pid) {
-            task.exit.send_replace(Some(exit));
-        }
-    }
-
-    fn with_task<T>(
-        &self,
-        id: &str,
-        f: impl FnOnce(&mut Task) -> ttrpc::Result<T>,
-    ) -> ttrpc::Result<T> {
-        let mut tasks = lock(&self.tasks);
-        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-        f(task)
-    }
+pub struct Shim {
+    tasks: Mutex<HashMap<String, Task>>,
+    pub reaper: Arc<Reaper>,
+    pub shutdown: Arc<Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,6 +84,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn status(code: ttrpc::Code, msg: String) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+fn internal(e: anyhow::Error) -> ttrpc::Error {
+    status(ttrpc::Code::INTERNAL, format!("{e:#}"))
 }
 
 fn not_found(id: &str) -> ttrpc::Error {
@@ -98,6 +100,111 @@ fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
     ts.seconds = d.as_secs() as i64;
     ts.nanos = d.subsec_nanos() as i32;
     MessageField::some(ts)
+}
+
+impl Shim {
+    pub fn new(reaper: Arc<Reaper>) -> Shim {
+        Shim {
+            tasks: Mutex::default(),
+            reaper,
+            shutdown: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Runs `f` on process `exec_id` ("" for the init) of task `id`.
+    fn with_proc<T>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut Proc) -> ttrpc::Result<T>,
+    ) -> ttrpc::Result<T> {
+        let mut tasks = lock(&self.tasks);
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        match exec_id {
+            "" => f(&mut task.init),
+            exec_id => f(&mut task
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| not_found(&format!("{id}/{exec_id}")))?
+                .proc),
+        }
+    }
+
+    fn runtime(&self, id: &str) -> ttrpc::Result<Option<Runtime>> {
+        Ok(lock(&self.tasks)
+            .get(id)
+            .ok_or_else(|| not_found(id))?
+            .runtime
+            .clone())
+    }
+
+    fn create_pause(&self, spec: &Spec) -> ttrpc::Result<(i32, ExitWatch)> {
+        let pause = crate::pause::find_pause()
+            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+        let pid = crate::pause::spawn(spec, &pause).map_err(internal)?;
+        // No await since the spawn: the reaper cannot have collected it yet.
+        let exit = self.reaper.watch(pid);
+        if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
+            if let Err(e) = podrun_runtime::cgroup::join(cgroup, pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
+            }
+        }
+        Ok((pid, exit))
+    }
+
+    async fn create_container(
+        &self,
+        req: &api::CreateTaskRequest,
+        spec: &Spec,
+    ) -> ttrpc::Result<(Runtime, Option<Arc<Log>>, i32, ExitWatch)> {
+        let binary = spec
+            .annotations
+            .get(oci::RUNTIME_ANNOTATION)
+            .cloned()
+            .unwrap_or_else(|| "runc".into());
+        let runtime = Runtime {
+            binary: binary.into(),
+            bundle: req.bundle.clone().into(),
+            id: req.id.clone(),
+            reaper: self.reaper.clone(),
+        };
+        let mut copiers = Vec::new();
+        let (log, stdio) = match req.stdout.strip_prefix(CRI_LOG_SCHEME) {
+            Some(path) => {
+                let log = Log::open(path.into()).map_err(|e| internal(e.into()))?;
+                let (out_r, out_w) = oci::pipe().map_err(internal)?;
+                let (err_r, err_w) = oci::pipe().map_err(internal)?;
+                copiers.push(("stdout", out_r));
+                copiers.push(("stderr", err_r));
+                let stdio = Stdio3 {
+                    stdin: std::process::Stdio::null(),
+                    stdout: out_w.into(),
+                    stderr: err_w.into(),
+                };
+                (Some(log), stdio)
+            }
+            None => {
+                let stdio = Stdio3 {
+                    stdin: std::process::Stdio::null(),
+                    stdout: oci::open_output(&req.stdout).map_err(internal)?,
+                    stderr: oci::open_output(&req.stderr).map_err(internal)?,
+                };
+                (None, stdio)
+            }
+        };
+        let pid = runtime.create(stdio).await.map_err(internal)?;
+        let exit = self.reaper.watch(pid);
+        if let Some(log) = &log {
+            for (stream, fd) in copiers {
+                tokio::spawn(crilog::copy(log.clone(), stream, fd));
+            }
+        }
+        Ok((runtime, log, pid, exit))
+    }
 }
 
 #[async_trait]
@@ -123,36 +230,30 @@ impl TaskService for Shim {
                     format!("{}: {e}", path.display()),
                 )
             })?;
-        if !spec.is_sandbox() {
-            return Err(status(
-                ttrpc::Code::UNIMPLEMENTED,
-                "app containers are not supported by this shim yet".into(),
-            ));
-        }
-        let pause = crate::pause::find_pause()
-            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
-        let pid = crate::pause::spawn(&spec, &pause)
-            .map_err(|e| status(ttrpc::Code::INTERNAL, format!("{e:#}")))?;
-        if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
-            if let Err(e) = podrun_runtime::cgroup::join(cgroup, pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
+        let (runtime, log, pid, exit) = match spec.is_sandbox() {
+            true => {
+                let (pid, exit) = self.create_pause(&spec)?;
+                (None, None, pid, exit)
             }
-        }
-        let (exit, _) = watch::channel(None);
-        lock(&self.tasks).insert(
-            req.id.clone(),
-            Task {
-                bundle: req.bundle,
-                pid,
-                started: false,
-                exit,
-            },
-        );
-        tracing::info!(id = %req.id, pid, "sandbox task created with built-in pause");
+            false => {
+                let (runtime, log, pid, exit) = self.create_container(&req, &spec).await?;
+                (Some(runtime), log, pid, exit)
+            }
+        };
+        let init = Proc {
+            pid,
+            exit: Some(exit),
+            started: false,
+        };
+        let task = Task {
+            bundle: req.bundle,
+            runtime,
+            log,
+            init,
+            execs: HashMap::new(),
+        };
+        lock(&self.tasks).insert(req.id.clone(), task);
+        tracing::info!(id = %req.id, pid, sandbox = spec.is_sandbox(), "task created");
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
             ..Default::default()
@@ -164,19 +265,100 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::StartRequest,
     ) -> ttrpc::Result<api::StartResponse> {
-        self.with_task(&req.id, |t| {
-            if t.exit.borrow().is_some() {
-                return Err(status(
+        let runtime = self.runtime(&req.id)?;
+        if req.exec_id.is_empty() {
+            let pid = self.with_proc(&req.id, "", |p| match p.exit() {
+                Some(_) => Err(status(
                     ttrpc::Code::FAILED_PRECONDITION,
                     format!("task {:?} has exited", req.id),
-                ));
+                )),
+                None => Ok(p.pid),
+            })?;
+            if let Some(runtime) = runtime {
+                runtime.start().await.map_err(internal)?;
             }
-            t.started = true;
-            Ok(api::StartResponse {
-                pid: t.pid as u32,
+            self.with_proc(&req.id, "", |p| {
+                p.started = true;
+                Ok(())
+            })?;
+            return Ok(api::StartResponse {
+                pid: pid as u32,
                 ..Default::default()
-            })
+            });
+        }
+        let runtime = runtime.ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "the sandbox task runs no execs".into(),
+            )
+        })?;
+        let (spec, stdout, stderr) = {
+            let tasks = lock(&self.tasks);
+            let exec = tasks
+                .get(&req.id)
+                .and_then(|t| t.execs.get(&req.exec_id))
+                .ok_or_else(|| not_found(&req.exec_id))?;
+            (exec.spec.clone(), exec.stdout.clone(), exec.stderr.clone())
+        };
+        let stdio = Stdio3 {
+            stdin: std::process::Stdio::null(),
+            stdout: oci::open_output(&stdout).map_err(internal)?,
+            stderr: oci::open_output(&stderr).map_err(internal)?,
+        };
+        let pid = runtime
+            .exec(&req.exec_id, &spec, stdio)
+            .await
+            .map_err(internal)?;
+        let exit = self.reaper.watch(pid);
+        self.with_proc(&req.id, &req.exec_id, |p| {
+            *p = Proc {
+                pid,
+                exit: Some(exit),
+                started: true,
+            };
+            Ok(())
+        })?;
+        Ok(api::StartResponse {
+            pid: pid as u32,
+            ..Default::default()
         })
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
+        if req.terminal {
+            return Err(status(
+                ttrpc::Code::UNIMPLEMENTED,
+                "exec with a terminal is not supported yet".into(),
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let mut tasks = lock(&self.tasks);
+        let task = tasks.get_mut(&req.id).ok_or_else(|| not_found(&req.id))?;
+        if task.execs.contains_key(&req.exec_id) {
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("exec {:?} already exists", req.exec_id),
+            ));
+        }
+        let proc = Proc {
+            pid: 0,
+            exit: None,
+            started: false,
+        };
+        task.execs.insert(
+            req.exec_id,
+            Exec {
+                spec,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                proc,
+            },
+        );
+        Ok(Empty::new())
     }
 
     async fn state(
@@ -184,13 +366,18 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
-        self.with_task(&req.id, |t| {
-            let exit = *t.exit.borrow();
+        let bundle = lock(&self.tasks)
+            .get(&req.id)
+            .map(|t| t.bundle.clone())
+            .unwrap_or_default();
+        self.with_proc(&req.id, &req.exec_id, |p| {
+            let exit = p.exit();
             Ok(api::StateResponse {
                 id: req.id.clone(),
-                bundle: t.bundle.clone(),
-                pid: t.pid as u32,
-                status: EnumOrUnknown::new(t.status()),
+                exec_id: req.exec_id.clone(),
+                bundle,
+                pid: p.pid as u32,
+                status: EnumOrUnknown::new(p.status()),
                 exit_status: exit.map_or(0, |e| e.status),
                 exited_at: exit.map_or(MessageField::none(), |e| timestamp(e.at)),
                 ..Default::default()
@@ -199,17 +386,25 @@ impl TaskService for Shim {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<Empty> {
-        let pid = self.with_task(
-            &req.id,
-            |t| Ok((t.exit.borrow().is_none()).then_some(t.pid)),
-        )?;
+        let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+            status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("signal {} is not valid", req.signal),
+            )
+        })?;
+        let pid = self.with_proc(&req.id, &req.exec_id, |p| {
+            Ok((p.exit().is_none() && p.pid > 0).then_some(p.pid))
+        })?;
+        if req.all && req.exec_id.is_empty() {
+            if let (Some(runtime), Some(_)) = (self.runtime(&req.id)?, pid) {
+                runtime
+                    .kill_all(req.signal as i32)
+                    .await
+                    .map_err(internal)?;
+                return Ok(Empty::new());
+            }
+        }
         if let Some(pid) = pid {
-            let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
-                status(
-                    ttrpc::Code::INVALID_ARGUMENT,
-                    format!("signal {} is not valid", req.signal),
-                )
-            })?;
             match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
                 Ok(()) | Err(nix::Error::ESRCH) => {}
                 Err(e) => return Err(status(ttrpc::Code::INTERNAL, format!("kill {pid}: {e}"))),
@@ -223,12 +418,14 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::WaitRequest,
     ) -> ttrpc::Result<api::WaitResponse> {
-        let mut rx = self.with_task(&req.id, |t| Ok(t.exit.subscribe()))?;
-        let exit = rx.wait_for(Option::is_some).await.map(|exit| *exit);
-        let Ok(Some(exit)) = exit else {
+        let watch = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.exit.clone()))?;
+        let Some(exit) = (match watch {
+            Some(w) => exited(w).await,
+            None => None,
+        }) else {
             return Err(status(
-                ttrpc::Code::NOT_FOUND,
-                format!("task {:?} was deleted", req.id),
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("{}/{} has not started", req.id, req.exec_id),
             ));
         };
         Ok(api::WaitResponse {
@@ -243,18 +440,27 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
-        let mut tasks = lock(&self.tasks);
-        let task = tasks.get(&req.id).ok_or_else(|| not_found(&req.id))?;
-        let Some(exit) = *task.exit.borrow() else {
+        let (pid, exit) = self.with_proc(&req.id, &req.exec_id, |p| Ok((p.pid, p.exit())))?;
+        let started = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.started))?;
+        let Some(exit) = exit.or((!started && !req.exec_id.is_empty()).then(|| Exit {
+            status: 0,
+            at: SystemTime::now(),
+        })) else {
             return Err(status(
                 ttrpc::Code::FAILED_PRECONDITION,
                 format!("task {:?} is still running", req.id),
             ));
         };
-        let pid = task.pid as u32;
-        tasks.remove(&req.id);
+        if req.exec_id.is_empty() {
+            if let Some(runtime) = self.runtime(&req.id)? {
+                runtime.delete().await.map_err(internal)?;
+            }
+            lock(&self.tasks).remove(&req.id);
+        } else if let Some(task) = lock(&self.tasks).get_mut(&req.id) {
+            task.execs.remove(&req.exec_id);
+        }
         Ok(api::DeleteResponse {
-            pid,
+            pid: pid as u32,
             exit_status: exit.status,
             exited_at: timestamp(exit.at),
             ..Default::default()
@@ -266,14 +472,35 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
-        self.with_task(&req.id, |t| {
-            let mut info = containerd_shim_protos::types::task::ProcessInfo::new();
-            info.pid = t.pid as u32;
-            Ok(api::PidsResponse {
-                processes: vec![info],
-                ..Default::default()
-            })
+        let pid = self.with_proc(&req.id, "", |p| Ok(p.pid))?;
+        let mut info = containerd_shim_protos::types::task::ProcessInfo::new();
+        info.pid = pid as u32;
+        Ok(api::PidsResponse {
+            processes: vec![info],
+            ..Default::default()
         })
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        if req.annotations.contains_key(REOPEN_LOG) {
+            let log = lock(&self.tasks)
+                .get(&req.id)
+                .ok_or_else(|| not_found(&req.id))?
+                .log
+                .clone();
+            let log = log.ok_or_else(|| {
+                status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("task {:?} has no CRI log", req.id),
+                )
+            })?;
+            log.reopen().map_err(|e| internal(e.into()))?;
+            return Ok(Empty::new());
+        }
+        Err(status(
+            ttrpc::Code::UNIMPLEMENTED,
+            "resource updates are not supported yet".into(),
+        ))
     }
 
     async fn connect(
@@ -281,7 +508,9 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> ttrpc::Result<api::ConnectResponse> {
-        let task_pid = lock(&self.tasks).get(&req.id).map_or(0, |t| t.pid as u32);
+        let task_pid = lock(&self.tasks)
+            .get(&req.id)
+            .map_or(0, |t| t.init.pid as u32);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,

@@ -1,0 +1,150 @@
+//! Container output in the CRI log format kubelet reads:
+//! `<RFC3339Nano timestamp> <stdout|stderr> <P|F> <text>\n`, where `F` ends a line and `P`
+//! marks a piece of a line that was longer than [`MAX_LINE`] or never ended.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::io::AsyncReadExt;
+
+/// Longest piece written as one record (kubelet and containerd use 16 KiB).
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// The log file of one container, shared by its stdout and stderr copiers.
+pub struct Log {
+    pub path: PathBuf,
+    file: Mutex<Option<File>>,
+}
+
+impl Log {
+    pub fn open(path: PathBuf) -> std::io::Result<Arc<Log>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Arc::new(Log {
+            path,
+            file: Mutex::new(Some(file)),
+        }))
+    }
+
+    /// Closes and reopens the file (the client has renamed the old one).
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        Ok(())
+    }
+
+    fn record(&self, stream: &str, tag: char, text: &[u8]) {
+        let mut line = Vec::with_capacity(text.len() + 48);
+        line.extend_from_slice(
+            format!("{} {stream} {tag} ", rfc3339_nano(SystemTime::now())).as_bytes(),
+        );
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            let _ = f.write_all(&line);
+        }
+    }
+}
+
+/// Copies one stream (the read end of the container's stdout or stderr pipe) into `log`
+/// until the container and everything it started have closed it.
+pub async fn copy(log: Arc<Log>, stream: &'static str, pipe: OwnedFd) {
+    let Ok(mut reader) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
+        return;
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let rest = pending.split_off(end + 1);
+            let mut line = std::mem::replace(&mut pending, rest);
+            line.pop();
+            for chunk in split_long(&line) {
+                log.record(stream, chunk.0, chunk.1);
+            }
+        }
+        while pending.len() >= MAX_LINE {
+            let rest = pending.split_off(MAX_LINE);
+            log.record(stream, 'P', &pending);
+            pending = rest;
+        }
+    }
+    if !pending.is_empty() {
+        log.record(stream, 'P', &pending);
+    }
+}
+
+/// A complete line as records: `P` pieces of MAX_LINE, then the rest as `F`.
+fn split_long(line: &[u8]) -> Vec<(char, &[u8])> {
+    let mut out: Vec<(char, &[u8])> = line.chunks(MAX_LINE).map(|c| ('P', c)).collect();
+    match out.last_mut() {
+        Some(last) => last.0 = 'F',
+        None => out.push(('F', &[])),
+    }
+    out
+}
+
+/// `2026-11-22T07:50:01.123456789Z`.
+pub fn rfc3339_nano(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_nano_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_334_401, 5);
+        assert_eq!(rfc3339_nano(t), "2026-11-22T06:40:01.000000005Z");
+        assert_eq!(
+            rfc3339_nano(SystemTime::UNIX_EPOCH + Duration::new(951_782_400, 0)),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+
+    #[test]
+    fn long_lines_are_split_into_partial_records() {
+        let line = vec![b'x'; MAX_LINE * 2 + 3];
+        let parts = split_long(&line);
+        let tags: Vec<char> = parts.iter().map(|p| p.0).collect();
+        assert_eq!(tags, ['P', 'P', 'F']);
+        assert_eq!(parts[2].1.len(), 3);
+        assert_eq!(split_long(b""), vec![('F', &b""[..])]);
+    }
+}
