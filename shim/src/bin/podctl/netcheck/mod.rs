@@ -448,3 +448,66 @@ fn print_text(checks: &[Check]) {
     let failed = checks.iter().filter(|c| !c.ok).count();
     println!("{} checks, {failed} failed", checks.len());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_path(hops: &[(&'static str, bool)], reached: bool) -> Check {
+        let path = hops
+            .iter()
+            .map(|&(hop, ok)| Hop {
+                hop,
+                ok,
+                detail: String::new(),
+            })
+            .collect();
+        let rule = Rule {
+            rule: "reach",
+            ok: reached,
+            detail: String::new(),
+        };
+        finish(
+            check(
+                "pod-to-pod",
+                "other-node",
+                Value::Null,
+                Value::Null,
+                vec![rule],
+                path,
+                String::new(),
+            ),
+            reached,
+        )
+    }
+
+    #[test]
+    fn a_failed_probe_is_broken_at_the_first_failing_hop() {
+        let c = with_path(
+            &[("pod eth0", true), ("node route", false), ("peer", true)],
+            false,
+        );
+        assert!(!c.ok);
+        assert_eq!(c.failed_hop, Some("node route"));
+    }
+
+    #[test]
+    fn a_failed_probe_on_a_sound_path_is_broken_at_the_peer() {
+        let c = with_path(
+            &[("pod eth0", true), ("node route", true), ("peer", true)],
+            false,
+        );
+        assert_eq!(c.failed_hop, Some("peer"));
+    }
+
+    #[test]
+    fn a_probe_that_got_through_breaks_nowhere() {
+        let c = with_path(
+            &[("pod eth0", true), ("bridge", false), ("peer", true)],
+            true,
+        );
+        assert!(c.ok);
+        assert_eq!(c.failed_hop, None);
+        assert!(c.path.iter().all(|h| h.ok));
+    }
+}
