@@ -126,11 +126,20 @@ async fn vxlan_pods_reach_across_nodes_and_the_underlay_carries_only_udp_4789() 
     assert!(details.contains("mtu 1450"), "{details}");
     let before = counters(&bed, 0, "vxlan1");
 
-    // Capture on the underlay bridge, in the bed's own underlay namespace.
+    // Capture IPv4 on the underlay bridge, in the bed's own underlay namespace (IGMP
+    // reports, which interfaces send on their own when they join groups, aside).
     let ul = format!("{}-ul", bed.prefix());
-    let capture = Command::new("ip")
+    let capture = Command::new("timeout")
+        .args(["30", "ip", "netns", "exec", &ul])
         .args([
-            "netns", "exec", &ul, "tcpdump", "-i", "br0", "-n", "-l", "-c", "6", "ip",
+            "tcpdump",
+            "-i",
+            "br0",
+            "-n",
+            "-l",
+            "-c",
+            "6",
+            "ip and not igmp",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -334,6 +343,16 @@ async fn netcheck_passes_on_a_healthy_bed_and_names_a_missing_route() {
         }
     }
 
+    // A remote pod given by IP only: reached (a reset from a closed port counts).
+    let b1 = pods[2].ip.to_string();
+    let out = bed.nodes[0].podctl(&["netcheck", "--json", "--remote", &b1, "--remote-port", "1"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("netcheck JSON");
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert!(
+        report.to_string().contains("reset by the peer"),
+        "{report:#}"
+    );
+
     // Node 1 loses its route to node 2's pods: netcheck fails there, naming that hop.
     bed.nodes[0]
         .ip(&["route", "del", &bed.nodes[1].pod_cidr])
@@ -360,6 +379,19 @@ async fn netcheck_passes_on_a_healthy_bed_and_names_a_missing_route() {
             assert_eq!(c["ok"], true, "{c:#}");
         }
     }
+    let out = bed.nodes[0].podctl(&["netcheck", "--json", "--remote", &b1, "--remote-port", "1"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("netcheck JSON");
+    let remote: Vec<&serde_json::Value> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["to"]["ip"] == b1.as_str())
+        .collect();
+    assert_eq!(remote.len(), 2, "{report:#}");
+    assert!(
+        remote.iter().all(|c| c["failed_hop"] == "node route"),
+        "{report:#}"
+    );
     let text = bed.nodes[0].podctl(&["netcheck", "--probe-timeout", "2", "--peer-node", &socket2]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("broken at: node route"), "{text}");
