@@ -2,6 +2,7 @@
 //! own root, state dir, socket, CNI network (bridge, subnet, IPAM dir) and cgroup parent,
 //! so tests run side by side; and checks, from the outside, that nothing was leaked.
 
+pub mod bed;
 pub mod netns;
 pub mod registry;
 

@@ -2,6 +2,8 @@
 //! Pod config files are the JSON or YAML that crictl reads (PodSandboxConfig with
 //! snake_case field names), so one file works with both tools.
 
+mod netcheck;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -71,6 +73,8 @@ enum Command {
     },
     /// Status of a pod sandbox, with the runtime's verbose info.
     Inspectp { id: String },
+    /// Check the pod network: pod to pod, node to pod, no NAT; prints each packet path.
+    Netcheck(netcheck::Args),
 }
 
 fn main() -> Result<()> {
@@ -211,6 +215,7 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
                 .into_inner();
             print_json(&json!({"status": s.status, "info": info_json(&s.info)}))?;
         }
+        Command::Netcheck(args) => netcheck::run(endpoint, args).await?,
     }
     Ok(())
 }
