@@ -209,10 +209,17 @@ impl TestNode {
         s
     }
 
+    /// A CRI client; like kubelet, it retries a connection that fails while podrund is
+    /// still coming up.
     pub async fn client(&self) -> Client {
-        match client::runtime(&self.socket).await {
-            Ok(c) => c,
-            Err(e) => panic!("connecting to podrund: {e:?}; its log:\n{}", self.log()),
+        let mut tries = 0;
+        loop {
+            match client::runtime(&self.socket).await {
+                Ok(c) => return c,
+                Err(_) if tries < 20 => tries += 1,
+                Err(e) => panic!("connecting to podrund: {e:?}; its log:\n{}", self.log()),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_nano_utc() {
         let t = SystemTime::UNIX_EPOCH + Duration::new(1_795_334_401, 5);
-        assert_eq!(rfc3339_nano(t), "2026-11-22T06:40:01.000000005Z");
+        assert_eq!(rfc3339_nano(t), "2026-11-22T08:00:01.000000005Z");
         assert_eq!(
             rfc3339_nano(SystemTime::UNIX_EPOCH + Duration::new(951_782_400, 0)),
             "2000-02-29T00:00:00.000000000Z"
