@@ -127,31 +127,44 @@ pub fn pids(path: &str) -> Result<Vec<i32>> {
     Ok(Vec::new())
 }
 
-/// Removes the leaf `path` from every hierarchy; already absent is fine. Processes still
-/// inside are killed first; the kernel frees a cgroup only once its last task is reaped,
-/// so removal retries briefly.
+/// Removes `path` and any cgroups below it (containers' own) from every hierarchy; already
+/// absent is fine. Processes still inside are killed first; the kernel frees a cgroup only
+/// once its last task is reaped, so removal retries briefly.
 pub fn remove(path: &str) -> Result<()> {
-    for pid in pids(path)? {
+    for dir in dirs(path)? {
+        remove_tree(&dir)?;
+    }
+    Ok(())
+}
+
+fn remove_tree(dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path())?;
+        }
+    }
+    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    for dir in dirs(path)? {
-        let mut tries = 0;
-        loop {
-            match fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(Error::io("removing cgroup", &dir)(e)),
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
             }
+            Err(e) => return Err(Error::io("removing cgroup", dir)(e)),
         }
     }
-    Ok(())
 }
 
 /// Does `path` exist in any hierarchy?

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::cni::{Exec, ProcessExec};
 use crate::config::Config;
+use crate::container::Containers;
 use crate::error::Result;
 use crate::image::{ImageStore, PullOptions};
 use crate::sandbox::Sandboxes;
@@ -17,6 +18,9 @@ pub struct Node {
     pub cni: Arc<dyn Exec>,
     pub sandboxes: Sandboxes,
     pub images: ImageStore,
+    pub containers: Containers,
+    /// The OCI runtime used when a pod names no handler.
+    pub default_runtime: Result<PathBuf, String>,
     /// Held shared by every operation that changes pods; shutdown takes it exclusively,
     /// so podrund never exits half-way through making or tearing down a pod.
     pub inflight: tokio::sync::RwLock<()>,
@@ -33,10 +37,49 @@ impl Node {
             cni,
             sandboxes: Sandboxes::default(),
             images: ImageStore::open(&config.root, PullOptions::default())?,
+            containers: Containers::default(),
+            default_runtime: default_runtime(),
             inflight: tokio::sync::RwLock::new(()),
             config,
         })
     }
+}
+
+impl Node {
+    /// The OCI runtime binary for a runtime handler: "" is the default; "runc" and "crun"
+    /// name those binaries on PATH.
+    pub fn oci_runtime(&self, handler: &str) -> crate::error::Result<PathBuf> {
+        use crate::error::Error;
+        match handler {
+            "" => self
+                .default_runtime
+                .clone()
+                .map_err(Error::FailedPrecondition),
+            "runc" | "crun" => find_binary(handler, None).map_err(Error::FailedPrecondition),
+            other => Err(Error::invalid(
+                "runtime_handler",
+                format!("unknown handler {other:?} (known: runc, crun)"),
+            )),
+        }
+    }
+}
+
+/// crun when it is installed and can run here, else runc. crun refuses cgroup v1 hosts
+/// whose unified hierarchy also holds controllers (hugetlb not mounted as v1, on these
+/// machines); hack/setup mounts it.
+fn default_runtime() -> Result<PathBuf, String> {
+    let hybrid_with_controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")
+            .is_ok_and(|c| !c.trim().is_empty());
+    match (find_binary("crun", None), hybrid_with_controllers) {
+        (Ok(crun), false) => Ok(crun),
+        (Ok(_), true) => {
+            tracing::warn!("crun cannot run on this hybrid cgroup host (controllers in /sys/fs/cgroup/unified); using runc. Mount the v1 hugetlb hierarchy (hack/setup does) to use crun");
+            find_binary("runc", None)
+        }
+        (Err(_), _) => find_binary("runc", None),
+    }
+    .map_err(|_| "no OCI runtime: install crun or runc (hack/setup does)".to_owned())
 }
 
 /// The helper binaries podrund starts, found next to its own executable first, then on PATH.

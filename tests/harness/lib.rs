@@ -369,13 +369,7 @@ impl Drop for TestNode {
             let _ = fs::remove_file(&ns);
         }
         for h in cgroup_hierarchies() {
-            let base = h.join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(entries) = fs::read_dir(&base) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = fs::remove_dir(e.path());
-                }
-            }
-            let _ = fs::remove_dir(&base);
+            remove_cgroup_tree(&h.join(self.cgroup_parent.trim_start_matches('/')));
         }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
@@ -435,6 +429,31 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
                 .then(|| PathBuf::from(f[4]))
         })
         .collect()
+}
+
+/// Removes a cgroup and everything below it, deepest first (after killing its processes).
+fn remove_cgroup_tree(dir: &Path) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    for pid in fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for _ in 0..50 {
+        if fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Leaf cgroups left under `parent`, in any hierarchy.

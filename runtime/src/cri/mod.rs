@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::cni::Network;
 use crate::error::{Error, Kind};
 use crate::node::Node;
-use crate::sandbox;
+use crate::{container, sandbox};
 
 pub use server::serve;
 
@@ -245,18 +245,106 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn create_container(
+        &self,
+        req: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        handle("CreateContainer", async {
+            let container_id = container::create(self.node.clone(), req.into_inner()).await?;
+            Ok(cri::CreateContainerResponse { container_id })
+        })
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        handle("StartContainer", async {
+            container::start(self.node.clone(), req.into_inner())
+                .await
+                .map(|_| cri::StartContainerResponse {})
+        })
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let node = self.node.clone();
+        handle("StopContainer", async move {
+            tokio::spawn(container::stop(node, req.into_inner()))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            Ok(cri::StopContainerResponse {})
+        })
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let node = self.node.clone();
+        handle("RemoveContainer", async move {
+            tokio::spawn(container::remove(node, req.into_inner()))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            Ok(cri::RemoveContainerResponse {})
+        })
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        handle(
+            "ListContainers",
+            container::list(self.node.clone(), req.into_inner()),
+        )
+        .await
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        handle(
+            "ContainerStatus",
+            container::status(self.node.clone(), req.into_inner()),
+        )
+        .await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        handle("ReopenContainerLog", async {
+            container::reopen_log(self.node.clone(), req.into_inner())
+                .await
+                .map(|_| cri::ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
+    async fn exec_sync(
+        &self,
+        req: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        handle(
+            "ExecSync",
+            container::exec_sync(self.node.clone(), req.into_inner()),
+        )
+        .await
+    }
+
     unimplemented_rpcs! {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
-        create_container(cri::CreateContainerRequest) -> cri::CreateContainerResponse = "CreateContainer";
-        start_container(cri::StartContainerRequest) -> cri::StartContainerResponse = "StartContainer";
-        stop_container(cri::StopContainerRequest) -> cri::StopContainerResponse = "StopContainer";
-        remove_container(cri::RemoveContainerRequest) -> cri::RemoveContainerResponse = "RemoveContainer";
-        list_containers(cri::ListContainersRequest) -> cri::ListContainersResponse = "ListContainers";
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        container_status(cri::ContainerStatusRequest) -> cri::ContainerStatusResponse = "ContainerStatus";
         update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(cri::ReopenContainerLogRequest) -> cri::ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(cri::ExecSyncRequest) -> cri::ExecSyncResponse = "ExecSync";
         exec(cri::ExecRequest) -> cri::ExecResponse = "Exec";
         attach(cri::AttachRequest) -> cri::AttachResponse = "Attach";
         port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse = "PortForward";

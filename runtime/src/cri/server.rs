@@ -23,7 +23,8 @@ pub async fn serve(
     let path = node.config.listen.clone();
     let listener = bind(&path).await?;
     let recovered = crate::sandbox::recover(&node).await?;
-    tracing::info!(socket = %path.display(), recovered, "podrund serving CRI");
+    let containers = crate::container::recover(&node).await?;
+    tracing::info!(socket = %path.display(), recovered, containers, "podrund serving CRI");
     let cri = Cri { node: node.clone() };
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))

@@ -15,7 +15,7 @@ mod files;
 mod recover;
 mod remove;
 mod run;
-mod shim;
+pub(crate) mod shim;
 mod spec;
 mod status;
 mod stop;
@@ -144,7 +144,7 @@ impl Sandbox {
     }
 
     /// The record as last published.
-    fn view(&self) -> Record {
+    pub(crate) fn view(&self) -> Record {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -19,6 +19,9 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
         let _inflight = node.inflight.read().await;
         let mut record = pod.record.lock().await;
         let stopped = stop::stop_locked(&node, &mut record).await;
+        // Containers go before their pod's shim does (stop_locked leaves it for them when
+        // it failed; when it succeeded the shim is gone and removal only cleans files).
+        crate::container::remove_all_of_pod(&node, &record.id).await?;
         pod.publish(&record);
         stopped?;
         remove_dirs(&PodDirs::new(&node.config, &record.id))?;

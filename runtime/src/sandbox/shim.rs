@@ -157,6 +157,124 @@ impl Shim {
             .pid)
     }
 
+    /// Creates task `id` (a container) with its output going to `stdout`.
+    pub async fn create(&self, id: &str, bundle: &Path, stdout: &str) -> Result<u32> {
+        let req = api::CreateTaskRequest {
+            id: id.to_owned(),
+            bundle: bundle.display().to_string(),
+            stdout: stdout.to_owned(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .create(ctx(), &req)
+            .await
+            .map_err(self.err("Create"))?
+            .pid)
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let req = api::StartRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        Ok(self
+            .client
+            .start(ctx(), &req)
+            .await
+            .map_err(self.err("Start"))?
+            .pid)
+    }
+
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: i32) -> Result<()> {
+        let req = api::KillRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            signal: signal as u32,
+            ..Default::default()
+        };
+        self.client
+            .kill(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(self.err("Kill"))
+    }
+
+    /// Waits, without a time limit, for the exit of `id` (or its exec): (status, nanos).
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<(u32, i64)> {
+        let req = api::WaitRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        let resp = self
+            .client
+            .wait(context::Context::default(), &req)
+            .await
+            .map_err(self.err("Wait"))?;
+        let at = resp
+            .exited_at
+            .as_ref()
+            .map_or(0, |t| t.seconds * 1_000_000_000 + t.nanos as i64);
+        Ok((resp.exit_status, at))
+    }
+
+    /// Deletes task `id` (or its exec); one already gone is fine.
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = api::DeleteRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            ..Default::default()
+        };
+        match self.client.delete(ctx(), &req).await {
+            Err(e) if is_not_found(&e) => Ok(()),
+            other => other.map(drop).map_err(self.err("Delete")),
+        }
+    }
+
+    /// Registers exec `exec_id` in task `id`: `process` is its OCI process spec (JSON).
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: Vec<u8>,
+        stdout: &str,
+        stderr: &str,
+    ) -> Result<()> {
+        let mut spec = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+        spec.value = process;
+        let req = api::ExecProcessRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+            spec: containerd_shim_protos::protobuf::MessageField::some(spec),
+            ..Default::default()
+        };
+        self.client
+            .exec(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(self.err("Exec"))
+    }
+
+    /// podrun's extension: reopen the CRI log of task `id`.
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let mut req = api::UpdateTaskRequest {
+            id: id.to_owned(),
+            ..Default::default()
+        };
+        req.annotations
+            .insert("io.podrun.reopen-log".into(), "true".into());
+        self.client
+            .update(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(self.err("Update"))
+    }
+
     pub async fn state(&self, id: &str) -> Result<api::StateResponse> {
         let req = api::StateRequest {
             id: id.to_owned(),

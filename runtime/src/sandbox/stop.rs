@@ -41,6 +41,7 @@ pub(super) async fn stop_locked(node: &Node, record: &mut Record) -> Result<()> 
         return Ok(());
     }
     let dirs = PodDirs::new(&node.config, &record.id);
+    crate::container::stop_all_of_pod(node, &record.id).await?;
     let result = teardown(node, record).await;
     record.state = record.state.to(State::NotReady)?;
     persist(&dirs, record)?;

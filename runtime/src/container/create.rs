@@ -1,0 +1,292 @@
+//! CreateContainer: check the request against the pod and the image store, then make the
+//! rootfs (an overlay of the image's layers with a per-container upper dir), the bundle
+//! (config.json from [`spec::build`]) and the task in the pod's shim. A failure undoes every
+//! earlier step; a retry of the same (pod, name, attempt) gets the same container.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use podrun_proto::cri;
+
+use super::spec::{self, Pod};
+use super::{now_nanos, persist, user, Dirs, Record, State, RECORD_VERSION};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::sandbox;
+use crate::store;
+
+pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result<String> {
+    let pod = node.sandboxes.get(&req.pod_sandbox_id)?.view();
+    if pod.state != sandbox::State::Ready {
+        return Err(Error::FailedPrecondition(format!(
+            "pod sandbox {} is not ready",
+            pod.id
+        )));
+    }
+    let config = req
+        .config
+        .ok_or_else(|| Error::invalid("config", "is required"))?;
+    let metadata = config
+        .metadata
+        .clone()
+        .ok_or_else(|| Error::invalid("config.metadata", "is required"))?;
+    if metadata.name.is_empty() {
+        return Err(Error::invalid("config.metadata.name", "is required"));
+    }
+    let image_name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.clone())
+        .unwrap_or_default();
+    if image_name.is_empty() {
+        return Err(Error::invalid("config.image.image", "is required"));
+    }
+    let image = node
+        .images
+        .find(&image_name)
+        .ok_or_else(|| Error::NotFound {
+            what: "image",
+            id: image_name.clone(),
+        })?;
+    for (i, m) in config.mounts.iter().enumerate() {
+        let host = Path::new(&m.host_path);
+        if !host.is_absolute() {
+            return Err(Error::InvalidArgument {
+                field: "config.mounts.host_path",
+                reason: format!("mounts[{i}]: {:?} is not an absolute path", m.host_path),
+            });
+        }
+        if !host.exists() {
+            return Err(Error::InvalidArgument {
+                field: "config.mounts.host_path",
+                reason: format!("mounts[{i}]: {:?} does not exist", m.host_path),
+            });
+        }
+        if !m.container_path.starts_with('/') {
+            return Err(Error::InvalidArgument {
+                field: "config.mounts.container_path",
+                reason: format!("mounts[{i}]: {:?} is not absolute", m.container_path),
+            });
+        }
+    }
+    let runtime = node.oci_runtime(&pod.runtime_handler)?;
+    let key = (pod.id.clone(), metadata.name.clone(), metadata.attempt);
+    let guard = node.containers.name_lock(key.clone()).lock_owned().await;
+    if let Some(id) = node.containers.find_by_key(&key) {
+        return Ok(id);
+    }
+    tokio::spawn(async move {
+        let _reserved = guard;
+        let _inflight = node.inflight.read().await;
+        let id = store::new_id()?;
+        let dirs = Dirs::new(&node.config, &id);
+        let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
+            ("", _) | (_, "") => String::new(),
+            (dir, file) => Path::new(dir).join(file).display().to_string(),
+        };
+        let stop_signal = image.config["StopSignal"].as_str().and_then(signal_number).unwrap_or(libc::SIGTERM);
+        let mut record = Record {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            state: State::Created,
+            image_name,
+            image_id: image.id.clone(),
+            runtime,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path,
+            rootfs: dirs.state.join("rootfs"),
+            bundle: dirs.state.clone(),
+            pid: 0,
+            stop_signal,
+            config,
+        };
+        match make(&node, &dirs, &pod, &image, &mut record).await {
+            Ok(()) => {
+                node.containers.insert(record);
+                Ok(id)
+            }
+            Err(cause) => {
+                tracing::warn!(container = %id, error = %cause, "CreateContainer failed; rolling back");
+                if let Ok(shim) = sandbox::shim::Shim::connect(&pod.id, &pod.shim_socket).await {
+                    let _ = shim.delete(&id, "").await;
+                }
+                match teardown_files(&dirs) {
+                    Ok(()) => Err(cause),
+                    Err(rollback) => Err(Error::Rollback { cause: Box::new(cause), rollback: Box::new(rollback) }),
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("CreateContainer task: {e}")))?
+}
+
+async fn make(
+    node: &Node,
+    dirs: &Dirs,
+    pod: &sandbox::Record,
+    image: &crate::image::Image,
+    record: &mut Record,
+) -> Result<()> {
+    for d in [&dirs.root, &dirs.state] {
+        std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
+    }
+    persist(dirs, record)?;
+    let layers: Vec<PathBuf> = image
+        .layers
+        .iter()
+        .rev()
+        .map(|l| node.images.layer_path(l))
+        .collect();
+    mount_rootfs(dirs, &layers, &record.rootfs)?;
+    let sc = record
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let user = user::resolve(
+        &record.rootfs,
+        image.config["User"].as_str().unwrap_or_default(),
+        sc,
+    )?;
+    let hostname = std::fs::read_to_string(
+        node.config
+            .state
+            .join("pods")
+            .join(&pod.id)
+            .join("hostname"),
+    )
+    .unwrap_or_default();
+    let pod_view = Pod {
+        netns: pod.netns.clone(),
+        pause_pid: pod.pause.map(|p| p.pid).unwrap_or_default(),
+        files: node.config.state.join("pods").join(&pod.id),
+        shm: pod.shm.clone(),
+        cgroup: pod.cgroup.clone(),
+        hostname: hostname.trim().to_owned(),
+        sysctls: pod
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.sysctls.clone())
+            .unwrap_or_default(),
+    };
+    let mut annotations: BTreeMap<String, String> =
+        record.config.annotations.clone().into_iter().collect();
+    annotations.insert(
+        "io.podrun.oci-runtime".into(),
+        record.runtime.display().to_string(),
+    );
+    annotations.insert(crate::spec::CONTAINER_TYPE.into(), "container".into());
+    annotations.insert(crate::spec::SANDBOX_ID.into(), pod.id.clone());
+    let input = spec::Input {
+        id: &record.id,
+        config: &record.config,
+        image: &image.config,
+        pod: &pod_view,
+        rootfs: record.rootfs.clone(),
+        user,
+        oom_floor: own_oom_score_adj(),
+        annotations,
+    };
+    store::write_atomic(&dirs.state.join("config.json"), &spec::build(&input))?;
+    let stdout = match record.log_path.as_str() {
+        "" => String::new(),
+        path => format!("cri-log://{path}"),
+    };
+    let shim = sandbox::shim::Shim::connect(&pod.id, &pod.shim_socket).await?;
+    record.pid = shim.create(&record.id, &dirs.state, &stdout).await?;
+    persist(dirs, record)
+}
+
+/// The oom_score_adj of podrund itself: without CAP_SYS_RESOURCE no child may go lower.
+fn own_oom_score_adj() -> i64 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(-1000)
+}
+
+fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf], target: &Path) -> Result<()> {
+    let (upper, work) = (dirs.root.join("upper"), dirs.root.join("work"));
+    let empty = dirs.root.join("empty");
+    for d in [&upper, &work, &target.to_path_buf(), &empty] {
+        std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
+    }
+    let lowers: Vec<String> = match layers.is_empty() {
+        true => vec![empty.display().to_string()],
+        false => layers.iter().map(|l| l.display().to_string()).collect(),
+    };
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(Error::sys(format!(
+        "mounting the rootfs overlay on {}",
+        target.display()
+    )))
+}
+
+/// Unmounts the rootfs and removes the container's dirs (record last).
+pub(super) fn teardown_files(dirs: &Dirs) -> Result<()> {
+    let rootfs = dirs.state.join("rootfs");
+    match umount2(&rootfs, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(Error::sys(format!("unmounting {}", rootfs.display()))(e)),
+    }
+    for d in [&dirs.state, &dirs.root] {
+        match std::fs::remove_dir_all(d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io("removing", d)(e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// "SIGTERM", "TERM", "15" -> 15.
+pub fn signal_number(name: &str) -> Option<i32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    let name = name.to_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse_in_every_spelling() {
+        assert_eq!(signal_number("SIGUSR1"), Some(libc::SIGUSR1));
+        assert_eq!(signal_number("quit"), Some(libc::SIGQUIT));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("NOPE"), None);
+    }
+}

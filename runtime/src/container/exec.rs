@@ -1,0 +1,137 @@
+//! ExecSync: run a command in a running container (its namespaces, user, environment and
+//! capabilities, as its own process has them) and return its output and exit code. Output
+//! flows through two FIFOs podrund reads, each capped at [`OUTPUT_CAP`]; past the request's
+//! timeout the process is killed and the call says it timed out.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use podrun_proto::cri;
+use tokio::io::AsyncReadExt;
+
+use super::{Dirs, State};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::sandbox::shim::Shim;
+use crate::store;
+
+/// The most of each stream ExecSync returns; the rest is read and dropped.
+pub const OUTPUT_CAP: usize = 16 << 20;
+
+pub async fn exec_sync(
+    node: Arc<Node>,
+    req: cri::ExecSyncRequest,
+) -> Result<cri::ExecSyncResponse> {
+    let c = node.containers.get(&req.container_id)?;
+    let r = c.view();
+    if r.state != State::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running",
+            r.id
+        )));
+    }
+    if req.cmd.is_empty() {
+        return Err(Error::invalid("cmd", "must not be empty"));
+    }
+    let dirs = Dirs::new(&node.config, &r.id);
+    let mut process: serde_json::Value = store::read_json(&dirs.state.join("config.json"))
+        .map(|s: serde_json::Value| s["process"].clone())?;
+    process["args"] = serde_json::json!(req.cmd);
+    process["terminal"] = serde_json::json!(false);
+    let exec_id = store::new_id()?[..16].to_owned();
+    let (out_path, err_path) = (
+        dirs.state.join(format!("exec-{exec_id}.out")),
+        dirs.state.join(format!("exec-{exec_id}.err")),
+    );
+    let pod = node.sandboxes.get(&r.pod_id)?.view();
+    let shim = Shim::connect(&r.pod_id, &pod.shim_socket).await?;
+    let result = async {
+        let (out, out_hold) = fifo_reader(&out_path)?;
+        let (err, err_hold) = fifo_reader(&err_path)?;
+        let spec = serde_json::to_vec(&process).map_err(|e| Error::Internal(e.to_string()))?;
+        shim.exec(
+            &r.id,
+            &exec_id,
+            spec,
+            &out_path.display().to_string(),
+            &err_path.display().to_string(),
+        )
+        .await?;
+        shim.start(&r.id, &exec_id).await?;
+        // The process holds the write ends now: from here, end-of-file means it is done.
+        drop((out_hold, err_hold));
+        let reading = tokio::spawn(async move { tokio::join!(read_capped(out), read_capped(err)) });
+        let waited = match req.timeout {
+            t if t > 0 => {
+                tokio::time::timeout(Duration::from_secs(t as u64), shim.wait(&r.id, &exec_id))
+                    .await
+                    .ok()
+            }
+            _ => Some(shim.wait(&r.id, &exec_id).await),
+        };
+        let Some(waited) = waited else {
+            let _ = shim.kill(&r.id, &exec_id, libc::SIGKILL).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), shim.wait(&r.id, &exec_id)).await;
+            reading.abort();
+            return Err(Error::Timeout {
+                what: format!("command {:?} in container {}", req.cmd, r.id),
+                secs: req.timeout as u64,
+            });
+        };
+        let (status, _) = waited?;
+        // The command is gone; whatever it left running with the pipes open gets a short drain.
+        let (stdout, stderr) = tokio::time::timeout(Duration::from_secs(5), reading)
+            .await
+            .map_err(|_| {
+                Error::Internal("exec output still open 5s after the command exited".into())
+            })?
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(cri::ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code: status as i32,
+        })
+    }
+    .await;
+    let _ = shim.delete(&r.id, &exec_id).await;
+    let _ = std::fs::remove_file(&out_path);
+    let _ = std::fs::remove_file(&err_path);
+    result
+}
+
+/// Makes a FIFO and opens its read end, plus a write end podrund holds until the process
+/// has its own (so that end-of-file is not seen before the process ever opened it).
+fn fifo_reader(path: &Path) -> Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(Error::sys(format!("mkfifo {}", path.display())))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(Error::io("opening", path))?;
+    let hold = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(Error::io("opening", path))?;
+    let reader = tokio::net::unix::pipe::Receiver::from_file_unchecked(file)
+        .map_err(Error::io("registering", path))?;
+    Ok((reader, hold))
+}
+
+/// Reads until every writer closed, keeping at most OUTPUT_CAP bytes.
+async fn read_capped(mut r: tokio::net::unix::pipe::Receiver) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => {
+                let room = OUTPUT_CAP.saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! StartContainer, StopContainer, RemoveContainer, ReopenContainerLog, the exit monitor,
+//! and recovery of containers when podrund starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use podrun_proto::cri;
+
+use super::create::teardown_files;
+use super::{now_nanos, persist, Container, Dirs, Record, State, RECORD_VERSION};
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::sandbox::shim::Shim;
+use crate::store;
+
+async fn shim_of(node: &Node, pod_id: &str) -> Result<Shim> {
+    let pod = node.sandboxes.get(pod_id)?.view();
+    Shim::connect(pod_id, &pod.shim_socket).await
+}
+
+pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<()> {
+    let c = node.containers.get(&req.container_id)?;
+    let mut r = c.record.lock().await;
+    if r.state != State::Created {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is {:?}, not Created",
+            r.id, r.state
+        )));
+    }
+    let shim = shim_of(&node, &r.pod_id).await?;
+    shim.start(&r.id, "").await?;
+    r.state = r.state.to(State::Running)?;
+    r.started_at = now_nanos();
+    persist(&Dirs::new(&node.config, &r.id), &r)?;
+    c.publish(&r);
+    drop(r);
+    tokio::spawn(monitor(node, c));
+    Ok(())
+}
+
+/// Waits for the container's exit through its shim and records it.
+async fn monitor(node: Arc<Node>, c: Arc<Container>) {
+    let pod_id = c.pod_id.clone();
+    loop {
+        let waited = match shim_of(&node, &pod_id).await {
+            Ok(shim) => shim.wait(&c.id, "").await,
+            Err(e) => Err(e),
+        };
+        match waited {
+            Ok((status, at)) => {
+                record_exit(&node, &c, status as i32, at).await;
+                return;
+            }
+            Err(e) => {
+                let pod_alive = node
+                    .sandboxes
+                    .get(&pod_id)
+                    .map(|p| p.view().shim.is_some_and(|s| s.is_alive()))
+                    .unwrap_or(false);
+                if !pod_alive {
+                    tracing::warn!(container = %c.id, error = %e, "shim gone; container recorded as exited");
+                    record_exit(&node, &c, 255, now_nanos()).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Was the container's cgroup OOM-killed? (v1 memory.oom_control, v2 memory.events)
+fn oom_killed(r: &Record, node: &Node) -> bool {
+    let Ok(pod) = node.sandboxes.get(&r.pod_id) else {
+        return false;
+    };
+    let path = format!("{}/{}", pod.view().cgroup, r.id);
+    let Ok(hierarchies) = crate::cgroup::hierarchies() else {
+        return false;
+    };
+    hierarchies.iter().any(|h| {
+        let dir = h.mount.join(path.trim_start_matches('/'));
+        ["memory.oom_control", "memory.events"].iter().any(|f| {
+            std::fs::read_to_string(dir.join(f))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                        .is_some_and(|n| n > 0)
+                })
+        })
+    })
+}
+
+async fn record_exit(node: &Node, c: &Container, code: i32, at: i64) {
+    let mut r = c.record.lock().await;
+    if r.state == State::Exited {
+        return;
+    }
+    r.state = State::Exited;
+    r.exit_code = code;
+    r.finished_at = if at > 0 { at } else { now_nanos() };
+    r.reason = match (oom_killed(&r, node), code) {
+        (true, _) => "OOMKilled",
+        (false, 0) => "Completed",
+        _ => "Error",
+    }
+    .into();
+    if let Err(e) = persist(&Dirs::new(&node.config, &r.id), &r) {
+        tracing::error!(container = %r.id, error = %e, "recording the exit");
+    }
+    c.publish(&r);
+    tracing::info!(container = %r.id, code, reason = %r.reason, "container exited");
+}
+
+/// The stop signal, then SIGKILL after `timeout` seconds (0: at once). Idempotent.
+pub async fn stop(node: Arc<Node>, req: cri::StopContainerRequest) -> Result<()> {
+    let c = match node.containers.get(&req.container_id) {
+        Ok(c) => c,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    stop_one(&node, &c, Duration::from_secs(req.timeout.max(0) as u64)).await
+}
+
+async fn stop_one(node: &Node, c: &Container, timeout: Duration) -> Result<()> {
+    let r = c.view();
+    if r.state != State::Running {
+        return Ok(());
+    }
+    let shim = shim_of(node, &r.pod_id).await?;
+    if !timeout.is_zero() {
+        shim.kill(&r.id, "", r.stop_signal).await?;
+        if let Ok(Ok((status, at))) = tokio::time::timeout(timeout, shim.wait(&r.id, "")).await {
+            record_exit(node, c, status as i32, at).await;
+            return Ok(());
+        }
+    }
+    shim.kill(&r.id, "", libc::SIGKILL).await?;
+    let (status, at) = tokio::time::timeout(Duration::from_secs(30), shim.wait(&r.id, ""))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("container {} to die after SIGKILL", r.id),
+            secs: 30,
+        })??;
+    record_exit(node, c, status as i32, at).await;
+    Ok(())
+}
+
+/// Stops every container of a pod at once (kubelet already gave them their grace period).
+pub async fn stop_all_of_pod(node: &Node, pod_id: &str) -> Result<()> {
+    for c in node.containers.of_pod(pod_id) {
+        stop_one(node, &c, Duration::ZERO).await?;
+    }
+    Ok(())
+}
+
+/// Stops (at once) if running, deletes the task, unmounts and removes everything.
+pub async fn remove(node: Arc<Node>, req: cri::RemoveContainerRequest) -> Result<()> {
+    let c = match node.containers.get(&req.container_id) {
+        Ok(c) => c,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    remove_one(&node, &c).await
+}
+
+pub(crate) async fn remove_one(node: &Node, c: &Container) -> Result<()> {
+    stop_one(node, c, Duration::ZERO).await?;
+    let r = c.record.lock().await;
+    match shim_of(node, &r.pod_id).await {
+        Ok(shim) => shim.delete(&r.id, "").await?,
+        Err(e) => {
+            tracing::warn!(container = %r.id, error = %e, "shim unreachable; removing files only")
+        }
+    }
+    teardown_files(&Dirs::new(&node.config, &r.id))?;
+    node.containers.forget(&r.id);
+    Ok(())
+}
+
+/// Removes every container of a pod.
+pub async fn remove_all_of_pod(node: &Node, pod_id: &str) -> Result<()> {
+    for c in node.containers.of_pod(pod_id) {
+        remove_one(node, &c).await?;
+    }
+    Ok(())
+}
+
+pub async fn reopen_log(node: Arc<Node>, req: cri::ReopenContainerLogRequest) -> Result<()> {
+    let c = node.containers.get(&req.container_id)?;
+    let r = c.view();
+    if r.state != State::Running {
+        return Err(Error::FailedPrecondition(format!(
+            "container {} is not running",
+            r.id
+        )));
+    }
+    shim_of(&node, &r.pod_id).await?.reopen_log(&r.id).await
+}
+
+/// Loads every container record; asks the shims of running ones how they are, records
+/// exits that happened while podrund was down, and resumes monitoring the rest.
+pub async fn recover(node: &Arc<Node>) -> Result<usize> {
+    let dir = node.config.root.join("containers");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut count = 0;
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let dirs = Dirs::new(&node.config, &id);
+        let r = match store::read_json::<Record>(&dirs.record()) {
+            Ok(r) if r.version == RECORD_VERSION => r,
+            Ok(_) | Err(_) => {
+                tracing::error!(container = %id, "cannot read container record; leaving it in place");
+                continue;
+            }
+        };
+        let running = r.state == State::Running;
+        let c = node.containers.insert(r);
+        count += 1;
+        if running {
+            tokio::spawn(monitor(node.clone(), c));
+        }
+    }
+    Ok(count)
+}

@@ -1,0 +1,226 @@
+//! App containers: their durable record, their state machine and the in-memory index.
+//!
+//! ```text
+//!  CreateContainer ─▶ Created ──StartContainer──▶ Running ──exit / StopContainer──▶ Exited
+//!                        │                                                          │
+//!                        └──────────────────────RemoveContainer──────────────────────┴─▶ (gone)
+//!  (a record whose shim cannot be asked after a restart is Unknown until it answers)
+//! ```
+//! The container runs in its pod's shim through the OCI runtime; podrund keeps one task per
+//! running container waiting on the shim for its exit, and records it.
+
+mod create;
+mod exec;
+mod lifecycle;
+pub mod spec;
+mod status;
+pub mod user;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use podrun_proto::cri;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store;
+
+pub use create::create;
+pub use exec::exec_sync;
+pub use lifecycle::{recover, remove, remove_all_of_pod, reopen_log, start, stop, stop_all_of_pod};
+pub use status::{list, status};
+
+const RECORD_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+impl State {
+    fn to(self, next: State) -> Result<State> {
+        use State::*;
+        match (self, next) {
+            (Created, Running)
+            | (Created, Exited)
+            | (Running, Exited)
+            | (Unknown, _)
+            | (_, Unknown)
+            | (Exited, Exited) => Ok(next),
+            _ => Err(Error::FailedPrecondition(format!(
+                "container cannot go from {self:?} to {next:?}"
+            ))),
+        }
+    }
+}
+
+/// Everything podrun knows about one container, at `<root>/containers/<id>/container.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub id: String,
+    pub pod_id: String,
+    pub state: State,
+    pub config: cri::ContainerConfig,
+    /// The image as the client named it, and the image id it resolved to.
+    pub image_name: String,
+    pub image_id: String,
+    /// The OCI runtime binary it runs with.
+    pub runtime: PathBuf,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// Absolute; empty when the pod or container gives no log path.
+    pub log_path: String,
+    pub rootfs: PathBuf,
+    pub bundle: PathBuf,
+    pub pid: u32,
+    /// The signal StopContainer sends first (from the image), as a number.
+    pub stop_signal: i32,
+}
+
+impl Record {
+    fn key(&self) -> NameKey {
+        let m = self.config.metadata.clone().unwrap_or_default();
+        (self.pod_id.clone(), m.name, m.attempt)
+    }
+}
+
+pub struct Container {
+    pub id: String,
+    pub pod_id: String,
+    record: tokio::sync::Mutex<Record>,
+    view: Mutex<Record>,
+}
+
+impl Container {
+    fn publish(&self, r: &Record) {
+        *self.view.lock().unwrap_or_else(|p| p.into_inner()) = r.clone();
+    }
+
+    pub fn view(&self) -> Record {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// (pod id, container name, attempt): what makes a container unique in its pod.
+type NameKey = (String, String, u32);
+
+#[derive(Default)]
+pub struct Containers {
+    all: Mutex<HashMap<String, Arc<Container>>>,
+    /// Names being created: (pod, name, attempt) -> lock.
+    names: Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Containers {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.all.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, r: Record) -> Arc<Container> {
+        let c = Arc::new(Container {
+            id: r.id.clone(),
+            pod_id: r.pod_id.clone(),
+            view: Mutex::new(r.clone()),
+            record: tokio::sync::Mutex::new(r),
+        });
+        self.map().insert(c.id.clone(), c.clone());
+        c
+    }
+
+    fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
+
+    pub fn all(&self) -> Vec<Arc<Container>> {
+        self.map().values().cloned().collect()
+    }
+
+    pub fn of_pod(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        self.map()
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    /// By id or unique id prefix.
+    pub fn get(&self, id: &str) -> Result<Arc<Container>> {
+        if id.is_empty() {
+            return Err(Error::invalid("container_id", "must not be empty"));
+        }
+        let map = self.map();
+        if let Some(c) = map.get(id) {
+            return Ok(c.clone());
+        }
+        let mut found = map.values().filter(|c| c.id.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some(c), None) => Ok(c.clone()),
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "container_id",
+                format!("prefix {id:?} matches several containers"),
+            )),
+            _ => Err(Error::NotFound {
+                what: "container",
+                id: id.to_owned(),
+            }),
+        }
+    }
+
+    fn name_lock(&self, key: NameKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    fn find_by_key(&self, key: &NameKey) -> Option<String> {
+        self.map()
+            .values()
+            .find(|c| c.view().key() == *key)
+            .map(|c| c.id.clone())
+    }
+}
+
+/// Where one container's files live.
+#[derive(Debug, Clone)]
+pub(crate) struct Dirs {
+    /// Durable: record, overlay upper and work dirs.
+    pub root: PathBuf,
+    /// Volatile: bundle (config.json), rootfs mount point, exec FIFOs.
+    pub state: PathBuf,
+}
+
+impl Dirs {
+    pub fn new(config: &crate::config::Config, id: &str) -> Dirs {
+        Dirs {
+            root: config.root.join("containers").join(id),
+            state: config.state.join("containers").join(id),
+        }
+    }
+
+    fn record(&self) -> PathBuf {
+        self.root.join("container.json")
+    }
+}
+
+fn persist(dirs: &Dirs, r: &Record) -> Result<()> {
+    store::write_atomic(&dirs.record(), r)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64
+}

@@ -1,0 +1,352 @@
+//! A container's OCI runtime spec as a pure function of the CRI config, the image config and
+//! the pod it joins. Defaults follow containerd's CRI plugin: its capability set, masked and
+//! read-only /proc and /sys paths, the pod's namespaces, files and /dev/shm.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use podrun_proto::cri;
+use serde_json::{json, Value};
+
+/// containerd's default capabilities for unprivileged containers.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability this kernel knows, for privileged containers and `ALL`.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// What the container needs to know about its pod.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// The pinned netns; None for hostNetwork pods.
+    pub netns: Option<PathBuf>,
+    pub pause_pid: i32,
+    /// Where the pod's hostname, hosts and resolv.conf are.
+    pub files: PathBuf,
+    /// The pod's /dev/shm; None when the pod uses the node's IPC namespace.
+    pub shm: Option<PathBuf>,
+    pub cgroup: String,
+    pub hostname: String,
+    /// The pod's namespaced sysctls (CRI puts them on the pod).
+    pub sysctls: std::collections::HashMap<String, String>,
+}
+
+/// The user the process runs as, resolved against the image's /etc/passwd and /etc/group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+pub struct Input<'a> {
+    pub id: &'a str,
+    pub config: &'a cri::ContainerConfig,
+    /// The image's `config` object (Env, Entrypoint, Cmd, WorkingDir, User, StopSignal).
+    pub image: &'a Value,
+    pub pod: &'a Pod,
+    pub rootfs: PathBuf,
+    pub user: User,
+    /// The lowest oom_score_adj podrund may give (its own, without CAP_SYS_RESOURCE).
+    pub oom_floor: i64,
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// CRI command/args over the image's Entrypoint/Cmd, as Kubernetes defines it.
+pub fn process_args(config: &cri::ContainerConfig, image: &Value) -> Vec<String> {
+    let (entrypoint, cmd) = (strings(&image["Entrypoint"]), strings(&image["Cmd"]));
+    match (config.command.is_empty(), config.args.is_empty()) {
+        (false, _) => config.command.iter().chain(&config.args).cloned().collect(),
+        (true, false) => entrypoint
+            .into_iter()
+            .chain(config.args.iter().cloned())
+            .collect(),
+        (true, true) => entrypoint.into_iter().chain(cmd).collect(),
+    }
+}
+
+/// The image's environment with the config's entries added or replacing by name.
+pub fn env(config: &cri::ContainerConfig, image: &Value) -> Vec<String> {
+    let mut env = strings(&image["Env"]);
+    for kv in &config.envs {
+        env.retain(|e| e.split('=').next() != Some(kv.key.as_str()));
+        env.push(format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value)));
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(
+            0,
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+    }
+    env
+}
+
+fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32) -> Value {
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let mut caps: Vec<String> = match privileged {
+        true => ALL_CAPS.iter().map(|c| c.to_string()).collect(),
+        false => DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
+    };
+    let norm = |c: &String| {
+        if c.starts_with("CAP_") {
+            c.to_uppercase()
+        } else {
+            format!("CAP_{}", c.to_uppercase())
+        }
+    };
+    if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
+        if c.add_capabilities
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case("ALL"))
+        {
+            caps = ALL_CAPS.iter().map(|c| c.to_string()).collect();
+        }
+        for add in c
+            .add_capabilities
+            .iter()
+            .filter(|a| !a.eq_ignore_ascii_case("ALL"))
+            .map(norm)
+        {
+            if !caps.contains(&add) {
+                caps.push(add);
+            }
+        }
+        if c.drop_capabilities
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case("ALL"))
+        {
+            caps.clear();
+        }
+        let dropped: Vec<String> = c.drop_capabilities.iter().map(norm).collect();
+        caps.retain(|c| !dropped.contains(c));
+    }
+    // Like containerd: a non-root user keeps the bounding set but starts without effective
+    // and permitted capabilities.
+    let effective = if uid == 0 { caps.clone() } else { Vec::new() };
+    json!({"bounding": caps, "effective": effective, "permitted": effective})
+}
+
+fn bind(dest: &str, source: &std::path::Path, readonly: bool) -> Value {
+    let mut options = vec!["rbind", "rprivate"];
+    options.push(if readonly { "ro" } else { "rw" });
+    json!({"destination": dest, "type": "bind", "source": source, "options": options})
+}
+
+fn cri_mounts(config: &cri::ContainerConfig) -> Vec<Value> {
+    config
+        .mounts
+        .iter()
+        .map(|m| {
+            let propagation = match cri::MountPropagation::try_from(m.propagation) {
+                Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+                Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+                _ => "rprivate",
+            };
+            let rw = if m.readonly { "ro" } else { "rw" };
+            json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": ["rbind", propagation, rw]})
+        })
+        .collect()
+}
+
+pub fn build(input: &Input) -> Value {
+    let config = input.config;
+    let linux = config.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.as_ref();
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let image = input.image;
+    let cwd = Some(config.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .or_else(|| {
+            image["WorkingDir"]
+                .as_str()
+                .filter(|w| !w.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "/".into());
+    let pod = input.pod;
+    let ns_path = |kind: &str| format!("/proc/{}/ns/{kind}", pod.pause_pid);
+    let mode = |pick: fn(&cri::NamespaceOption) -> i32| {
+        sc.and_then(|s| s.namespace_options.as_ref())
+            .map_or(cri::NamespaceMode::Pod, |o| {
+                cri::NamespaceMode::try_from(pick(o)).unwrap_or(cri::NamespaceMode::Pod)
+            })
+    };
+    let mut namespaces = vec![json!({"type": "mount"})];
+    match mode(|o| o.pid) {
+        cri::NamespaceMode::Pod => namespaces.push(json!({"type": "pid", "path": ns_path("pid")})),
+        cri::NamespaceMode::Container => namespaces.push(json!({"type": "pid"})),
+        _ => {}
+    }
+    if pod.shm.is_some() {
+        namespaces.push(json!({"type": "ipc", "path": ns_path("ipc")}));
+    }
+    if let Some(netns) = &pod.netns {
+        namespaces.push(json!({"type": "network", "path": netns}));
+        namespaces.push(json!({"type": "uts", "path": ns_path("uts")}));
+    }
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if privileged { "rw" } else { "ro" }]}),
+    ];
+    match &pod.shm {
+        Some(shm) => mounts.push(bind("/dev/shm", shm, false)),
+        None => mounts.push(bind("/dev/shm", std::path::Path::new("/dev/shm"), false)),
+    }
+    let ro_files = sc.is_some_and(|s| s.readonly_rootfs);
+    for (dest, file) in [
+        ("/etc/hosts", "hosts"),
+        ("/etc/resolv.conf", "resolv.conf"),
+        ("/etc/hostname", "hostname"),
+    ] {
+        if !config.mounts.iter().any(|m| m.container_path == dest) {
+            mounts.push(bind(dest, &pod.files.join(file), ro_files));
+        }
+    }
+    mounts.extend(cri_mounts(config));
+
+    let resources = linux.resources.clone().unwrap_or_default();
+    let mut cpu = serde_json::Map::new();
+    if resources.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(resources.cpu_shares));
+    }
+    if resources.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(resources.cpu_quota));
+    }
+    if resources.cpu_period > 0 {
+        cpu.insert("period".into(), json!(resources.cpu_period));
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(resources.cpuset_cpus));
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(resources.cpuset_mems));
+    }
+    let mut res = json!({"devices": [{"allow": privileged, "access": "rwm"}], "cpu": cpu});
+    if resources.memory_limit_in_bytes > 0 {
+        res["memory"] = json!({"limit": resources.memory_limit_in_bytes});
+    }
+    let oom = resources.oom_score_adj.max(input.oom_floor).min(1000);
+
+    let no_new_privs = sc.is_some_and(|s| s.no_new_privs);
+    let mut linux_spec = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": format!("{}/{}", pod.cgroup, input.id),
+        "resources": res,
+        "sysctl": pod.sysctls,
+    });
+    if !privileged {
+        linux_spec["maskedPaths"] = json!(MASKED);
+        linux_spec["readonlyPaths"] = json!(READONLY);
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": config.tty,
+            "user": {"uid": input.user.uid, "gid": input.user.gid, "additionalGids": input.user.additional_gids},
+            "args": process_args(config, image),
+            "env": env(config, image),
+            "cwd": cwd,
+            "capabilities": capabilities(sc, input.user.uid),
+            "noNewPrivileges": no_new_privs,
+            "oomScoreAdj": oom,
+        },
+        "root": {"path": input.rootfs, "readonly": ro_files},
+        "hostname": pod.hostname,
+        "mounts": mounts,
+        "annotations": input.annotations,
+        "linux": linux_spec,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+use super::*;
+
+fn pod() -> Pod {
+    Pod {
+        netns: Some("/run/netns/podrun-p".into()),
+        pause_pid: 42,
+        files: "/run/podrun/pods/p".into(),
+        shm: Some("/run/podrun/pods/p/shm".into()),
+        cgroup: "/kubepods/p".into(),
+        hostname: "web".into(),
+        sysctls: [(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "0".to_owned(),
+        )]
+        .into(),
+    }
+}
+
+fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -> Input<'a> {
+    Input {
+        id: "c1",
+        config,
+        image,
+        pod,
+        rootfs: "/run/podrun/containers/c1/rootfs".into(),
+        user: User::default(),
+        oom_floor: -998,
+        annotations: BTreeMap::new(),
+    }
+}
+
+#[test]
+fn command_and_args_follow_kubernetes_rules() {
+    let image = json!({"Entrypoint": ["/ep"], "Cmd": ["a", "b"]});
+    let mut c = cri::ContainerConfig::default();
+    assert_eq!(process_args(&c, &image), ["/ep", "a", "b"]);
+    c.args = vec!["x".into()];
+    assert_eq!(process_args(&c, &image), ["/ep", "x"]);
+    c.command = vec!["/cmd".into()];
+    assert_eq!(process_args(&c, &image), ["/cmd", "x"]);
+    c.args.clear();
+    assert_eq!(process_args(&c, &image), ["/cmd"]);
+}
+
+#[test]
+fn config_env_overrides_image_env_by_name() {
+    let image = json!({"Env": ["PATH=/bin", "A=1", "B=2"]});
+    let c = cri::ContainerConfig {
+        envs: vec![cri::KeyValue {
+            key: "A".into(),
+            value: "9".into(),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(env(&c, &image), ["PATH=/bin", "B=2", "A=9"]);
+}
+
+#[test]
+fn default_spec_joins_the_pod_and_matches_expected_json() {
+    let c = cri::ContainerConfig {
+        mounts: vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            readonly: true,
+            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+            ..Default::default()
+        }],
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 1 << 26,
+                cpu_shares: 512,
+                oom_score_adj: -999,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let image = json!({"Cmd": ["sh"], "WorkingDir": "/work"});
+    let p = pod();
+    let spec = build(&input(&c, &image, &p));
+    assert_eq!(spec["process"]["args"], json!(["sh"]));
+    assert_eq!(spec["process"]["cwd"], "/work");
+    assert_eq!(
+        spec["process"]["oomScoreAdj"], -998,
+        "clamped to what podrund may set"
+    );
+    assert_eq!(
+        spec["process"]["capabilities"]["bounding"],
+        json!(DEFAULT_CAPS)
+    );
+    assert_eq!(
+        spec["linux"]["namespaces"],
+        json!([{"type": "mount"}, {"type": "pid", "path": "/proc/42/ns/pid"}, {"type": "ipc", "path": "/proc/42/ns/ipc"},
+               {"type": "network", "path": "/run/netns/podrun-p"}, {"type": "uts", "path": "/proc/42/ns/uts"}])
+    );
+    assert_eq!(spec["linux"]["cgroupsPath"], "/kubepods/p/c1");
+    assert_eq!(
+        spec["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+        "0"
+    );
+    assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 1 << 26);
+    assert_eq!(spec["linux"]["resources"]["cpu"]["shares"], 512);
+    assert_eq!(spec["linux"]["maskedPaths"][2], "/proc/kcore");
+    let mounts = spec["mounts"].as_array().unwrap();
+    let find = |d: &str| {
+        mounts
+            .iter()
+            .find(|m| m["destination"] == d)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(find("/dev/shm")["source"], "/run/podrun/pods/p/shm");
+    assert_eq!(find("/etc/hosts")["source"], "/run/podrun/pods/p/hosts");
+    assert_eq!(
+        find("/data"),
+        json!({"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "rslave", "ro"]})
+    );
+}
+
+#[test]
+fn capabilities_add_drop_all_privileged_and_non_root() {
+    let sc = |add: &[&str], drop: &[&str], privileged: bool| cri::LinuxContainerSecurityContext {
+        capabilities: Some(cri::Capability {
+            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+            drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        privileged,
+        ..Default::default()
+    };
+    let caps = capabilities(Some(&sc(&["NET_ADMIN"], &["CAP_KILL"], false)), 0);
+    let bounding = strings(&caps["bounding"]);
+    assert!(
+        bounding.contains(&"CAP_NET_ADMIN".to_owned())
+            && !bounding.contains(&"CAP_KILL".to_owned())
+    );
+    assert_eq!(
+        strings(&capabilities(Some(&sc(&[], &["ALL"], false)), 0)["bounding"]).len(),
+        0
+    );
+    assert_eq!(
+        strings(&capabilities(Some(&sc(&["ALL"], &[], false)), 0)["bounding"]).len(),
+        ALL_CAPS.len()
+    );
+    assert_eq!(
+        strings(&capabilities(Some(&sc(&[], &[], true)), 0)["bounding"]).len(),
+        ALL_CAPS.len()
+    );
+    let non_root = capabilities(None, 1000);
+    assert_eq!(strings(&non_root["bounding"]).len(), DEFAULT_CAPS.len());
+    assert!(strings(&non_root["effective"]).is_empty());
+}

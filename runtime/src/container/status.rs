@@ -1,0 +1,106 @@
+//! ContainerStatus and ListContainers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use podrun_proto::cri;
+
+use super::{Record, State};
+use crate::error::Result;
+use crate::node::Node;
+
+fn cri_state(s: State) -> cri::ContainerState {
+    match s {
+        State::Created => cri::ContainerState::ContainerCreated,
+        State::Running => cri::ContainerState::ContainerRunning,
+        State::Exited => cri::ContainerState::ContainerExited,
+        State::Unknown => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+fn mounts(r: &Record) -> Vec<cri::Mount> {
+    r.config.mounts.clone()
+}
+
+pub async fn status(
+    node: Arc<Node>,
+    req: cri::ContainerStatusRequest,
+) -> Result<cri::ContainerStatusResponse> {
+    let r = node.containers.get(&req.container_id)?.view();
+    let status = cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: r.config.metadata.clone(),
+        state: cri_state(r.state) as i32,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: r.finished_at,
+        exit_code: r.exit_code,
+        image: Some(cri::ImageSpec {
+            image: r.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_id.clone(),
+        image_id: r.image_id.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        mounts: mounts(&r),
+        log_path: r.log_path.clone(),
+        ..Default::default()
+    };
+    let mut info = HashMap::new();
+    if req.verbose {
+        let v = serde_json::json!({
+            "pid": r.pid, "sandboxID": r.pod_id, "runtime": r.runtime, "bundle": r.bundle,
+            "rootfs": r.rootfs, "config": r.config,
+        });
+        info.insert("info".to_owned(), v.to_string());
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(status),
+        info,
+    })
+}
+
+pub async fn list(
+    node: Arc<Node>,
+    req: cri::ListContainersRequest,
+) -> Result<cri::ListContainersResponse> {
+    let f = req.filter.unwrap_or_default();
+    let mut containers: Vec<cri::Container> = node
+        .containers
+        .all()
+        .iter()
+        .map(|c| c.view())
+        .filter(|r| f.id.is_empty() || r.id.starts_with(&f.id))
+        .filter(|r| f.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&f.pod_sandbox_id))
+        .filter(|r| {
+            f.state
+                .as_ref()
+                .is_none_or(|s| s.state == cri_state(r.state) as i32)
+        })
+        .filter(|r| {
+            f.label_selector
+                .iter()
+                .all(|(k, v)| r.config.labels.get(k) == Some(v))
+        })
+        .map(|r| cri::Container {
+            id: r.id.clone(),
+            pod_sandbox_id: r.pod_id.clone(),
+            metadata: r.config.metadata.clone(),
+            image: Some(cri::ImageSpec {
+                image: r.image_name.clone(),
+                ..Default::default()
+            }),
+            image_ref: r.image_id.clone(),
+            image_id: r.image_id.clone(),
+            state: cri_state(r.state) as i32,
+            created_at: r.created_at,
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+        })
+        .collect();
+    containers.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+    Ok(cri::ListContainersResponse { containers })
+}

@@ -1,0 +1,508 @@
+//! Containers in pods: real images from a real registry, real overlayfs, the OCI runtime
+//! (runc and crun) driven by the pod's shim, CRI logs and ExecSync.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podrun_proto::client;
+use podrun_proto::cri;
+use podrun_tests::registry::{busybox_image, image, layer, Compression, LayerBuilder, Registry};
+use podrun_tests::{Chain, Client, TestNode};
+
+struct Bed {
+    node: TestNode,
+    registry: Registry,
+    rt: Client,
+    busybox: String,
+}
+
+impl Bed {
+    async fn start() -> Bed {
+        let registry = Registry::start();
+        let node = TestNode::start(Chain::Standard);
+        registry.push("busybox:1", &busybox_image()).await;
+        let busybox = format!("{}/busybox:1", registry.addr);
+        let mut images = client::image(&node.socket).await.unwrap();
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: busybox.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let rt = node.client().await;
+        Bed {
+            node,
+            registry,
+            rt,
+            busybox,
+        }
+    }
+
+    async fn pod(&mut self, name: &str, handler: &str) -> (String, cri::PodSandboxConfig) {
+        let mut config = self.node.pod_config(name);
+        config.log_directory = self.node.dir.join("logs").join(name).display().to_string();
+        let req = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        let id = self
+            .rt
+            .run_pod_sandbox(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        self.node.remember(&id);
+        (id, config)
+    }
+
+    fn container(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.busybox.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}.log"),
+            ..Default::default()
+        }
+    }
+
+    async fn run(
+        &mut self,
+        pod: &(String, cri::PodSandboxConfig),
+        config: cri::ContainerConfig,
+    ) -> String {
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.1.clone()),
+        };
+        let id = self
+            .rt
+            .create_container(req)
+            .await
+            .expect("CreateContainer")
+            .into_inner()
+            .container_id;
+        self.rt
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("StartContainer");
+        id
+    }
+
+    async fn exec(
+        &mut self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        self.rt.exec_sync(req).await.map(|r| r.into_inner())
+    }
+
+    async fn out(&mut self, id: &str, cmd: &[&str]) -> String {
+        let r = self.exec(id, cmd, 10).await.expect("ExecSync");
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        String::from_utf8(r.stdout).unwrap()
+    }
+
+    async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
+        for _ in 0..300 {
+            let s = self.status(id).await;
+            if s.state == cri::ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("container {id} did not exit");
+    }
+
+    async fn remove_pod(&mut self, id: &str) {
+        self.rt
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap();
+        self.rt
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Container state podrun made: records, rootfs mounts.
+    fn container_leftovers(&self) -> Vec<String> {
+        let mut out = self.node.leftovers();
+        for sub in ["root/containers", "state/containers"] {
+            for e in std::fs::read_dir(self.node.dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                out.push(format!("container dir {}", e.path().display()));
+            }
+        }
+        out
+    }
+}
+
+async fn two_containers_share_the_pod(handler: &str) {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("shared", handler).await;
+    let shared = bed.node.dir.join("shared-dir");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("index.html"), "hello from the pod\n").unwrap();
+    let volume = |ro| cri::Mount {
+        container_path: "/www".into(),
+        host_path: shared.display().to_string(),
+        readonly: ro,
+        ..Default::default()
+    };
+    let mut server = bed.container("server", &["httpd", "-f", "-p", "8080", "-h", "/www"]);
+    server.mounts = vec![volume(false)];
+    let mut client_c = bed.container("client", &["sleep", "1000"]);
+    client_c.mounts = vec![volume(false)];
+    let s = bed.run(&pod, server).await;
+    let c = bed.run(&pod, client_c).await;
+    assert_eq!(
+        bed.status(&s).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+
+    // localhost is shared: the client fetches the server's page.
+    let mut page = String::new();
+    for _ in 0..50 {
+        if let Ok(r) = bed
+            .exec(&c, &["wget", "-qO-", "http://localhost:8080/index.html"], 5)
+            .await
+        {
+            if r.exit_code == 0 {
+                page = String::from_utf8(r.stdout).unwrap();
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(page, "hello from the pod\n");
+    // One eth0 for both.
+    assert_eq!(
+        bed.out(&s, &["cat", "/sys/class/net/eth0/address"]).await,
+        bed.out(&c, &["cat", "/sys/class/net/eth0/address"]).await
+    );
+    // The host directory carries a file from one to the other, and so does /dev/shm.
+    bed.out(
+        &s,
+        &[
+            "sh",
+            "-c",
+            "echo via-volume > /www/note && echo via-shm > /dev/shm/note",
+        ],
+    )
+    .await;
+    assert_eq!(bed.out(&c, &["cat", "/www/note"]).await, "via-volume\n");
+    assert_eq!(bed.out(&c, &["cat", "/dev/shm/note"]).await, "via-shm\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("note")).unwrap(),
+        "via-volume\n"
+    );
+    // The pod's hostname, and pause as PID 1 of the shared PID namespace? (pid: CONTAINER here)
+    assert_eq!(bed.out(&c, &["hostname"]).await.trim(), "shared");
+
+    let listed = bed
+        .rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod.0.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2);
+    bed.remove_pod(&pod.0).await;
+    let left = bed.container_leftovers();
+    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_share_localhost_volumes_and_shm_with_runc() {
+    two_containers_share_the_pod("runc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_exit_codes_and_exec_sync_limits() {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("logs", "runc").await;
+    let long = "x".repeat(20 * 1024);
+    let script = format!(
+        "echo out-line; echo err-line >&2; echo {long}; printf tail-without-newline; exit 3"
+    );
+    let id = bed
+        .run(&pod, bed.container("talker", &["sh", "-c", &script]))
+        .await;
+    let status = bed.wait_exit(&id).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"));
+    assert!(
+        status.finished_at >= status.started_at
+            && status.started_at >= status.created_at
+            && status.created_at > 0
+    );
+    let log_path = PathBuf::from(&status.log_path);
+    assert!(
+        log_path.is_absolute() && log_path.ends_with("talker.log"),
+        "{log_path:?}"
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let records: Vec<(String, String, String)> = log
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ts = f.next().unwrap();
+            assert!(
+                ts.ends_with('Z') && ts.contains('T') && ts.len() == 30,
+                "timestamp {ts:?}"
+            );
+            (
+                f.next().unwrap().to_owned(),
+                f.next().unwrap().to_owned(),
+                f.next().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        records.contains(&("stdout".into(), "F".into(), "out-line".into())),
+        "{records:?}"
+    );
+    assert!(records.contains(&("stderr".into(), "F".into(), "err-line".into())));
+    let long_parts: Vec<&(String, String, String)> =
+        records.iter().filter(|r| r.2.starts_with("xxx")).collect();
+    assert_eq!(
+        long_parts.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+        ["P", "F"],
+        "a 20 KiB line is split"
+    );
+    assert_eq!(
+        long_parts.iter().map(|r| r.2.len()).sum::<usize>(),
+        long.len()
+    );
+    assert!(records.contains(&("stdout".into(), "P".into(), "tail-without-newline".into())));
+
+    // ExecSync: output, exit code, timeout, cap.
+    let sleeper = bed
+        .run(&pod, bed.container("sleeper", &["sleep", "1000"]))
+        .await;
+    let r = bed
+        .exec(
+            &sleeper,
+            &["sh", "-c", "echo hi; echo oops >&2; exit 7"],
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"hi\n"[..], &b"oops\n"[..], 7)
+    );
+    let err = bed.exec(&sleeper, &["sleep", "30"], 1).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    assert!(err.message().contains("timed out"), "{}", err.message());
+    let r = bed
+        .exec(
+            &sleeper,
+            &["dd", "if=/dev/zero", "bs=1048576", "count=20"],
+            30,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.len(), 16 << 20, "stdout capped at 16 MiB");
+    // ReopenContainerLog starts a new file after the client renamed the old one.
+    let sleeper_log = PathBuf::from(bed.status(&sleeper).await.log_path);
+    std::fs::rename(&sleeper_log, sleeper_log.with_extension("old")).unwrap();
+    bed.rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: sleeper.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(sleeper_log.exists());
+    let err = bed
+        .rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "not running");
+
+    bed.remove_pod(&pod.0).await;
+    let left = bed.container_leftovers();
+    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_timeouts_oom_and_non_root_users() {
+    let mut bed = Bed::start().await;
+    let user_img = image(
+        vec![layer(
+            LayerBuilder::default().busybox().tar(),
+            Compression::Gzip,
+        )],
+        serde_json::json!({"User": "app", "Cmd": ["sleep", "1000"], "StopSignal": "SIGUSR1"}),
+    );
+    bed.registry.push("app:1", &user_img).await;
+    let app = format!("{}/app:1", bed.registry.addr);
+    let mut images = client::image(&bed.node.socket).await.unwrap();
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: app.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pod = bed.pod("limits", "runc").await;
+
+    let mut cfg = bed.container("nonroot", &[]);
+    cfg.image = Some(cri::ImageSpec {
+        image: app.clone(),
+        ..Default::default()
+    });
+    let nonroot = bed.run(&pod, cfg).await;
+    assert_eq!(bed.out(&nonroot, &["id", "-u"]).await.trim(), "1000");
+    assert_eq!(bed.out(&nonroot, &["id", "-G"]).await.trim(), "1000 2000");
+    // The image's StopSignal (USR1) ends sleep at once.
+    let t = std::time::Instant::now();
+    bed.rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: nonroot.clone(),
+            timeout: 30,
+        })
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_eq!(
+        bed.status(&nonroot).await.exit_code,
+        128 + 10 /* SIGUSR1 */
+    );
+
+    let stubborn = bed
+        .run(
+            &pod,
+            bed.container(
+                "stubborn",
+                &["sh", "-c", "trap '' TERM; while true; do sleep 1; done"],
+            ),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bed.rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    let s = bed.status(&stubborn).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 137),
+        "killed after the timeout"
+    );
+
+    let mut hog = bed.container("hog", &["sh", "-c", "tail /dev/zero"]);
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = bed.run(&pod, hog).await;
+    let s = bed.wait_exit(&hog).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
+
+    bed.remove_pod(&pod.0).await;
+    let left = bed.container_leftovers();
+    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_outlive_a_podrund_restart_and_exits_while_it_is_down_are_reported() {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("restart", "runc").await;
+    let lives = bed
+        .run(&pod, bed.container("lives", &["sleep", "1000"]))
+        .await;
+    let dies = bed
+        .run(
+            &pod,
+            bed.container("dies", &["sh", "-c", "sleep 2; exit 4"]),
+        )
+        .await;
+    bed.node.kill_daemon();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    bed.node.spawn_daemon();
+    bed.rt = bed.node.client().await;
+    assert_eq!(
+        bed.status(&lives).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(
+        bed.out(&lives, &["echo", "still here"]).await,
+        "still here\n"
+    );
+    let s = bed.wait_exit(&dies).await;
+    assert_eq!(
+        s.exit_code, 4,
+        "the exit while podrund was down is reported"
+    );
+    bed.rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: lives.clone(),
+        })
+        .await
+        .expect("RemoveContainer of a running container");
+    bed.remove_pod(&pod.0).await;
+    let left = bed.container_leftovers();
+    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+}
