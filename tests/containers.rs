@@ -268,9 +268,27 @@ async fn two_containers_share_localhost_volumes_and_shm_with_runc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_exit_codes_and_exec_sync_limits() {
+async fn two_containers_share_localhost_volumes_and_shm_with_crun() {
+    assert!(
+        std::path::Path::new("/usr/bin/crun").exists(),
+        "crun is missing: install it (hack/setup does)"
+    );
+    two_containers_share_the_pod("crun").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_exit_codes_and_exec_sync_limits_with_runc() {
+    logs_exit_codes_and_exec_sync_limits("runc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_exit_codes_and_exec_sync_limits_with_crun() {
+    logs_exit_codes_and_exec_sync_limits("crun").await;
+}
+
+async fn logs_exit_codes_and_exec_sync_limits(handler: &str) {
     let mut bed = Bed::start().await;
-    let pod = bed.pod("logs", "runc").await;
+    let pod = bed.pod("logs", handler).await;
     let long = "x".repeat(20 * 1024);
     let script = format!(
         "echo out-line; echo err-line >&2; echo {long}; printf tail-without-newline; exit 3"
@@ -378,7 +396,16 @@ async fn logs_exit_codes_and_exec_sync_limits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_timeouts_oom_and_non_root_users() {
+async fn stop_timeouts_oom_and_non_root_users_with_runc() {
+    stop_timeouts_oom_and_non_root_users("runc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_timeouts_oom_and_non_root_users_with_crun() {
+    stop_timeouts_oom_and_non_root_users("crun").await;
+}
+
+async fn stop_timeouts_oom_and_non_root_users(handler: &str) {
     let mut bed = Bed::start().await;
     let user_img = image(
         vec![layer(
@@ -400,7 +427,7 @@ async fn stop_timeouts_oom_and_non_root_users() {
         })
         .await
         .unwrap();
-    let pod = bed.pod("limits", "runc").await;
+    let pod = bed.pod("limits", handler).await;
 
     let mut cfg = bed.container("nonroot", &[]);
     cfg.image = Some(cri::ImageSpec {
@@ -503,6 +530,111 @@ async fn containers_outlive_a_podrund_restart_and_exits_while_it_is_down_are_rep
         .await
         .expect("RemoveContainer of a running container");
     bed.remove_pod(&pod.0).await;
+    let left = bed.container_leftovers();
+    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pid_shared_pod_sees_one_process_tree_and_other_pods_reach_it_by_ip() {
+    let mut bed = Bed::start().await;
+    let mut config = bed.node.pod_config("pidshare");
+    config.log_directory = bed.node.dir.join("logs/pidshare").display().to_string();
+    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let req = cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    };
+    let pod_id = bed
+        .rt
+        .run_pod_sandbox(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    bed.node.remember(&pod_id);
+    let pod = (pod_id.clone(), config);
+    let shared_pid = |mut c: cri::ContainerConfig| {
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    let web = bed
+        .run(
+            &pod,
+            shared_pid(bed.container("web", &["httpd", "-f", "-p", "8080", "-h", "/etc"])),
+        )
+        .await;
+    let other = bed
+        .run(&pod, shared_pid(bed.container("other", &["sleep", "1000"])))
+        .await;
+    // PID 1 is pause, and each container sees the other's processes.
+    assert!(bed
+        .out(&other, &["cat", "/proc/1/cmdline"])
+        .await
+        .contains("podrun-pause"));
+    let ps = bed.out(&other, &["ps", "-o", "args"]).await;
+    assert!(
+        ps.contains("httpd -f -p 8080") && ps.contains("sleep 1000"),
+        "{ps}"
+    );
+
+    // A container in another pod on the node reaches the server at the first pod's IP.
+    let ip = bed
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    let client_pod = bed.pod("visitor", "").await;
+    let visitor = bed
+        .run(&client_pod, bed.container("visitor", &["sleep", "1000"]))
+        .await;
+    let mut fetched = String::new();
+    for _ in 0..50 {
+        let r = bed
+            .exec(
+                &visitor,
+                &["wget", "-qO-", &format!("http://{ip}:8080/hostname")],
+                5,
+            )
+            .await
+            .unwrap();
+        if r.exit_code == 0 {
+            fetched = String::from_utf8(r.stdout).unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        fetched.trim(),
+        "pidshare",
+        "the visitor read the server pod's /etc/hostname over the pod network"
+    );
+    let _ = web;
+    bed.remove_pod(&client_pod.0).await;
+    bed.remove_pod(&pod_id).await;
     let left = bed.container_leftovers();
     assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
 }

@@ -494,12 +494,19 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
     assert!(err.message().contains("Attach"));
     // Containers of unknown pods or ids are NotFound.
     let err = client
-        .exec_sync(cri::ExecSyncRequest { container_id: "f00d".into(), cmd: vec!["true".into()], timeout: 1 })
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: "f00d".into(),
+            cmd: vec!["true".into()],
+            timeout: 1,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
     let err = client
-        .create_container(cri::CreateContainerRequest { pod_sandbox_id: "f00d".into(), ..Default::default() })
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: "f00d".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
