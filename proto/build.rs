@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
         .message_attribute(".", "#[serde(default)]")
+        .field_attribute(
+            "runtime.v1.KeyValue.value",
+            "#[serde(with = \"crate::go_bytes\")]",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

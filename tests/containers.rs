@@ -638,3 +638,81 @@ async fn a_pid_shared_pod_sees_one_process_tree_and_other_pods_reach_it_by_ip() 
     let left = bed.container_leftovers();
     assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podctl_pulls_runs_and_inspects_containers_from_crictl_files() {
+    let bed = Bed::start().await;
+    let podctl = |args: &[&str]| {
+        let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
+            .arg("-r")
+            .arg(&bed.node.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let pod_file = bed.node.dir.join("pod.yaml");
+    std::fs::write(
+        &pod_file,
+        format!(
+            "metadata: {{name: cli, namespace: podrun-test, uid: cli-uid}}\nlog_directory: {}/logs/cli\nlinux:\n  cgroup_parent: {}\n",
+            bed.node.dir.display(),
+            bed.node.cgroup_parent
+        ),
+    )
+    .unwrap();
+    let ctr_file = bed.node.dir.join("ctr.json");
+    let ctr = serde_json::json!({
+        "metadata": {"name": "echo"},
+        "image": {"image": bed.busybox},
+        "command": ["sh", "-c", "echo started; sleep 1000"],
+        "envs": [{"key": "GREETING", "value": "aGk="}],
+        "log_path": "echo.log",
+    });
+    std::fs::write(&ctr_file, ctr.to_string()).unwrap();
+    assert!(podctl(&["images"]).contains("busybox"));
+    let id = podctl(&[
+        "run",
+        ctr_file.to_str().unwrap(),
+        pod_file.to_str().unwrap(),
+    ])
+    .trim()
+    .to_owned();
+    for p in podctl(&["pods", "-q"]).lines() {
+        bed.node.remember(p);
+    }
+    assert!(podctl(&["ps"]).contains(&id[..13]));
+    assert_eq!(
+        podctl(&["exec", &id, "sh", "-c", "echo $GREETING"]),
+        "hi\n",
+        "bytes values in crictl JSON are base64"
+    );
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = podctl(&["logs", &id]);
+        if log.contains("stdout F started") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(log.contains("stdout F started"), "{log}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&podctl(&["inspect", &id[..10]])).unwrap();
+    assert_eq!(inspect["status"]["metadata"]["name"], "echo");
+    assert!(inspect["info"]["info"]["pid"].as_u64().unwrap() > 0);
+    podctl(&["stop", "-t", "0", &id]);
+    assert!(podctl(&["ps", "-a"]).contains("EXITED"));
+    podctl(&["rm", &id]);
+    let pod = podctl(&["pods", "-q"]).trim().to_owned();
+    podctl(&["stopp", &pod]);
+    podctl(&["rmp", &pod]);
+    podctl(&["rmi", &bed.busybox]);
+    assert!(podctl(&["images", "-q"]).trim().is_empty());
+    let left = bed.container_leftovers();
+    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+}

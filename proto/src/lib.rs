@@ -13,6 +13,71 @@ pub mod runtime {
 
 pub use runtime::v1 as cri;
 
+/// `bytes` fields in JSON as Go (and so crictl) writes them: a base64 string. On input a
+/// string that is not valid base64 is taken as plain text, and a list of numbers also works,
+/// so hand-written files stay easy.
+pub mod go_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
+            for i in 0..4 {
+                match i <= chunk.len() {
+                    true => out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char),
+                    false => out.push('='),
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        if s.len() % 4 != 0 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let (mut acc, mut bits) = (0u32, 0);
+        let body = s.trim_end_matches('=');
+        if s.len() - body.len() > 2 {
+            return None;
+        }
+        for c in body.bytes() {
+            acc = (acc << 6) | ALPHABET.iter().position(|&a| a == c)? as u32;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+            }
+        }
+        Some(out)
+    }
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(bytes))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(match Form::deserialize(d)? {
+            Form::Text(s) => decode(&s).unwrap_or_else(|| s.into_bytes()),
+            Form::Bytes(b) => b,
+        })
+    }
+}
+
 /// Connecting a CRI client to a unix socket (podctl, the tests, the benchmarks).
 pub mod client {
     use std::path::{Path, PathBuf};
@@ -70,6 +135,27 @@ mod tests {
 
     const LEN: u8 = 2;
     const VARINT: u8 = 0;
+
+    #[test]
+    fn key_value_bytes_read_as_go_writes_them_or_as_text() {
+        let kv: cri::KeyValue = serde_json::from_str(r#"{"key":"A","value":"aGk="}"#).unwrap();
+        assert_eq!(kv.value, b"hi");
+        let kv: cri::KeyValue =
+            serde_json::from_str(r#"{"key":"A","value":"plain text"}"#).unwrap();
+        assert_eq!(kv.value, b"plain text");
+        assert_eq!(
+            serde_json::to_string(&cri::KeyValue {
+                key: "A".into(),
+                value: b"hi!?".to_vec()
+            })
+            .unwrap(),
+            r#"{"key":"A","value":"aGkhPw=="}"#
+        );
+        assert_eq!(
+            super::go_bytes::decode(&super::go_bytes::encode(b"\x00\xffabc")).unwrap(),
+            b"\x00\xffabc"
+        );
+    }
 
     #[test]
     fn wire_numbers_match_upstream() {

@@ -44,26 +44,11 @@ fn auth(config: Option<cri::AuthConfig>) -> Auth {
         return Auth::Basic(a.username, a.password);
     }
     // `auth` is base64("user:password"), as in docker's config.json.
-    let decoded = base64_decode(&a.auth).and_then(|b| String::from_utf8(b).ok());
+    let decoded = podrun_proto::go_bytes::decode(&a.auth).and_then(|b| String::from_utf8(b).ok());
     match decoded.as_deref().and_then(|s| s.split_once(':')) {
         Some((u, p)) => Auth::Basic(u.to_owned(), p.to_owned()),
         None => Auth::Anonymous,
     }
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.trim_end_matches('=').bytes() {
-        acc = (acc << 6) | ALPHABET.iter().position(|&a| a == c)? as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    (!s.is_empty()).then_some(out)
 }
 
 fn image_name(spec: Option<&cri::ImageSpec>, field: &'static str) -> Result<String, Error> {

@@ -3,6 +3,7 @@
 //! snake_case field names), so one file works with both tools.
 
 mod netcheck;
+mod work;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ enum Command {
     Inspectp { id: String },
     /// Check the pod network: pod to pod, node to pod, no NAT; prints each packet path.
     Netcheck(netcheck::Args),
+    #[command(flatten)]
+    Work(work::Command),
 }
 
 fn main() -> Result<()> {
@@ -82,30 +85,32 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Following a log has no end: no time limit then.
+    let limit = match &cli.command {
+        Command::Work(work::Command::Logs { follow: true, .. }) => Duration::MAX,
+        _ => Duration::from_secs(cli.timeout),
+    };
     runtime.block_on(async {
-        tokio::time::timeout(
-            Duration::from_secs(cli.timeout),
-            run(&cli.runtime_endpoint, cli.command),
-        )
-        .await
-        .context("timed out")?
+        tokio::time::timeout(limit, run(&cli.runtime_endpoint, cli.command))
+            .await
+            .context("timed out")?
     })
 }
 
 /// Reads a PodSandboxConfig (or any CRI message) from a JSON or YAML file.
-fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
 /// The verbose info map holds JSON strings: show them as JSON.
-fn info_json(info: &HashMap<String, String>) -> Value {
+pub(crate) fn info_json(info: &HashMap<String, String>) -> Value {
     info.iter()
         .map(|(k, v)| {
             (
@@ -216,6 +221,7 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
             print_json(&json!({"status": s.status, "info": info_json(&s.info)}))?;
         }
         Command::Netcheck(args) => netcheck::run(endpoint, args).await?,
+        Command::Work(command) => work::run(endpoint, command).await?,
     }
     Ok(())
 }
@@ -248,7 +254,7 @@ fn print_pods(pods: &[cri::PodSandbox]) {
     }
 }
 
-fn ago(nanos: i64) -> String {
+pub(crate) fn ago(nanos: i64) -> String {
     let created = SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
     let secs = SystemTime::now()
         .duration_since(created)
