@@ -39,7 +39,7 @@ pub mod go_bytes {
     }
 
     pub fn decode(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 4 != 0 {
+        if !s.len().is_multiple_of(4) {
             return None;
         }
         let mut out = Vec::new();
