@@ -196,6 +196,16 @@ async fn two_containers_share_the_pod(handler: &str) {
     };
     let mut server = bed.container("server", &["httpd", "-f", "-p", "8080", "-h", "/www"]);
     server.mounts = vec![volume(false)];
+    server.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let mut client_c = bed.container("client", &["sleep", "1000"]);
     client_c.mounts = vec![volume(false)];
     let s = bed.run(&pod, server).await;
@@ -241,8 +251,35 @@ async fn two_containers_share_the_pod(handler: &str) {
         std::fs::read_to_string(shared.join("note")).unwrap(),
         "via-volume\n"
     );
-    // The pod's hostname, and pause as PID 1 of the shared PID namespace? (pid: CONTAINER here)
-    assert_eq!(bed.out(&c, &["hostname"]).await.trim(), "shared");
+    assert_eq!(
+        bed.out(&c, &["hostname"]).await.trim(),
+        "shared",
+        "the pod's hostname"
+    );
+    // Security defaults: RuntimeDefault seccomp where asked, default capabilities, masked paths.
+    let seccomp_mode = |s: String| {
+        s.lines()
+            .find(|l| l.starts_with("Seccomp:"))
+            .map(|l| l.split_whitespace().last().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        seccomp_mode(bed.out(&s, &["cat", "/proc/self/status"]).await).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        seccomp_mode(bed.out(&c, &["cat", "/proc/self/status"]).await).as_deref(),
+        Some("0")
+    );
+    let caps = bed.out(&c, &["cat", "/proc/self/status"]).await;
+    assert!(
+        caps.lines().any(|l| l == "CapBnd:\t00000000a80425fb"),
+        "containerd's default capability set:\n{caps}"
+    );
+    assert_eq!(
+        bed.out(&c, &["cat", "/proc/timer_list"]).await,
+        "",
+        "masked"
+    );
 
     let listed = bed
         .rt

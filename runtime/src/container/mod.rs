@@ -12,6 +12,7 @@
 mod create;
 mod exec;
 mod lifecycle;
+mod seccomp;
 pub mod spec;
 mod status;
 pub mod user;

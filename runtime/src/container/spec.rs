@@ -233,6 +233,28 @@ fn cri_mounts(config: &cri::ContainerConfig) -> Vec<Value> {
         .collect()
 }
 
+/// CRI seccomp: absent or Unconfined means none; RuntimeDefault is ours; Localhost loads a
+/// profile file (an unreadable one yields an invalid spec, which the runtime reports).
+fn seccomp(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+    caps: &Value,
+    privileged: bool,
+) -> Option<Value> {
+    let profile = sc.and_then(|s| s.seccomp.as_ref())?;
+    if privileged {
+        return None;
+    }
+    match cri::security_profile::ProfileType::try_from(profile.profile_type) {
+        Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+            Some(super::seccomp::runtime_default(&strings(&caps["bounding"])))
+        }
+        Ok(cri::security_profile::ProfileType::Localhost) => std::fs::read(&profile.localhost_ref)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
+        _ => None,
+    }
+}
+
 pub fn build(input: &Input) -> Value {
     let config = input.config;
     let linux = config.linux.clone().unwrap_or_default();
@@ -328,6 +350,10 @@ pub fn build(input: &Input) -> Value {
         linux_spec["maskedPaths"] = json!(MASKED);
         linux_spec["readonlyPaths"] = json!(READONLY);
     }
+    let caps = capabilities(sc, input.user.uid);
+    if let Some(profile) = seccomp(sc, &caps, privileged) {
+        linux_spec["seccomp"] = profile;
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -336,7 +362,7 @@ pub fn build(input: &Input) -> Value {
             "args": process_args(config, image),
             "env": env(config, image),
             "cwd": cwd,
-            "capabilities": capabilities(sc, input.user.uid),
+            "capabilities": caps,
             "noNewPrivileges": no_new_privs,
             "oomScoreAdj": oom,
         },
