@@ -41,12 +41,13 @@ pub fn require_root_and_tools() {
 /// Where cargo put podrun's binaries, next to this test's executable.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<triple>/debug/deps/pods-xxxx -> target/<triple>/debug
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_owned();
+    // Tests run from target/<triple>/<profile>/deps/, binaries such as podrun-bench from
+    // target/<triple>/<profile>/ itself.
+    let here = exe.parent().expect("exe dir");
+    let dir = match here.join("podrund").is_file() {
+        true => here.to_owned(),
+        false => here.parent().expect("target dir").to_owned(),
+    };
     for b in [
         "podrund",
         "containerd-shim-podrun-v2",
