@@ -14,6 +14,7 @@ struct Bed {
     registry: Registry,
     rt: Client,
     busybox: String,
+    containers: Vec<String>,
 }
 
 impl Bed {
@@ -39,6 +40,7 @@ impl Bed {
             registry,
             rt,
             busybox,
+            containers: Vec::new(),
         }
     }
 
@@ -166,9 +168,17 @@ impl Bed {
             .unwrap();
     }
 
-    /// Container state podrun made: records, rootfs mounts.
+    /// Container state podrun made: records, rootfs mounts, the OCI runtimes' state.
     fn container_leftovers(&self) -> Vec<String> {
         let mut out = self.node.leftovers();
+        for id in &self.containers {
+            for root in ["/run/runc", "/run/crun"] {
+                let state = PathBuf::from(root).join(id);
+                if state.exists() {
+                    out.push(format!("OCI runtime state {}", state.display()));
+                }
+            }
+        }
         for sub in ["root/containers", "state/containers"] {
             for e in std::fs::read_dir(self.node.dir.join(sub))
                 .into_iter()
@@ -338,7 +348,8 @@ async fn logs_exit_codes_and_exec_sync_limits(handler: &str) {
     assert!(
         status.finished_at >= status.started_at
             && status.started_at >= status.created_at
-            && status.created_at > 0
+            && status.created_at > 0,
+        "{status:?}"
     );
     let log_path = PathBuf::from(&status.log_path);
     assert!(

@@ -28,9 +28,11 @@ pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<(
         )));
     }
     let shim = shim_of(&node, &r.pod_id).await?;
+    // Taken before the call: a short-lived process may exit before the call returns.
+    let started_at = now_nanos();
     shim.start(&r.id, "").await?;
     r.state = r.state.to(State::Running)?;
-    r.started_at = now_nanos();
+    r.started_at = started_at;
     persist(&Dirs::new(&node.config, &r.id), &r)?;
     c.publish(&r);
     drop(r);
@@ -49,6 +51,7 @@ async fn monitor(node: Arc<Node>, c: Arc<Container>) {
         match waited {
             Ok((status, at)) => {
                 record_exit(&node, &c, status as i32, at).await;
+                release_task(&node, &c).await;
                 return;
             }
             Err(e) => {
@@ -92,6 +95,16 @@ fn oom_killed(r: &Record, node: &Node) -> bool {
     })
 }
 
+/// Deletes the exited task from the shim (the OCI runtime's state and the container's
+/// cgroup go with it); the record keeps the exit.
+async fn release_task(node: &Node, c: &Container) {
+    if let Ok(shim) = shim_of(node, &c.pod_id).await {
+        if let Err(e) = shim.delete(&c.id, "").await {
+            tracing::warn!(container = %c.id, error = %e, "deleting the exited task");
+        }
+    }
+}
+
 async fn record_exit(node: &Node, c: &Container, code: i32, at: i64) {
     let mut r = c.record.lock().await;
     if r.state == State::Exited {
@@ -99,7 +112,7 @@ async fn record_exit(node: &Node, c: &Container, code: i32, at: i64) {
     }
     r.state = State::Exited;
     r.exit_code = code;
-    r.finished_at = if at > 0 { at } else { now_nanos() };
+    r.finished_at = if at > 0 { at } else { now_nanos() }.max(r.started_at);
     r.reason = match (oom_killed(&r, node), code) {
         (true, _) => "OOMKilled",
         (false, 0) => "Completed",
@@ -128,11 +141,27 @@ async fn stop_one(node: &Node, c: &Container, timeout: Duration) -> Result<()> {
     if r.state != State::Running {
         return Ok(());
     }
-    let shim = shim_of(node, &r.pod_id).await?;
+    let shim = match shim_of(node, &r.pod_id).await {
+        Ok(shim) => shim,
+        Err(e) => {
+            let pod_shim_alive = node
+                .sandboxes
+                .get(&r.pod_id)
+                .map(|p| p.view().shim.is_some_and(|s| s.is_alive()))
+                .unwrap_or(false);
+            if pod_shim_alive {
+                return Err(e);
+            }
+            // Its shim is gone, and every process of the pod with it.
+            record_exit(node, c, 255, now_nanos()).await;
+            return Ok(());
+        }
+    };
     if !timeout.is_zero() {
         shim.kill(&r.id, "", r.stop_signal).await?;
         if let Ok(Ok((status, at))) = tokio::time::timeout(timeout, shim.wait(&r.id, "")).await {
             record_exit(node, c, status as i32, at).await;
+            release_task(node, c).await;
             return Ok(());
         }
     }
