@@ -360,3 +360,35 @@ async fn layers_of_every_compression_stack_with_whiteouts_and_an_index_picks_amd
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_in_hosts_toml_serves_pulls_and_the_image_keeps_its_requested_name() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Standard);
+    let img = busybox_image();
+    registry.push("pause:3.10", &img).await;
+    // containerd's certs.d layout: registry.k8s.io is served by the local mirror. The
+    // upstream is unreachable from here, so only the mirror can make this pull work.
+    let dir = node.dir.join("certs.d/registry.k8s.io");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!("server = \"https://registry.k8s.io\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", registry.addr),
+    )
+    .unwrap();
+    let mut c = images(&node).await;
+    let id = pull(&mut c, "registry.k8s.io/pause:3.10")
+        .await
+        .expect("pull through the mirror");
+    assert_eq!(id, img.id());
+    let image = status(&mut c, "registry.k8s.io/pause:3.10").await.unwrap();
+    assert_eq!(
+        image.repo_tags,
+        vec!["registry.k8s.io/pause:3.10".to_owned()]
+    );
+    assert!(
+        image.repo_digests[0].starts_with("registry.k8s.io/pause@sha256:"),
+        "{:?}",
+        image.repo_digests
+    );
+}

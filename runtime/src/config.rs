@@ -19,6 +19,7 @@ pub struct File {
     pub cni_conf_dir: Option<PathBuf>,
     pub cni_bin_dir: Option<Vec<PathBuf>>,
     pub log_level: Option<String>,
+    pub registry_config_path: Option<PathBuf>,
 }
 
 impl File {
@@ -44,6 +45,7 @@ impl File {
             cni_conf_dir: over.cni_conf_dir.or(self.cni_conf_dir),
             cni_bin_dir: over.cni_bin_dir.or(self.cni_bin_dir),
             log_level: over.log_level.or(self.log_level),
+            registry_config_path: over.registry_config_path.or(self.registry_config_path),
         }
     }
 }
@@ -61,6 +63,8 @@ pub struct Config {
     pub log_level: String,
     /// Where pod network namespaces are pinned (shared by every instance on the node).
     pub netns_dir: PathBuf,
+    /// containerd-style registry hosts directory (`<host>/hosts.toml`).
+    pub registry_config_path: PathBuf,
 }
 
 impl From<File> for Config {
@@ -76,6 +80,9 @@ impl From<File> for Config {
                 .unwrap_or_else(|| vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()]),
             log_level: f.log_level.unwrap_or_else(|| "info".into()),
             netns_dir: "/run/netns".into(),
+            registry_config_path: f
+                .registry_config_path
+                .unwrap_or_else(|| "/etc/podrun/certs.d".into()),
         }
     }
 }

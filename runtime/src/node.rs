@@ -36,7 +36,12 @@ impl Node {
             binaries: Binaries::find(),
             cni,
             sandboxes: Sandboxes::default(),
-            images: ImageStore::open(&config.root, PullOptions::default())?,
+            images: ImageStore::open(
+                &config.root,
+                PullOptions {
+                    registry_config: config.registry_config_path.clone(),
+                },
+            )?,
             containers: Containers::default(),
             default_runtime: default_runtime(),
             inflight: tokio::sync::RwLock::new(()),

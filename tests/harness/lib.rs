@@ -178,6 +178,8 @@ impl TestNode {
             .arg("--cni-conf-dir")
             .arg(self.dir.join("cni"))
             .args(["--cni-bin-dir", "/usr/lib/cni", "--log-level", "debug"])
+            .arg("--registry-config-path")
+            .arg(self.dir.join("certs.d"))
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdout(Stdio::null())
             .stderr(log)

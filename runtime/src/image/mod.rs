@@ -3,6 +3,7 @@
 //! of images (`index.json`, written atomically) keyed by image id ("sha256:" + the config
 //! digest), each with the names (repo tags and digests) that point at it.
 
+mod hosts;
 mod pull;
 mod reference;
 pub mod unpack;

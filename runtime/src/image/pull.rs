@@ -5,15 +5,16 @@
 //! layer, happen once however many callers ask at the same time.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
+use super::hosts::{endpoints, Endpoint};
 use super::reference::{parse, repository};
 use super::unpack::{chain_ids, hex, unpack};
 use super::{Image, ImageStore};
@@ -21,8 +22,8 @@ use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
-    /// Registries (host[:port]) reached over plain HTTP besides localhost and 127.0.0.1.
-    pub plain_http: Vec<String>,
+    /// containerd-style `certs.d` directory: `<registry>/hosts.toml` mirrors, CAs, HTTP.
+    pub registry_config: PathBuf,
 }
 
 /// Credentials for one pull, from the CRI AuthConfig.
@@ -102,30 +103,74 @@ impl ImageStore {
             .clone()
     }
 
-    fn client(&self, reference: &Reference) -> Client {
-        let registry = reference.resolve_registry().to_owned();
-        let mut plain = self.options.plain_http.clone();
-        if is_local(&registry) {
-            plain.push(registry);
+    /// A client for one endpoint, and the reference to ask it for.
+    fn client_for(&self, ep: &Endpoint, requested: &Reference) -> Result<(Client, Reference)> {
+        let mut extra_root_certificates = Vec::new();
+        for ca in &ep.ca {
+            let data = std::fs::read(ca).map_err(Error::io("reading registry CA", ca))?;
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
         }
-        Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(plain),
+        let config = ClientConfig {
+            protocol: if ep.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
+            accept_invalid_certificates: ep.skip_verify,
+            extra_root_certificates,
             ..Default::default()
-        })
+        };
+        let repository = requested.repository().to_owned();
+        let source = match (requested.digest(), requested.tag()) {
+            (Some(d), _) => Reference::with_digest(ep.host.clone(), repository, d.to_owned()),
+            (None, t) => Reference::with_tag(
+                ep.host.clone(),
+                repository,
+                t.unwrap_or("latest").to_owned(),
+            ),
+        };
+        Ok((Client::new(config), source))
     }
 
     /// Pulls `name` and returns the image it now names.
     pub async fn pull(&self, name: &str, auth: Auth) -> Result<Image> {
-        let reference = parse(name)?;
-        let whole = reference.whole();
+        let requested = parse(name)?;
+        let whole = requested.whole();
         let lock = self.lock_for(format!("ref:{whole}"));
         let _one_at_a_time = lock.lock().await;
-        let client = self.client(&reference);
         let auth: RegistryAuth = auth.into();
-        let (manifest, manifest_digest, list_digest) = client
-            .pull_image_manifest_and_list_digest(&reference, &auth)
-            .await
-            .map_err(|e| pull_error(&whole, e))?;
+        // Mirrors first, then the registry itself: the first that resolves the name serves it.
+        let mut failure = None;
+        let mut resolved = None;
+        for ep in endpoints(
+            &self.options.registry_config,
+            requested.registry(),
+            is_local(requested.registry()),
+        )? {
+            let (client, source) = self.client_for(&ep, &requested)?;
+            match client
+                .pull_image_manifest_and_list_digest(&source, &auth)
+                .await
+            {
+                Ok(found) => {
+                    resolved = Some((client, source, found));
+                    break;
+                }
+                Err(e) => {
+                    tracing::info!(image = %whole, endpoint = %ep.host, error = %e, "endpoint did not resolve the image");
+                    failure = Some(pull_error(&whole, e));
+                }
+            }
+        }
+        let Some((client, reference, (manifest, manifest_digest, list_digest))) = resolved else {
+            return Err(failure.unwrap_or_else(|| Error::NotFound {
+                what: "image",
+                id: whole,
+            }));
+        };
 
         // The config: small, kept as a blob named by its digest (the image id).
         let mut config_bytes = Vec::new();
@@ -178,10 +223,10 @@ impl ImageStore {
         };
         let digest = format!(
             "{}@{}",
-            repository(&reference),
+            repository(&requested),
             list_digest.unwrap_or(manifest_digest)
         );
-        let tag = reference.digest().is_none().then(|| whole.clone());
+        let tag = requested.digest().is_none().then(|| whole.clone());
         tracing::info!(image = %whole, id = %image.id, "pulled");
         self.add(image, tag, digest)
     }

@@ -34,6 +34,9 @@ struct Flags {
     /// error, warn, info, debug or trace (or a tracing filter).
     #[arg(long)]
     log_level: Option<String>,
+    /// Registry hosts directory in containerd's certs.d layout [default: /etc/podrun/certs.d].
+    #[arg(long)]
+    registry_config_path: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
         cni_conf_dir: flags.cni_conf_dir,
         cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
         log_level: flags.log_level,
+        registry_config_path: flags.registry_config_path,
     }));
     tracing_subscriber::fmt()
         .with_env_filter(
