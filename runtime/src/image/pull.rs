@@ -166,7 +166,7 @@ impl ImageStore {
             }
         }
         let Some((client, reference, (manifest, manifest_digest, list_digest))) = resolved else {
-            return Err(failure.unwrap_or_else(|| Error::NotFound {
+            return Err(failure.unwrap_or(Error::NotFound {
                 what: "image",
                 id: whole,
             }));
