@@ -140,6 +140,7 @@ async fn make(
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
     }
     persist(dirs, record)?;
+    let phase = std::time::Instant::now();
     let layers: Vec<PathBuf> = image
         .layers
         .iter()
@@ -147,6 +148,8 @@ async fn make(
         .map(|l| node.images.layer_path(l))
         .collect();
     mount_rootfs(dirs, &layers, &record.rootfs)?;
+    let t_rootfs = phase.elapsed();
+    let phase = std::time::Instant::now();
     let sc = record
         .config
         .linux
@@ -202,8 +205,15 @@ async fn make(
         "" => String::new(),
         path => format!("cri-log://{path}"),
     };
+    let t_bundle = phase.elapsed();
+    let phase = std::time::Instant::now();
     let shim = sandbox::shim::Shim::connect(&pod.id, &pod.shim_socket).await?;
     record.pid = shim.create(&record.id, &dirs.state, &stdout).await?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    tracing::debug!(
+        container = %record.id, rootfs_ms = ms(t_rootfs), bundle_ms = ms(t_bundle), oci_create_ms = ms(phase.elapsed()),
+        "CreateContainer phases"
+    );
     persist(dirs, record)
 }
 

@@ -30,7 +30,9 @@ pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<(
     let shim = shim_of(&node, &r.pod_id).await?;
     // Taken before the call: a short-lived process may exit before the call returns.
     let started_at = now_nanos();
+    let phase = std::time::Instant::now();
     shim.start(&r.id, "").await?;
+    tracing::debug!(container = %r.id, oci_start_ms = phase.elapsed().as_secs_f64() * 1000.0, "StartContainer phases");
     r.state = r.state.to(State::Running)?;
     r.started_at = started_at;
     persist(&Dirs::new(&node.config, &r.id), &r)?;
