@@ -87,28 +87,7 @@ impl Registry {
 
     /// Pushes `image` as `name` (a "repo:tag" on this registry); returns the manifest digest.
     pub async fn push(&self, name: &str, image: &TestImage) -> String {
-        let reference: Reference = format!("{}/{name}", self.addr).parse().unwrap();
-        let layers: Vec<ImageLayer> = image
-            .layers
-            .iter()
-            .map(|(data, mt, _)| ImageLayer::new(data.clone(), mt.clone(), None))
-            .collect();
-        let config = Config::new(
-            image.config.clone(),
-            "application/vnd.oci.image.config.v1+json".into(),
-            None,
-        );
-        let client = Self::client();
-        client
-            .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
-            .await
-            .expect("pushing test image");
-        let accept = ["application/vnd.oci.image.manifest.v1+json"];
-        client
-            .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &accept)
-            .await
-            .expect("reading back the manifest")
-            .1
+        push_to(&self.addr, name, image).await
     }
 
     /// Pushes an index naming `amd64` for linux/amd64 and `other` for linux/arm64.
@@ -177,6 +156,32 @@ impl Drop for Registry {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Pushes `image` as `name` to the plain-HTTP registry at `addr`; returns the manifest digest.
+pub async fn push_to(addr: &str, name: &str, image: &TestImage) -> String {
+    let reference: Reference = format!("{addr}/{name}").parse().unwrap();
+    let layers: Vec<ImageLayer> = image
+        .layers
+        .iter()
+        .map(|(data, mt, _)| ImageLayer::new(data.clone(), mt.clone(), None))
+        .collect();
+    let config = Config::new(
+        image.config.clone(),
+        "application/vnd.oci.image.config.v1+json".into(),
+        None,
+    );
+    let client = Registry::client();
+    client
+        .push(&reference, &layers, config, &RegistryAuth::Anonymous, None)
+        .await
+        .expect("pushing test image");
+    let accept = ["application/vnd.oci.image.manifest.v1+json"];
+    client
+        .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &accept)
+        .await
+        .expect("reading back the manifest")
+        .1
 }
 
 /// An image built in memory: layers (bytes, media type, diff id) and its config blob.
