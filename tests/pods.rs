@@ -8,22 +8,7 @@ use std::time::Duration;
 
 use podrun_proto::cri;
 use podrun_tests::netns::{eth0_ipv4, eth0_peer_master, seen_as, serve_peer_address};
-use podrun_tests::{pod_info, wait_until, Chain, Client, TestNode};
-
-async fn stop_and_remove(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    client
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .expect("RemovePodSandbox");
-}
+use podrun_tests::{pod_info, stop_and_remove, wait_until, Chain, Client, TestNode};
 
 fn netns_name(info: &serde_json::Value) -> String {
     let path = info["netnsPath"].as_str().expect("netnsPath");

@@ -296,18 +296,7 @@ impl Bed {
     /// Stops and removes a pod on node `i` over CRI.
     pub async fn remove_pod(&self, i: usize, id: &str) {
         let mut client = self.nodes[i].client().await;
-        client
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            })
-            .await
-            .expect("StopPodSandbox");
-        client
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            })
-            .await
-            .expect("RemovePodSandbox");
+        crate::stop_and_remove(&mut client, id).await;
     }
 }
 

@@ -508,6 +508,22 @@ pub fn ip_reservations(dir: &Path) -> Vec<String> {
     out
 }
 
+/// StopPodSandbox then RemovePodSandbox, both required to succeed.
+pub async fn stop_and_remove(client: &mut Client, id: &str) {
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .expect("RemovePodSandbox");
+}
+
 /// The verbose info podrund gives for a pod.
 pub async fn pod_info(
     client: &mut Client,

@@ -14,7 +14,6 @@ use tokio::io::AsyncReadExt;
 use super::{Dirs, State};
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::sandbox::shim::Shim;
 use crate::store;
 
 /// The most of each stream ExecSync returns; the rest is read and dropped.
@@ -45,8 +44,7 @@ pub async fn exec_sync(
         dirs.state.join(format!("exec-{exec_id}.out")),
         dirs.state.join(format!("exec-{exec_id}.err")),
     );
-    let pod = node.sandboxes.get(&r.pod_id)?.view();
-    let shim = Shim::connect(&r.pod_id, &pod.shim_socket).await?;
+    let shim = super::lifecycle::shim_of(&node, &r.pod_id).await?;
     let result = async {
         let (out, out_hold) = fifo_reader(&out_path)?;
         let (err, err_hold) = fifo_reader(&err_path)?;
