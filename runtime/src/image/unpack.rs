@@ -88,19 +88,26 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `dest` joined with an archive path that may not climb out of it.
+/// `dest` joined with an archive path that may not climb out of it, neither by `..` nor
+/// through a symlink an earlier entry made (a layer could point `etc` at the node's /etc).
 fn safe_join(dest: &Path, rel: &Path) -> Result<PathBuf> {
+    let escape = || {
+        Error::invalid(
+            "image layer",
+            format!("path {} escapes the layer", rel.display()),
+        )
+    };
     let mut out = dest.to_owned();
     for c in rel.components() {
         match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir | Component::RootDir => {}
-            _ => {
-                return Err(Error::invalid(
-                    "image layer",
-                    format!("path {} escapes the layer", rel.display()),
-                ))
+            Component::Normal(p) => {
+                out.push(p);
+                if fs::symlink_metadata(&out).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(escape());
+                }
             }
+            Component::CurDir | Component::RootDir => {}
+            _ => return Err(escape()),
         }
     }
     Ok(out)
@@ -220,6 +227,36 @@ mod tests {
         let b = unpack(&zst, &dir.path().join("b")).unwrap();
         assert_eq!(a, b);
         assert_eq!(fs::read(dir.path().join("b/hello")).unwrap(), b"world");
+    }
+
+    #[test]
+    fn whiteouts_through_a_symlink_cannot_touch_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("precious"), b"keep").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_link(&mut h, "evil", &outside).unwrap();
+        let tar = {
+            let mut t = b.into_inner().unwrap();
+            let extra = layer(&[("evil/.wh.precious", b"")]);
+            t.truncate(t.len() - 1024); // drop the end marker, then append the next entry
+            t.extend_from_slice(&extra);
+            t
+        };
+        let blob = dir.path().join("blob");
+        fs::write(&blob, tar).unwrap();
+        let err = unpack(&blob, &dir.path().join("layer")).unwrap_err();
+        assert!(err.to_string().contains("escapes"), "{err}");
+        assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep");
     }
 
     #[test]
