@@ -438,6 +438,40 @@ async fn logs_exit_codes_and_exec_sync_limits(handler: &str) {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "not running");
 
+    // A container created but never started can be removed, and leaves nothing behind.
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.0.clone(),
+        config: Some(bed.container("idle", &["sleep", "1"])),
+        sandbox_config: Some(pod.1.clone()),
+    };
+    let idle = bed
+        .rt
+        .create_container(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    bed.containers.push(idle.clone());
+    assert_eq!(
+        bed.status(&idle).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    bed.rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: idle.clone(),
+        })
+        .await
+        .expect("removing a Created container");
+    let err = bed
+        .rt
+        .container_status(cri::ContainerStatusRequest {
+            container_id: idle,
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
     bed.remove_pod(&pod.0).await;
     let left = bed.container_leftovers();
     assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));

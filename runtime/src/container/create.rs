@@ -71,6 +71,13 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             });
         }
     }
+    if config.tty {
+        return Err(Error::invalid(
+            "config.tty",
+            "terminals are not supported yet (they come with streaming)",
+        ));
+    }
+    let pid_target = target_pid(&node, &config)?;
     let runtime = node.oci_runtime(&pod.runtime_handler)?;
     let key = (pod.id.clone(), metadata.name.clone(), metadata.attempt);
     let guard = node.containers.name_lock(key.clone()).lock_owned().await;
@@ -108,7 +115,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             stop_signal,
             config,
         };
-        match make(&node, &dirs, &pod, &image, &mut record).await {
+        match make(&node, &dirs, &pod, &image, &mut record, pid_target).await {
             Ok(()) => {
                 node.containers.insert(record);
                 Ok(id)
@@ -135,6 +142,7 @@ async fn make(
     pod: &sandbox::Record,
     image: &crate::image::Image,
     record: &mut Record,
+    pid_target: Option<i32>,
 ) -> Result<()> {
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
@@ -199,6 +207,7 @@ async fn make(
         user,
         oom_floor: own_oom_score_adj(),
         annotations,
+        pid_target,
     };
     store::write_atomic(&dirs.state.join("config.json"), &spec::build(&input))?;
     let stdout = match record.log_path.as_str() {
@@ -215,6 +224,31 @@ async fn make(
         "CreateContainer phases"
     );
     persist(dirs, record)
+}
+
+/// For `pid: TARGET`, the pid of the running target container whose PID namespace to join.
+fn target_pid(node: &Node, config: &cri::ContainerConfig) -> Result<Option<i32>> {
+    let options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(o) = options.filter(|o| o.pid == cri::NamespaceMode::Target as i32) else {
+        return Ok(None);
+    };
+    let field = "config.linux.security_context.namespace_options.target_id";
+    let target = node
+        .containers
+        .get(&o.target_id)
+        .map_err(|_| Error::invalid(field, format!("no container {:?}", o.target_id)))?
+        .view();
+    if target.state != State::Running || target.pid == 0 {
+        return Err(Error::invalid(
+            field,
+            format!("container {} is not running", target.id),
+        ));
+    }
+    Ok(Some(target.pid as i32))
 }
 
 /// The oom_score_adj of podrund itself: without CAP_SYS_RESOURCE no child may go lower.

@@ -56,6 +56,13 @@ async fn monitor(node: Arc<Node>, c: Arc<Container>) {
                 release_task(&node, &c).await;
                 return;
             }
+            // The task is gone from a live shim: deleted after its exit was recorded.
+            Err(Error::Shim { message, .. })
+                if message.contains("NOT_FOUND") || message.contains("not found") =>
+            {
+                record_exit(&node, &c, 255, now_nanos()).await;
+                return;
+            }
             Err(e) => {
                 let pod_alive = node
                     .sandboxes
@@ -140,6 +147,13 @@ pub async fn stop(node: Arc<Node>, req: cri::StopContainerRequest) -> Result<()>
 
 async fn stop_one(node: &Node, c: &Container, timeout: Duration) -> Result<()> {
     let r = c.view();
+    if r.state == State::Created {
+        // Never started: deleting the task kills its waiting init (and frees runtime state).
+        if let Ok(shim) = shim_of(node, &r.pod_id).await {
+            shim.delete(&r.id, "").await?;
+        }
+        return Ok(());
+    }
     if r.state != State::Running {
         return Ok(());
     }
@@ -160,14 +174,25 @@ async fn stop_one(node: &Node, c: &Container, timeout: Duration) -> Result<()> {
         }
     };
     if !timeout.is_zero() {
-        shim.kill(&r.id, "", r.stop_signal).await?;
+        if let Err(e) = shim.kill(&r.id, "", r.stop_signal).await {
+            // It exited (and its task went) between our look and the signal.
+            if c.view().state == State::Exited {
+                return Ok(());
+            }
+            return Err(e);
+        }
         if let Ok(Ok((status, at))) = tokio::time::timeout(timeout, shim.wait(&r.id, "")).await {
             record_exit(node, c, status as i32, at).await;
             release_task(node, c).await;
             return Ok(());
         }
     }
-    shim.kill(&r.id, "", libc::SIGKILL).await?;
+    if let Err(e) = shim.kill(&r.id, "", libc::SIGKILL).await {
+        if c.view().state == State::Exited {
+            return Ok(());
+        }
+        return Err(e);
+    }
     let (status, at) = tokio::time::timeout(Duration::from_secs(30), shim.wait(&r.id, ""))
         .await
         .map_err(|_| Error::Timeout {

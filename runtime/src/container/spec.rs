@@ -127,6 +127,8 @@ pub struct Input<'a> {
     /// The lowest oom_score_adj podrund may give (its own, without CAP_SYS_RESOURCE).
     pub oom_floor: i64,
     pub annotations: BTreeMap<String, String>,
+    /// For `pid: TARGET` (ephemeral debug containers): the target container's pid.
+    pub pid_target: Option<i32>,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -173,18 +175,21 @@ fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32) -> Va
         false => DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
     };
     let norm = |c: &String| {
+        let c = c.to_uppercase();
         if c.starts_with("CAP_") {
-            c.to_uppercase()
+            c
         } else {
-            format!("CAP_{}", c.to_uppercase())
+            format!("CAP_{c}")
         }
     };
+    // containerd's order: add ALL, drop ALL, then the single adds, then the single drops.
     if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
-        if c.add_capabilities
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case("ALL"))
-        {
+        let all = |list: &[String]| list.iter().any(|a| a.eq_ignore_ascii_case("ALL"));
+        if all(&c.add_capabilities) {
             caps = ALL_CAPS.iter().map(|c| c.to_string()).collect();
+        }
+        if all(&c.drop_capabilities) {
+            caps.clear();
         }
         for add in c
             .add_capabilities
@@ -195,12 +200,6 @@ fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32) -> Va
             if !caps.contains(&add) {
                 caps.push(add);
             }
-        }
-        if c.drop_capabilities
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case("ALL"))
-        {
-            caps.clear();
         }
         let dropped: Vec<String> = c.drop_capabilities.iter().map(norm).collect();
         caps.retain(|c| !dropped.contains(c));
@@ -279,10 +278,16 @@ pub fn build(input: &Input) -> Value {
             })
     };
     let mut namespaces = vec![json!({"type": "mount"})];
-    match mode(|o| o.pid) {
-        cri::NamespaceMode::Pod => namespaces.push(json!({"type": "pid", "path": ns_path("pid")})),
-        cri::NamespaceMode::Container => namespaces.push(json!({"type": "pid"})),
-        _ => {}
+    match (mode(|o| o.pid), input.pid_target) {
+        (cri::NamespaceMode::Pod, _) => {
+            namespaces.push(json!({"type": "pid", "path": ns_path("pid")}))
+        }
+        (cri::NamespaceMode::Target, Some(pid)) => {
+            namespaces.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}))
+        }
+        (cri::NamespaceMode::Node, _) => {}
+        // Container, or a Target that create.rs could not resolve (it refuses those).
+        _ => namespaces.push(json!({"type": "pid"})),
     }
     if pod.shm.is_some() {
         namespaces.push(json!({"type": "ipc", "path": ns_path("ipc")}));

@@ -17,8 +17,27 @@ struct Entry {
     members: Vec<String>,
 }
 
+/// Reads an image file without leaving the rootfs: no component may be a symlink (it would
+/// resolve on the node), it must be a regular file, and at most 1 MiB is read.
+fn read_in_rootfs(rootfs: &Path, file: &str) -> String {
+    use std::io::Read;
+    let mut path = rootfs.to_owned();
+    for part in file.split('/') {
+        path.push(part);
+        if std::fs::symlink_metadata(&path).map_or(true, |m| m.file_type().is_symlink()) {
+            return String::new();
+        }
+    }
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = std::fs::File::open(&path).map(|f| f.take(1 << 20).read_to_string(&mut text));
+    text
+}
+
 fn read(rootfs: &Path, file: &str) -> Vec<Entry> {
-    let text = std::fs::read_to_string(rootfs.join(file)).unwrap_or_default();
+    let text = read_in_rootfs(rootfs, file);
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -189,6 +208,18 @@ mod tests {
         );
         let err = resolve(r.path(), "ghost", None).unwrap_err();
         assert!(err.to_string().contains("ghost"));
+    }
+
+    #[test]
+    fn a_passwd_that_points_out_of_the_image_is_not_followed() {
+        let r = tempfile::tempdir().unwrap();
+        std::fs::create_dir(r.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", r.path().join("etc/passwd")).unwrap();
+        let err = resolve(r.path(), "root", None).unwrap_err();
+        assert!(
+            err.to_string().contains("root"),
+            "the node's root entry must not be found: {err}"
+        );
     }
 
     #[test]

@@ -260,10 +260,13 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        handle("StartContainer", async {
-            container::start(self.node.clone(), req.into_inner())
+        let node = self.node.clone();
+        handle("StartContainer", async move {
+            // In a task of its own: a client that gives up must not leave it half-recorded.
+            tokio::spawn(container::start(node, req.into_inner()))
                 .await
-                .map(|_| cri::StartContainerResponse {})
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            Ok(cri::StartContainerResponse {})
         })
         .await
     }
@@ -334,10 +337,13 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        handle(
-            "ExecSync",
-            container::exec_sync(self.node.clone(), req.into_inner()),
-        )
+        let node = self.node.clone();
+        handle("ExecSync", async move {
+            // In a task of its own, so its clean-up (kill, delete, FIFOs) always runs.
+            tokio::spawn(container::exec_sync(node, req.into_inner()))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+        })
         .await
     }
 

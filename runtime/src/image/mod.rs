@@ -62,7 +62,29 @@ pub struct ImageStore {
     index: Mutex<Index>,
     /// One lock per reference being pulled: a second pull of it waits and reuses the first.
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Layers pulls are using before their image is recorded: RemoveImage keeps these.
+    in_use: Mutex<HashMap<String, usize>>,
     pub options: PullOptions,
+}
+
+/// Marks layers as used by a pull in progress, until dropped.
+pub(crate) struct LayersInUse<'a> {
+    store: &'a ImageStore,
+    chains: Vec<String>,
+}
+
+impl Drop for LayersInUse<'_> {
+    fn drop(&mut self) {
+        let mut used = self.store.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &self.chains {
+            if let Some(n) = used.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    used.remove(c);
+                }
+            }
+        }
+    }
 }
 
 impl ImageStore {
@@ -96,8 +118,20 @@ impl ImageStore {
             dir,
             index: Mutex::new(index),
             pulls: Mutex::default(),
+            in_use: Mutex::default(),
             options,
         })
+    }
+
+    pub(crate) fn use_layers(&self, chains: &[String]) -> LayersInUse<'_> {
+        let mut used = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        for c in chains {
+            *used.entry(c.clone()).or_default() += 1;
+        }
+        LayersInUse {
+            store: self,
+            chains: chains.to_vec(),
+        }
     }
 
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -221,7 +255,19 @@ impl ImageStore {
         }
         self.save(&index)?;
         if gone {
-            let used: Vec<&String> = index.images.values().flat_map(|i| &i.layers).collect();
+            let pulling = self
+                .in_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>();
+            let used: Vec<&String> = index
+                .images
+                .values()
+                .flat_map(|i| &i.layers)
+                .chain(pulling.iter())
+                .collect();
             for chain in image.layers.iter().filter(|l| !used.contains(l)) {
                 let path = self.layer_path(chain);
                 std::fs::remove_dir_all(&path).map_err(Error::io("removing layer", &path))?;

@@ -201,6 +201,7 @@ impl ImageStore {
             )));
         }
         let chains = chain_ids(&diff_ids);
+        let _in_use = self.use_layers(&chains);
         for ((layer, diff_id), chain) in manifest.layers.iter().zip(&diff_ids).zip(&chains) {
             self.fetch_layer(&client, &reference, layer, diff_id, chain)
                 .await?;

@@ -26,6 +26,7 @@ fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -
         user: User::default(),
         oom_floor: -998,
         annotations: BTreeMap::new(),
+        pid_target: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -163,9 +164,16 @@ pub fn open_output(path: &str) -> Result<Stdio> {
         return Ok(Stdio::null());
     }
     let path = path.strip_prefix("file://").unwrap_or(path);
+    // Non-blocking, so that a FIFO whose reader is gone fails (ENXIO) instead of stalling the
+    // shim's only thread; then blocking again for the child.
     let f = File::options()
         .write(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("opening {path}"))?;
+    nix::fcntl::fcntl(
+        &f,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )?;
     Ok(Stdio::from(f))
 }

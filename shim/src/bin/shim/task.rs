@@ -442,8 +442,11 @@ impl TaskService for Shim {
     ) -> ttrpc::Result<api::DeleteResponse> {
         let (pid, exit) = self.with_proc(&req.id, &req.exec_id, |p| Ok((p.pid, p.exit())))?;
         let started = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.started))?;
-        let Some(exit) = exit.or((!started && !req.exec_id.is_empty()).then(|| Exit {
-            status: 0,
+        // A process never started may be deleted: an exec has no process yet, and `delete
+        // --force` kills a container's waiting init (SIGKILL: 137).
+        let never_ran = if req.exec_id.is_empty() { 137 } else { 0 };
+        let Some(exit) = exit.or((!started).then(|| Exit {
+            status: never_ran,
             at: SystemTime::now(),
         })) else {
             return Err(status(
