@@ -62,17 +62,42 @@ const BLOCKED: &[(&str, Option<&str>)] = &[
     ("vm86old", None),
 ];
 
+/// clone(2) flags that make namespaces: without CAP_SYS_ADMIN a container may not use
+/// them (an unprivileged user namespace would get around the unshare/setns block).
+const NAMESPACE_FLAGS: &[u64] = &[
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
+
 /// The profile for a container whose bounding set is `caps`.
 pub fn runtime_default(caps: &[String]) -> Value {
+    let has = |c: &str| caps.iter().any(|have| have == c);
     let names: Vec<&str> = BLOCKED
         .iter()
-        .filter(|(_, cap)| cap.is_none_or(|c| !caps.iter().any(|have| have == c)))
+        .filter(|(_, cap)| cap.is_none_or(|c| !has(c)))
         .map(|(name, _)| *name)
         .collect();
+    let mut syscalls = vec![json!({"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 1})];
+    if !has("CAP_SYS_ADMIN") {
+        for flag in NAMESPACE_FLAGS {
+            syscalls.push(json!({
+                "names": ["clone"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1,
+                "args": [{"index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ"}],
+            }));
+        }
+        // clone3 passes its flags in memory, out of seccomp's reach: ENOSYS makes libc fall
+        // back to clone, which the rules above check (as Docker and containerd do).
+        syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+    }
     json!({
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [{"names": names, "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+        "syscalls": syscalls,
     })
 }
 
@@ -97,5 +122,17 @@ mod tests {
         let admin = blocked(&["CAP_SYS_ADMIN"]);
         assert!(!admin.contains(&"mount".to_owned()) && admin.contains(&"keyctl".to_owned()));
         assert!(!blocked(&["CAP_SYS_PTRACE"]).contains(&"ptrace".to_owned()));
+        let rules = |caps: &[&str]| {
+            runtime_default(&caps.iter().map(|c| c.to_string()).collect::<Vec<_>>())["syscalls"]
+                .as_array()
+                .unwrap()
+                .len()
+        };
+        assert_eq!(
+            rules(&[]),
+            1 + NAMESPACE_FLAGS.len() + 1,
+            "clone with namespace flags and clone3 are refused"
+        );
+        assert_eq!(rules(&["CAP_SYS_ADMIN"]), 1);
     }
 }
