@@ -280,6 +280,12 @@ async fn two_containers_share_the_pod(handler: &str) {
         seccomp_mode(bed.out(&c, &["cat", "/proc/self/status"]).await).as_deref(),
         Some("0")
     );
+    // The profile refuses clone with namespace flags and clone3; plain forks still work.
+    assert_eq!(
+        bed.out(&s, &["sh", "-c", "echo $(echo forked) | cat"])
+            .await,
+        "forked\n"
+    );
     let caps = bed.out(&c, &["cat", "/proc/self/status"]).await;
     assert!(
         caps.lines().any(|l| l == "CapBnd:\t00000000a80425fb"),

@@ -333,8 +333,16 @@ impl TestNode {
         found
     }
 
+    /// Fails naming whatever is left. The kernel tears a network namespace (and the veth in
+    /// it) down asynchronously once its last process is gone, so what is left is looked at
+    /// again for up to 3 s before it counts as leaked.
     pub fn assert_no_leaks(&self) {
-        let left = self.leftovers();
+        let mut left = self.leftovers();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            left = self.leftovers();
+        }
         assert!(left.is_empty(), "leaked:\n  {}", left.join("\n  "));
     }
 }
