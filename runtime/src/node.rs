@@ -51,6 +51,27 @@ impl Node {
 }
 
 impl Node {
+    /// Runs `work` to its end in a task of its own, counted as in flight: a client that
+    /// gives up (tonic drops the request's future) cannot cut it half-way, and shutdown
+    /// waits for it. Not to be nested: shutdown's exclusive lock would queue before it.
+    pub async fn detached<T, F>(
+        self: &Arc<Self>,
+        what: &'static str,
+        work: F,
+    ) -> crate::error::Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+    {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let _inflight = node.inflight.read().await;
+            work.await
+        })
+        .await
+        .map_err(|e| crate::error::Error::Internal(format!("{what} task failed: {e}")))?
+    }
+
     /// The OCI runtime binary for a runtime handler: "" is the default; "runc" and "crun"
     /// name those binaries on PATH.
     pub fn oci_runtime(&self, handler: &str) -> crate::error::Result<PathBuf> {

@@ -84,9 +84,9 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     if let Some(id) = node.containers.find_by_key(&key) {
         return Ok(id);
     }
-    tokio::spawn(async move {
+    let node_ = node.clone();
+    node_.detached("CreateContainer", async move {
         let _reserved = guard;
-        let _inflight = node.inflight.read().await;
         let id = store::new_id()?;
         let dirs = Dirs::new(&node.config, &id);
         let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
@@ -133,7 +133,6 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         }
     })
     .await
-    .map_err(|e| Error::Internal(format!("CreateContainer task: {e}")))?
 }
 
 async fn make(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use podrun_proto::cri;
 use tokio::io::AsyncReadExt;
 
-use super::{Dirs, State};
+use super::Dirs;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::store;
@@ -23,14 +23,7 @@ pub async fn exec_sync(
     node: Arc<Node>,
     req: cri::ExecSyncRequest,
 ) -> Result<cri::ExecSyncResponse> {
-    let c = node.containers.get(&req.container_id)?;
-    let r = c.view();
-    if r.state != State::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {} is not running",
-            r.id
-        )));
-    }
+    let r = node.containers.running(&req.container_id)?;
     if req.cmd.is_empty() {
         return Err(Error::invalid("cmd", "must not be empty"));
     }
@@ -72,7 +65,7 @@ pub async fn exec_sync(
             _ => Some(shim.wait(&r.id, &exec_id).await),
         };
         let Some(waited) = waited else {
-            let _ = shim.kill(&r.id, &exec_id, libc::SIGKILL).await;
+            let _ = shim.kill(&r.id, &exec_id, libc::SIGKILL, false).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), shim.wait(&r.id, &exec_id)).await;
             reading.abort();
             return Err(Error::Timeout {

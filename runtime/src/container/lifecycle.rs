@@ -57,9 +57,7 @@ async fn monitor(node: Arc<Node>, c: Arc<Container>) {
                 return;
             }
             // The task is gone from a live shim: deleted after its exit was recorded.
-            Err(Error::Shim { message, .. })
-                if message.contains("NOT_FOUND") || message.contains("not found") =>
-            {
+            Err(Error::NotFound { .. }) => {
                 record_exit(&node, &c, 255, now_nanos()).await;
                 return;
             }
@@ -174,7 +172,7 @@ async fn stop_one(node: &Node, c: &Container, timeout: Duration) -> Result<()> {
         }
     };
     if !timeout.is_zero() {
-        if let Err(e) = shim.kill(&r.id, "", r.stop_signal).await {
+        if let Err(e) = shim.kill(&r.id, "", r.stop_signal, false).await {
             // It exited (and its task went) between our look and the signal.
             if c.view().state == State::Exited {
                 return Ok(());
@@ -187,7 +185,7 @@ async fn stop_one(node: &Node, c: &Container, timeout: Duration) -> Result<()> {
             return Ok(());
         }
     }
-    if let Err(e) = shim.kill(&r.id, "", libc::SIGKILL).await {
+    if let Err(e) = shim.kill(&r.id, "", libc::SIGKILL, false).await {
         if c.view().state == State::Exited {
             return Ok(());
         }
@@ -244,14 +242,7 @@ pub async fn remove_all_of_pod(node: &Node, pod_id: &str) -> Result<()> {
 }
 
 pub async fn reopen_log(node: Arc<Node>, req: cri::ReopenContainerLogRequest) -> Result<()> {
-    let c = node.containers.get(&req.container_id)?;
-    let r = c.view();
-    if r.state != State::Running {
-        return Err(Error::FailedPrecondition(format!(
-            "container {} is not running",
-            r.id
-        )));
-    }
+    let r = node.containers.running(&req.container_id)?;
     shim_of(&node, &r.pod_id).await?.reopen_log(&r.id).await
 }
 

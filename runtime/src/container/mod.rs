@@ -97,6 +97,7 @@ impl Record {
 pub struct Container {
     pub id: String,
     pub pod_id: String,
+    key: NameKey,
     record: tokio::sync::Mutex<Record>,
     view: Mutex<Record>,
 }
@@ -129,6 +130,7 @@ impl Containers {
     fn insert(&self, r: Record) -> Arc<Container> {
         let c = Arc::new(Container {
             id: r.id.clone(),
+            key: r.key(),
             pod_id: r.pod_id.clone(),
             view: Mutex::new(r.clone()),
             record: tokio::sync::Mutex::new(r),
@@ -176,6 +178,18 @@ impl Containers {
         }
     }
 
+    /// The record of a running container, else FailedPrecondition.
+    pub fn running(&self, id: &str) -> Result<Record> {
+        let r = self.get(id)?.view();
+        if r.state != State::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                r.id
+            )));
+        }
+        Ok(r)
+    }
+
     fn name_lock(&self, key: NameKey) -> Arc<tokio::sync::Mutex<()>> {
         self.names
             .lock()
@@ -188,7 +202,7 @@ impl Containers {
     fn find_by_key(&self, key: &NameKey) -> Option<String> {
         self.map()
             .values()
-            .find(|c| c.view().key() == *key)
+            .find(|c| c.key == *key)
             .map(|c| c.id.clone())
     }
 }

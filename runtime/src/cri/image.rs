@@ -115,9 +115,10 @@ impl ImageService for Cri {
             let name = image_name(req.image.as_ref(), "image.image")?;
             // A pull runs to its end even if the client gives up: the next one reuses it.
             let auth = auth(req.auth);
-            let image = tokio::spawn(async move { node.images.pull(&name, auth).await })
-                .await
-                .map_err(|e| Error::Internal(format!("pull task: {e}")))??;
+            let n = node.clone();
+            let image = node
+                .detached("PullImage", async move { n.images.pull(&name, auth).await })
+                .await?;
             Ok(cri::PullImageResponse {
                 image_ref: image.id,
             })

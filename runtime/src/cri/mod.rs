@@ -262,10 +262,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let node = self.node.clone();
         handle("StartContainer", async move {
-            // In a task of its own: a client that gives up must not leave it half-recorded.
-            tokio::spawn(container::start(node, req.into_inner()))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            node.detached(
+                "StartContainer",
+                container::start(node.clone(), req.into_inner()),
+            )
+            .await?;
             Ok(cri::StartContainerResponse {})
         })
         .await
@@ -277,9 +278,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let node = self.node.clone();
         handle("StopContainer", async move {
-            tokio::spawn(container::stop(node, req.into_inner()))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            node.detached(
+                "StopContainer",
+                container::stop(node.clone(), req.into_inner()),
+            )
+            .await?;
             Ok(cri::StopContainerResponse {})
         })
         .await
@@ -291,9 +294,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let node = self.node.clone();
         handle("RemoveContainer", async move {
-            tokio::spawn(container::remove(node, req.into_inner()))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            node.detached(
+                "RemoveContainer",
+                container::remove(node.clone(), req.into_inner()),
+            )
+            .await?;
             Ok(cri::RemoveContainerResponse {})
         })
         .await
@@ -339,10 +344,11 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let node = self.node.clone();
         handle("ExecSync", async move {
-            // In a task of its own, so its clean-up (kill, delete, FIFOs) always runs.
-            tokio::spawn(container::exec_sync(node, req.into_inner()))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))?
+            node.detached(
+                "ExecSync",
+                container::exec_sync(node.clone(), req.into_inner()),
+            )
+            .await
         })
         .await
     }

@@ -15,21 +15,21 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
         Err(Error::NotFound { .. }) => return Ok(()),
         Err(e) => return Err(e),
     };
-    tokio::spawn(async move {
-        let _inflight = node.inflight.read().await;
-        let mut record = pod.record.lock().await;
-        let stopped = stop::stop_locked(&node, &mut record).await;
-        // Containers go before their pod's shim does (stop_locked leaves it for them when
-        // it failed; when it succeeded the shim is gone and removal only cleans files).
-        crate::container::remove_all_of_pod(&node, &record.id).await?;
-        pod.publish(&record);
-        stopped?;
-        remove_dirs(&PodDirs::new(&node.config, &record.id))?;
-        node.sandboxes.forget(&record.id, &record.key());
-        Ok(())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("RemovePodSandbox task failed: {e}")))?
+    let node_ = node.clone();
+    node_
+        .detached("RemovePodSandbox", async move {
+            let mut record = pod.record.lock().await;
+            let stopped = stop::stop_locked(&node, &mut record).await;
+            // Containers go before their pod's shim does (stop_locked leaves it for them when
+            // it failed; when it succeeded the shim is gone and removal only cleans files).
+            crate::container::remove_all_of_pod(&node, &record.id).await?;
+            pod.publish(&record);
+            stopped?;
+            remove_dirs(&PodDirs::new(&node.config, &record.id))?;
+            node.sandboxes.forget(&record.id, &record.key());
+            Ok(())
+        })
+        .await
 }
 
 /// Deletes the pod's state and record dirs; the record goes last, so a crash in between

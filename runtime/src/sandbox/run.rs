@@ -35,13 +35,12 @@ pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<Stri
         return Ok(id);
     }
     let handler = req.runtime_handler;
-    let task = tokio::spawn(async move {
+    let n = node.clone();
+    node.detached("RunPodSandbox", async move {
         let _reserved = guard;
-        let _inflight = node.inflight.read().await;
-        create(&node, config, handler).await
-    });
-    task.await
-        .map_err(|e| Error::Internal(format!("RunPodSandbox task failed: {e}")))?
+        create(&n, config, handler).await
+    })
+    .await
 }
 
 fn validate(config: &cri::PodSandboxConfig) -> Result<()> {

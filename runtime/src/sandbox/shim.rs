@@ -126,11 +126,18 @@ impl Shim {
         })
     }
 
+    /// Maps a failed call; the shim's NOT_FOUND (no such task or exec) is a NotFound.
     fn err(&self, call: &str) -> impl FnOnce(containerd_shim_protos::ttrpc::Error) -> Error + '_ {
         let call = call.to_owned();
-        move |e| Error::Shim {
-            pod: self.pod.clone(),
-            message: format!("{call}: {e}"),
+        move |e| match is_not_found(&e) {
+            true => Error::NotFound {
+                what: "shim task",
+                id: format!("{} ({call}: {e})", self.pod),
+            },
+            false => Error::Shim {
+                pod: self.pod.clone(),
+                message: format!("{call}: {e}"),
+            },
         }
     }
 
@@ -187,11 +194,12 @@ impl Shim {
             .pid)
     }
 
-    pub async fn kill(&self, id: &str, exec_id: &str, signal: i32) -> Result<()> {
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: i32, all: bool) -> Result<()> {
         let req = api::KillRequest {
             id: id.to_owned(),
             exec_id: exec_id.to_owned(),
             signal: signal as u32,
+            all,
             ..Default::default()
         };
         self.client
@@ -227,9 +235,14 @@ impl Shim {
             exec_id: exec_id.to_owned(),
             ..Default::default()
         };
-        match self.client.delete(ctx(), &req).await {
-            Err(e) if is_not_found(&e) => Ok(()),
-            other => other.map(drop).map_err(self.err("Delete")),
+        match self
+            .client
+            .delete(ctx(), &req)
+            .await
+            .map_err(self.err("Delete"))
+        {
+            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -288,32 +301,17 @@ impl Shim {
 
     /// SIGKILLs task `id`, waits for its exit and deletes it. A task already gone is fine.
     pub async fn kill_and_delete(&self, id: &str) -> Result<()> {
-        let kill = api::KillRequest {
-            id: id.to_owned(),
-            signal: libc::SIGKILL as u32,
-            all: true,
-            ..Default::default()
-        };
-        match self.client.kill(ctx(), &kill).await {
-            Err(e) if is_not_found(&e) => return Ok(()),
-            other => other.map_err(self.err("Kill"))?,
-        };
-        let wait = api::WaitRequest {
-            id: id.to_owned(),
-            ..Default::default()
-        };
-        self.client
-            .wait(ctx(), &wait)
-            .await
-            .map_err(self.err("Wait"))?;
-        let delete = api::DeleteRequest {
-            id: id.to_owned(),
-            ..Default::default()
-        };
-        match self.client.delete(ctx(), &delete).await {
-            Err(e) if is_not_found(&e) => Ok(()),
-            other => other.map(drop).map_err(self.err("Delete")),
+        match self.kill(id, "", libc::SIGKILL, true).await {
+            Err(Error::NotFound { .. }) => return Ok(()),
+            other => other?,
         }
+        tokio::time::timeout(CALL_TIMEOUT, self.wait(id, ""))
+            .await
+            .map_err(|_| Error::Shim {
+                pod: self.pod.clone(),
+                message: format!("Wait for {id} timed out"),
+            })??;
+        self.delete(id, "").await
     }
 
     pub async fn shutdown(&self) -> Result<()> {

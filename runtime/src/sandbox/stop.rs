@@ -23,16 +23,14 @@ pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()
         }
         Err(e) => return Err(e),
     };
-    // Run in a task of its own so a client that gives up does not cut teardown half-way.
-    tokio::spawn(async move {
-        let _inflight = node.inflight.read().await;
+    let n = node.clone();
+    node.detached("StopPodSandbox", async move {
         let mut record = pod.record.lock().await;
-        let result = stop_locked(&node, &mut record).await;
+        let result = stop_locked(&n, &mut record).await;
         pod.publish(&record);
         result
     })
     .await
-    .map_err(|e| Error::Internal(format!("StopPodSandbox task failed: {e}")))?
 }
 
 /// Stops a pod whose record the caller holds locked, and persists the outcome.
