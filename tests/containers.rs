@@ -168,6 +168,12 @@ impl Bed {
             .unwrap();
     }
 
+    /// Like TestNode::assert_no_leaks, container state included.
+    fn assert_no_leaks(&self) {
+        let left = self.container_leftovers();
+        assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    }
+
     /// Container state podrun made: records, rootfs mounts, the OCI runtimes' state.
     fn container_leftovers(&self) -> Vec<String> {
         let mut out = self.node.leftovers();
@@ -311,8 +317,7 @@ async fn two_containers_share_the_pod(handler: &str) {
         .containers;
     assert_eq!(listed.len(), 2);
     bed.remove_pod(&pod.0).await;
-    let left = bed.container_leftovers();
-    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    bed.assert_no_leaks();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,8 +484,7 @@ async fn logs_exit_codes_and_exec_sync_limits(handler: &str) {
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     bed.remove_pod(&pod.0).await;
-    let left = bed.container_leftovers();
-    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    bed.assert_no_leaks();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -577,8 +581,7 @@ async fn stop_timeouts_oom_and_non_root_users(handler: &str) {
     assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"));
 
     bed.remove_pod(&pod.0).await;
-    let left = bed.container_leftovers();
-    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    bed.assert_no_leaks();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -618,22 +621,18 @@ async fn containers_outlive_a_podrund_restart_and_exits_while_it_is_down_are_rep
         .await
         .expect("RemoveContainer of a running container");
     bed.remove_pod(&pod.0).await;
-    let left = bed.container_leftovers();
-    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    bed.assert_no_leaks();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pid_shared_pod_sees_one_process_tree_and_other_pods_reach_it_by_ip() {
     let mut bed = Bed::start().await;
-    let mut config = bed.node.pod_config("pidshare");
-    config.log_directory = bed.node.dir.join("logs/pidshare").display().to_string();
-    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            pid: cri::NamespaceMode::Pod as i32,
-            ..Default::default()
-        }),
+    let options = cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
         ..Default::default()
-    });
+    };
+    let mut config = bed.node.pod_config_with("pidshare", options);
+    config.log_directory = bed.node.dir.join("logs/pidshare").display().to_string();
     let req = cri::RunPodSandboxRequest {
         config: Some(config.clone()),
         runtime_handler: String::new(),
@@ -723,27 +722,13 @@ async fn a_pid_shared_pod_sees_one_process_tree_and_other_pods_reach_it_by_ip() 
     let _ = web;
     bed.remove_pod(&client_pod.0).await;
     bed.remove_pod(&pod_id).await;
-    let left = bed.container_leftovers();
-    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    bed.assert_no_leaks();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podctl_pulls_runs_and_inspects_containers_from_crictl_files() {
     let bed = Bed::start().await;
-    let podctl = |args: &[&str]| {
-        let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
-            .arg("-r")
-            .arg(&bed.node.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "podctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let podctl = |args: &[&str]| bed.node.podctl(args);
     let pod_file = bed.node.dir.join("pod.yaml");
     std::fs::write(
         &pod_file,
@@ -801,6 +786,5 @@ async fn podctl_pulls_runs_and_inspects_containers_from_crictl_files() {
     podctl(&["rmp", &pod]);
     podctl(&["rmi", &bed.busybox]);
     assert!(podctl(&["images", "-q"]).trim().is_empty());
-    let left = bed.container_leftovers();
-    assert!(left.is_empty(), "leaked:\n{}", left.join("\n"));
+    bed.assert_no_leaks();
 }

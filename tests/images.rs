@@ -182,13 +182,7 @@ async fn a_missing_tag_is_not_found_and_a_corrupt_blob_changes_nothing() {
     let img = busybox_image();
     registry.push("busybox:bad", &img).await;
     // Flip bytes in the stored layer blob: same length, wrong content.
-    let blob = registry.blob_file(&format!("sha256:{}", {
-        use sha2::Digest;
-        sha2::Sha256::digest(&img.layers[0].0)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    }));
+    let blob = registry.blob_file(&img.layer_digest(0));
     let mut data = std::fs::read(&blob).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0xff;
@@ -227,15 +221,9 @@ async fn concurrent_pulls_of_one_image_download_each_layer_once() {
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), img.id());
     }
-    let layer_digest = {
-        use sha2::Digest;
-        sha2::Sha256::digest(&img.layers[0].0)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
+    let layer_digest = img.layer_digest(0);
     // The access log has one line per request: `... "GET /v2/busybox/blobs/sha256:... HTTP/1.1" 200 ...`.
-    let wanted = format!("\"GET /v2/busybox/blobs/sha256:{layer_digest} ");
+    let wanted = format!("\"GET /v2/busybox/blobs/{layer_digest} ");
     let gets = registry
         .log()
         .lines()

@@ -220,14 +220,11 @@ async fn a_pod_gets_its_files_shm_cgroup_and_processes_and_stop_remove_release_t
 async fn host_network_pod_has_no_netns_no_cni_and_reports_the_node_ip() {
     let node = TestNode::start(Chain::Standard);
     let mut client = node.client().await;
-    let mut config = node.pod_config("hostnet");
-    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            network: cri::NamespaceMode::Node as i32,
-            ..Default::default()
-        }),
+    let options = cri::NamespaceOption {
+        network: cri::NamespaceMode::Node as i32,
         ..Default::default()
-    });
+    };
+    let config = node.pod_config_with("hostnet", options);
     let id = node.run_pod(&mut client, config).await.unwrap();
     let (status, info) = pod_info(&mut client, &id).await.unwrap();
     assert!(
@@ -286,14 +283,11 @@ async fn host_network_pod_has_no_netns_no_cni_and_reports_the_node_ip() {
 async fn pid_shared_pod_has_pause_as_pid_1_reaping_orphans() {
     let node = TestNode::start(Chain::Standard);
     let mut client = node.client().await;
-    let mut config = node.pod_config("pidpod");
-    config.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
-        namespace_options: Some(cri::NamespaceOption {
-            pid: cri::NamespaceMode::Pod as i32,
-            ..Default::default()
-        }),
+    let options = cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
         ..Default::default()
-    });
+    };
+    let config = node.pod_config_with("pidpod", options);
     let id = node.run_pod(&mut client, config).await.unwrap();
     let (_, info) = pod_info(&mut client, &id).await.unwrap();
     let pause = pid_of(&info, "pausePid");
@@ -757,20 +751,7 @@ async fn version_status_and_runtime_config_answer_as_cri_clients_expect() {
 #[test]
 fn podctl_runs_pods_from_crictl_style_files() {
     let node = TestNode::start(Chain::Standard);
-    let podctl = |args: &[&str]| {
-        let out = Command::new(podrun_tests::bin_dir().join("podctl"))
-            .arg("-r")
-            .arg(&node.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "podctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let podctl = |args: &[&str]| node.podctl(args);
     // The same YAML crictl reads: snake_case fields, enums as numbers.
     let file = node.dir.join("pod.yaml");
     std::fs::write(

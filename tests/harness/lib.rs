@@ -245,6 +245,38 @@ impl TestNode {
         }
     }
 
+    /// A pod config whose security context sets these namespace options.
+    pub fn pod_config_with(
+        &self,
+        name: &str,
+        options: cri::NamespaceOption,
+    ) -> cri::PodSandboxConfig {
+        let mut config = self.pod_config(name);
+        if let Some(linux) = config.linux.as_mut() {
+            linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(options),
+                ..Default::default()
+            });
+        }
+        config
+    }
+
+    /// Runs podctl against this node; it must succeed. Returns its stdout.
+    pub fn podctl(&self, args: &[&str]) -> String {
+        let out = Command::new(bin_dir().join("podctl"))
+            .arg("-r")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Runs a pod and remembers its id for the leak checks.
     pub async fn run_pod(
         &self,

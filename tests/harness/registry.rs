@@ -191,6 +191,11 @@ pub struct TestImage {
 }
 
 impl TestImage {
+    /// The digest of layer `i` as the registry stores it (compressed).
+    pub fn layer_digest(&self, i: usize) -> String {
+        sha(&self.layers[i].0)
+    }
+
     /// "sha256:" + the config digest: what CRI calls the image id.
     pub fn id(&self) -> String {
         sha(&self.config)
