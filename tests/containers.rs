@@ -9,6 +9,21 @@ use podrun_proto::cri;
 use podrun_tests::registry::{busybox_image, image, layer, Compression, LayerBuilder, Registry};
 use podrun_tests::{Chain, Client, TestNode};
 
+async fn pull(node: &TestNode, image: &str) {
+    let mut images = client::image(&node.socket).await.unwrap();
+    let spec = cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 struct Bed {
     node: TestNode,
     registry: Registry,
@@ -23,17 +38,7 @@ impl Bed {
         let node = TestNode::start(Chain::Standard);
         registry.push("busybox:1", &busybox_image()).await;
         let busybox = format!("{}/busybox:1", registry.addr);
-        let mut images = client::image(&node.socket).await.unwrap();
-        images
-            .pull_image(cri::PullImageRequest {
-                image: Some(cri::ImageSpec {
-                    image: busybox.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        pull(&node, &busybox).await;
         let rt = node.client().await;
         Bed {
             node,
@@ -508,17 +513,7 @@ async fn stop_timeouts_oom_and_non_root_users(handler: &str) {
     );
     bed.registry.push("app:1", &user_img).await;
     let app = format!("{}/app:1", bed.registry.addr);
-    let mut images = client::image(&bed.node.socket).await.unwrap();
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: app.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull(&bed.node, &app).await;
     let pod = bed.pod("limits", handler).await;
 
     let mut cfg = bed.container("nonroot", &[]);

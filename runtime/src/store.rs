@@ -53,6 +53,37 @@ pub fn new_id() -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Looks up an object by its full id or by a prefix that names exactly one (crictl passes
+/// unique prefixes). `field` names the request field in errors; `what` the kind of object.
+pub fn by_id_or_prefix<T: Clone>(
+    map: &std::collections::HashMap<String, T>,
+    id: &str,
+    field: &'static str,
+    what: &'static str,
+) -> Result<T> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if let Some(found) = map.get(id) {
+        return Ok(found.clone());
+    }
+    let mut found = map
+        .iter()
+        .filter(|(k, _)| k.starts_with(id))
+        .map(|(_, v)| v);
+    match (found.next(), found.next()) {
+        (Some(one), None) => Ok(one.clone()),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            field,
+            format!("prefix {id:?} matches more than one {what}"),
+        )),
+        _ => Err(Error::NotFound {
+            what,
+            id: id.to_owned(),
+        }),
+    }
+}
+
 /// A process as recovery must judge it: the pid alone may have been reused since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessId {

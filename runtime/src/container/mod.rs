@@ -157,25 +157,7 @@ impl Containers {
 
     /// By id or unique id prefix.
     pub fn get(&self, id: &str) -> Result<Arc<Container>> {
-        if id.is_empty() {
-            return Err(Error::invalid("container_id", "must not be empty"));
-        }
-        let map = self.map();
-        if let Some(c) = map.get(id) {
-            return Ok(c.clone());
-        }
-        let mut found = map.values().filter(|c| c.id.starts_with(id));
-        match (found.next(), found.next()) {
-            (Some(c), None) => Ok(c.clone()),
-            (Some(_), Some(_)) => Err(Error::invalid(
-                "container_id",
-                format!("prefix {id:?} matches several containers"),
-            )),
-            _ => Err(Error::NotFound {
-                what: "container",
-                id: id.to_owned(),
-            }),
-        }
+        store::by_id_or_prefix(&self.map(), id, "container_id", "container")
     }
 
     /// The record of a running container, else FailedPrecondition.

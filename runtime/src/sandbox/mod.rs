@@ -186,26 +186,7 @@ impl Sandboxes {
 
     /// The pod whose id is `id` or starts with it (a unique prefix, as crictl passes).
     pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
-        let not_found = || Error::NotFound {
-            what: "pod sandbox",
-            id: id.to_owned(),
-        };
-        if id.is_empty() {
-            return Err(Error::invalid("pod_sandbox_id", "must not be empty"));
-        }
-        let pods = self.pods();
-        if let Some(pod) = pods.get(id) {
-            return Ok(pod.clone());
-        }
-        let mut found = pods.values().filter(|p| p.id.starts_with(id));
-        match (found.next(), found.next()) {
-            (Some(pod), None) => Ok(pod.clone()),
-            (Some(_), Some(_)) => Err(Error::invalid(
-                "pod_sandbox_id",
-                format!("prefix {id:?} matches several pods"),
-            )),
-            _ => Err(not_found()),
-        }
+        store::by_id_or_prefix(&self.pods(), id, "pod_sandbox_id", "pod sandbox")
     }
 
     /// The lock that serializes RunPodSandbox calls for one pod identity.
