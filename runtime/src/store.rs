@@ -99,7 +99,11 @@ impl ProcessId {
 
     /// True while the very process we recorded is alive (and not a zombie).
     pub fn is_alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
+        // One read of /proc/PID/stat: field 3 is the state, field 22 the start time.
+        stat_fields(self.pid).is_some_and(|f| {
+            f.get(19).and_then(|t| t.parse().ok()) == Some(self.start_time)
+                && !matches!(f.first().map(String::as_str), Some("Z" | "X"))
+        })
     }
 
     /// SIGKILLs the process if it is still the one we recorded.
@@ -122,12 +126,6 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
 
 fn start_time(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-fn is_zombie(pid: i32) -> bool {
-    stat_fields(pid)
-        .and_then(|f| f.first().cloned())
-        .is_some_and(|s| s == "Z" || s == "X")
 }
 
 #[cfg(test)]
