@@ -3,9 +3,11 @@
 //! snake_case field names, so the JSON/YAML files crictl reads map onto them directly.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "cri/runtime/v1/api.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let fds = protox::compile([proto], ["."])?;
+    let protos = ["cri/runtime/v1/api.proto", "podrun/v1/podrun.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(protos, ["."])?;
     tonic_prost_build::configure()
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
         .message_attribute(".", "#[serde(default)]")

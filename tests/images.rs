@@ -380,3 +380,171 @@ async fn a_mirror_in_hosts_toml_serves_pulls_and_the_image_keeps_its_requested_n
         image.repo_digests
     );
 }
+
+/// A two-layer image: busybox, then a layer with /marker holding `marker`.
+fn marked_image(marker: &str) -> podrun_tests::registry::TestImage {
+    image(
+        vec![
+            layer(LayerBuilder::default().busybox().tar(), Compression::Gzip),
+            layer(
+                LayerBuilder::default()
+                    .file("marker", 0o644, marker.as_bytes())
+                    .tar(),
+                Compression::Gzip,
+            ),
+        ],
+        serde_json::json!({"Cmd": ["sleep", "1000"], "Env": ["PATH=/bin"]}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podctl_pull_reports_each_layer() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Standard);
+    let img = marked_image("progress");
+    registry.push("layers:1", &img).await;
+    let name = format!("{}/layers:1", registry.addr);
+    let short = |i: usize| img.layer_digest(i)[7..19].to_owned();
+    // Not a terminal: one line per finished layer, then the image id.
+    let out = node.podctl(&["pull", &name]);
+    for i in 0..2 {
+        let line = out.lines().find(|l| l.starts_with(&short(i)));
+        let line = line.unwrap_or_else(|| panic!("no line for layer {i}: {out}"));
+        assert!(line.contains("done") && line.contains("[======"), "{line}");
+    }
+    assert!(
+        out.ends_with(&format!("Image is up to date for {}\n", img.id())),
+        "{out}"
+    );
+    // Again: nothing is fetched, and it says so.
+    let out = node.podctl(&["pull", &name]);
+    assert_eq!(out.matches("present").count(), 2, "{out}");
+    // A name the registry does not have fails like the CRI pull, naming the image.
+    let out = Command::new(podrun_tests::bin_dir().join("podctl"))
+        .arg("-r")
+        .arg(&node.socket)
+        .args(["pull", &format!("{}/nothing:1", registry.addr)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing:1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podctl_imports_oci_layouts_from_a_directory_and_a_tar_and_runs_them() {
+    let node = TestNode::start(Chain::Standard);
+    let mut c = images(&node).await;
+    // skopeo/buildah style: the index names a tag only; the name comes from --name.
+    let dir = node.dir.join("layout");
+    let first = marked_image("from a directory");
+    let digest = first.write_layout(
+        &dir,
+        serde_json::json!({"org.opencontainers.image.ref.name": "v1"}),
+    );
+    let out = node.podctl(&[
+        "import",
+        dir.to_str().unwrap(),
+        "--name",
+        "example.com/offline",
+    ]);
+    assert!(out.contains("example.com/offline:v1"), "{out}");
+    let image = status(&mut c, "example.com/offline:v1").await.unwrap();
+    assert_eq!(image.id, first.id());
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("example.com/offline@{digest}")]
+    );
+
+    // containerd's export style, as a tar: the index carries the whole name.
+    let second = marked_image("from a tar");
+    let dir2 = node.dir.join("layout2");
+    second.write_layout(
+        &dir2,
+        serde_json::json!({"io.containerd.image.name": "example.com/other:2"}),
+    );
+    let tar = node.dir.join("layout2.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&dir2)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    node.podctl(&["import", tar.to_str().unwrap()]);
+    assert_eq!(
+        status(&mut c, "example.com/other:2").await.unwrap().id,
+        second.id()
+    );
+    // The busybox layer is shared: three layers on disk, and no leftovers.
+    assert_eq!(store_contents(&node), (3, 0));
+
+    // The imported image runs, with its own top layer.
+    let pod_file = node.dir.join("pod.json");
+    let pod = serde_json::json!({
+        "metadata": {"name": "imported", "namespace": "podrun-test", "uid": "imported-uid"},
+        "log_directory": node.dir.join("logs/imported"),
+        "linux": {"cgroup_parent": node.cgroup_parent},
+    });
+    std::fs::write(&pod_file, pod.to_string()).unwrap();
+    let ctr_file = node.dir.join("ctr.json");
+    let ctr = serde_json::json!({
+        "metadata": {"name": "offline"},
+        "image": {"image": "example.com/offline:v1"},
+        "log_path": "offline.log",
+    });
+    std::fs::write(&ctr_file, ctr.to_string()).unwrap();
+    let id = node.podctl(&[
+        "run",
+        ctr_file.to_str().unwrap(),
+        pod_file.to_str().unwrap(),
+    ]);
+    let pod_id = node.podctl(&["pods", "-q"]).trim().to_owned();
+    node.remember(&pod_id);
+    assert_eq!(
+        node.podctl(&["exec", id.trim(), "cat", "/marker"]),
+        "from a directory"
+    );
+    node.podctl(&["stopp", &pod_id]);
+    node.podctl(&["rmp", &pod_id]);
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_unnamed_layout_is_refused_and_changes_nothing() {
+    let node = TestNode::start(Chain::Standard);
+    let podctl = |args: &[&str]| {
+        let out = Command::new(podrun_tests::bin_dir().join("podctl"))
+            .arg("-r")
+            .arg(&node.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "podctl {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let img = marked_image("damaged");
+    let dir = node.dir.join("layout");
+    img.write_layout(&dir, serde_json::json!({}));
+    let err = podctl(&["import", dir.to_str().unwrap()]);
+    assert!(err.contains("name") && err.contains("give a name"), "{err}");
+
+    // One flipped byte in the top layer: refused before anything is unpacked.
+    let blob = dir.join("blobs/sha256").join(&img.layer_digest(1)[7..]);
+    let mut data = std::fs::read(&blob).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    std::fs::write(&blob, data).unwrap();
+    let err = podctl(&["import", dir.to_str().unwrap(), "--name", "x.io/broken:1"]);
+    assert!(
+        err.contains("InvalidArgument") || err.contains("invalid"),
+        "{err}"
+    );
+    assert!(err.contains("damaged"), "{err}");
+    let err = podctl(&["import", "/nonexistent/layout.tar"]);
+    assert!(err.contains("/nonexistent/layout.tar"), "{err}");
+    let mut c = images(&node).await;
+    assert!(status(&mut c, "x.io/broken:1").await.is_none());
+    assert_eq!(store_contents(&node), (0, 0));
+}

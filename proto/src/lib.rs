@@ -13,6 +13,14 @@ pub mod runtime {
 
 pub use runtime::v1 as cri;
 
+/// podrun's additions to the CRI (`podrun/v1/podrun.proto`), on the same socket.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod podrun {
+    pub mod v1 {
+        tonic::include_proto!("podrun.v1");
+    }
+}
+
 /// `bytes` fields in JSON as Go (and so crictl) writes them: a base64 string. On input a
 /// string that is not valid base64 is taken as plain text, and a list of numbers also works,
 /// so hand-written files stay easy.
@@ -118,6 +126,16 @@ pub mod client {
         socket: &Path,
     ) -> Result<ImageServiceClient<Channel>, tonic::transport::Error> {
         Ok(ImageServiceClient::new(channel(socket).await?))
+    }
+
+    /// podrun's own image service (pull with progress, import).
+    pub async fn podrun_images(
+        socket: &Path,
+    ) -> Result<super::podrun::v1::images_client::ImagesClient<Channel>, tonic::transport::Error>
+    {
+        Ok(super::podrun::v1::images_client::ImagesClient::new(
+            channel(socket).await?,
+        ))
     }
 }
 

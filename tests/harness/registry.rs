@@ -200,6 +200,32 @@ impl TestImage {
     pub fn id(&self) -> String {
         sha(&self.config)
     }
+
+    /// Writes the image as an OCI image layout in `dir`, its index entry carrying
+    /// `annotations`; returns the manifest digest.
+    pub fn write_layout(&self, dir: &Path, annotations: serde_json::Value) -> String {
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| {
+            let digest = sha(data);
+            fs::write(blobs.join(digest.trim_start_matches("sha256:")), data).unwrap();
+            digest
+        };
+        let descriptor = |data: &[u8], media_type: &str| serde_json::json!({"mediaType": media_type, "digest": put(data), "size": data.len()});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": descriptor(&self.config, "application/vnd.oci.image.config.v1+json"),
+            "layers": self.layers.iter().map(|(data, mt, _)| descriptor(data, mt)).collect::<Vec<_>>(),
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let mut entry = descriptor(&manifest, "application/vnd.oci.image.manifest.v1+json");
+        entry["annotations"] = annotations;
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [entry]});
+        fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        entry["digest"].as_str().unwrap().to_owned()
+    }
 }
 
 /// Builds tar layers entry by entry.

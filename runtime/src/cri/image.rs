@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::{handle, Cri, Stream};
 use crate::error::Error;
-use crate::image::{Auth, Image};
+use crate::image::{Auth, Image, Progress};
 
-fn to_cri(image: &Image) -> cri::Image {
+pub(super) fn to_cri(image: &Image) -> cri::Image {
     let (uid, username) = image.user();
     cri::Image {
         id: image.id.clone(),
@@ -30,7 +30,7 @@ fn to_cri(image: &Image) -> cri::Image {
     }
 }
 
-fn auth(config: Option<cri::AuthConfig>) -> Auth {
+pub(super) fn auth(config: Option<cri::AuthConfig>) -> Auth {
     let Some(a) = config else {
         return Auth::Anonymous;
     };
@@ -51,7 +51,10 @@ fn auth(config: Option<cri::AuthConfig>) -> Auth {
     }
 }
 
-fn image_name(spec: Option<&cri::ImageSpec>, field: &'static str) -> Result<String, Error> {
+pub(super) fn image_name(
+    spec: Option<&cri::ImageSpec>,
+    field: &'static str,
+) -> Result<String, Error> {
     match spec.map(|s| s.image.as_str()) {
         Some(name) if !name.is_empty() => Ok(name.to_owned()),
         _ => Err(Error::invalid(field, "is required")),
@@ -117,7 +120,9 @@ impl ImageService for Cri {
             let auth = auth(req.auth);
             let n = node.clone();
             let image = node
-                .detached("PullImage", async move { n.images.pull(&name, auth).await })
+                .detached("PullImage", async move {
+                    n.images.pull(&name, auth, &Progress::new(Vec::new())).await
+                })
                 .await?;
             Ok(cri::PullImageResponse {
                 image_ref: image.id,

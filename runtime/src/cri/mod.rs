@@ -1,6 +1,7 @@
 //! The CRI gRPC services. This is the one place where errors become gRPC status codes, and
 //! where every request is logged with its duration.
 
+mod podrun;
 mod server;
 
 use std::future::Future;

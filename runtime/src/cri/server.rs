@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use podrun_proto::cri::image_service_server::ImageServiceServer;
 use podrun_proto::cri::runtime_service_server::RuntimeServiceServer;
+use podrun_proto::podrun::v1::images_server::ImagesServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
@@ -28,7 +29,8 @@ pub async fn serve(
     let cri = Cri { node: node.clone() };
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
-        .add_service(ImageServiceServer::new(cri))
+        .add_service(ImageServiceServer::new(cri.clone()))
+        .add_service(ImagesServer::new(cri))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await
         .map_err(|e| Error::Internal(format!("serving {}: {e}", path.display())));

@@ -4,6 +4,7 @@
 //! digest), each with the names (repo tags and digests) that point at it.
 
 mod hosts;
+mod import;
 mod pull;
 mod reference;
 pub mod unpack;
@@ -17,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::store;
 
-pub use pull::{Auth, PullOptions};
+pub use pull::{Auth, LayerProgress, LayerState, Progress, PullOptions};
 pub use reference::normalize;
 
 const INDEX_VERSION: u32 = 1;

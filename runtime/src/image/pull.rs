@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::manifest::OciDescriptor;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::hosts::{endpoints, Endpoint};
 use super::reference::{parse, repository};
@@ -80,7 +81,7 @@ fn pull_error(reference: &str, e: oci_client::errors::OciDistributionError) -> E
     }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+pub(super) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(Error::io("opening", path))?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -94,7 +95,7 @@ fn sha256_file(path: &Path) -> Result<String> {
 }
 
 impl ImageStore {
-    fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
         self.pulls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -135,8 +136,8 @@ impl ImageStore {
         Ok((Client::new(config), source))
     }
 
-    /// Pulls `name` and returns the image it now names.
-    pub async fn pull(&self, name: &str, auth: Auth) -> Result<Image> {
+    /// Pulls `name` and returns the image it now names; `progress` follows each layer.
+    pub async fn pull(&self, name: &str, auth: Auth, progress: &Progress) -> Result<Image> {
         let requested = parse(name)?;
         let whole = requested.whole();
         let lock = self.lock_for(format!("ref:{whole}"));
@@ -172,12 +173,31 @@ impl ImageStore {
             }));
         };
 
+        let tag = requested.digest().is_none().then(|| whole.clone());
+        let digest = format!(
+            "{}@{}",
+            repository(&requested),
+            list_digest.unwrap_or(manifest_digest)
+        );
+        let source = Source::Registry(&client, &reference);
+        self.store(&source, &manifest, &whole, tag, digest, progress)
+            .await
+    }
+
+    /// Fetches what `manifest` lists from `source` (the config, then each layer not
+    /// already unpacked), verifying everything, then records the image as `tag`/`digest`.
+    pub(super) async fn store(
+        &self,
+        source: &Source<'_>,
+        manifest: &OciImageManifest,
+        whole: &str,
+        tag: Option<String>,
+        digest: String,
+        progress: &Progress,
+    ) -> Result<Image> {
         // The config: small, kept as a blob named by its digest (the image id).
         let mut config_bytes = Vec::new();
-        client
-            .pull_blob(&reference, &manifest.config, &mut config_bytes)
-            .await
-            .map_err(|e| pull_error(&whole, e))?;
+        source.blob(&manifest.config, &mut config_bytes).await?;
         let id = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
         if id != manifest.config.digest {
             return Err(Error::Internal(format!(
@@ -202,8 +222,27 @@ impl ImageStore {
         }
         let chains = chain_ids(&diff_ids);
         let _in_use = self.use_layers(&chains);
-        for ((layer, diff_id), chain) in manifest.layers.iter().zip(&diff_ids).zip(&chains) {
-            self.fetch_layer(&client, &reference, layer, diff_id, chain)
+        progress.send_replace(
+            manifest
+                .layers
+                .iter()
+                .map(|l| LayerProgress {
+                    digest: l.digest.clone(),
+                    size: l.size.max(0) as u64,
+                    fetched: 0,
+                    state: LayerState::Waiting,
+                })
+                .collect(),
+        );
+        for (i, ((layer, diff_id), chain)) in manifest
+            .layers
+            .iter()
+            .zip(&diff_ids)
+            .zip(&chains)
+            .enumerate()
+        {
+            let layer_progress = LayerSink { progress, layer: i };
+            self.fetch_layer(source, layer, diff_id, chain, &layer_progress)
                 .await?;
         }
         crate::store::write_bytes_atomic(&self.blob_path(&id), &config_bytes)?;
@@ -222,30 +261,25 @@ impl ImageStore {
             size,
             config: config["config"].clone(),
         };
-        let digest = format!(
-            "{}@{}",
-            repository(&requested),
-            list_digest.unwrap_or(manifest_digest)
-        );
-        let tag = requested.digest().is_none().then(|| whole.clone());
-        tracing::info!(image = %whole, id = %image.id, "pulled");
+        tracing::info!(image = %whole, id = %image.id, "stored");
         self.add(image, tag, digest)
     }
 
-    /// Makes sure layer `chain` is unpacked: download to a temp file, check the digest,
+    /// Makes sure layer `chain` is unpacked: fetch to a temp file, check the digest,
     /// unpack into a temp dir, check the diff id, then rename into place.
     async fn fetch_layer(
         &self,
-        client: &Client,
-        reference: &Reference,
+        source: &Source<'_>,
         layer: &OciDescriptor,
         diff_id: &str,
         chain: &str,
+        progress: &LayerSink<'_>,
     ) -> Result<()> {
         let lock = self.lock_for(format!("layer:{chain}"));
         let _one_at_a_time = lock.lock().await;
         let dest = self.layer_path(chain);
         if dest.exists() {
+            progress.set(LayerState::Present);
             return Ok(());
         }
         let tmp = tempdir_in(&self.tmp_dir())?;
@@ -254,17 +288,16 @@ impl ImageStore {
             let file = tokio::fs::File::create(&blob)
                 .await
                 .map_err(Error::io("creating", &blob))?;
-            client
-                .pull_blob(reference, layer, file)
-                .await
-                .map_err(|e| pull_error(&reference.whole(), e))?;
+            progress.set(LayerState::Fetching);
+            source.blob(layer, progress.count(file)).await?;
             let got = sha256_file(&blob)?;
             if got != layer.digest {
                 return Err(Error::Internal(format!(
-                    "layer {}: downloaded content has digest {got}",
+                    "layer {}: fetched content has digest {got}",
                     layer.digest
                 )));
             }
+            progress.set(LayerState::Unpacking);
             let (blob2, unpacked) = (blob.clone(), tmp.join("layer"));
             let unpacked2 = unpacked.clone();
             let got = tokio::task::spawn_blocking(move || unpack(&blob2, &unpacked2))
@@ -276,7 +309,9 @@ impl ImageStore {
                     layer.digest
                 )));
             }
-            std::fs::rename(&unpacked, &dest).map_err(Error::io("publishing layer", &dest))
+            std::fs::rename(&unpacked, &dest).map_err(Error::io("publishing layer", &dest))?;
+            progress.set(LayerState::Done);
+            Ok(())
         }
         .await;
         let _ = std::fs::remove_dir_all(&tmp);
@@ -284,7 +319,135 @@ impl ImageStore {
     }
 }
 
-fn tempdir_in(dir: &Path) -> Result<std::path::PathBuf> {
+/// Where an image's blobs come from: a registry, or an OCI image layout on disk.
+pub(super) enum Source<'a> {
+    Registry(&'a Client, &'a Reference),
+    Layout(&'a Path),
+}
+
+impl Source<'_> {
+    /// Copies blob `desc` into `out`. The caller checks the digest.
+    async fn blob(&self, desc: &OciDescriptor, out: impl AsyncWrite + Unpin + Send) -> Result<()> {
+        match self {
+            Source::Registry(client, reference) => client
+                .pull_blob(reference, desc, out)
+                .await
+                .map_err(|e| pull_error(&reference.whole(), e)),
+            Source::Layout(dir) => {
+                let path = layout_blob(dir, &desc.digest)?;
+                let mut file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| Error::invalid("path", format!("{}: {e}", path.display())))?;
+                let mut out = out;
+                tokio::io::copy(&mut file, &mut out)
+                    .await
+                    .map_err(Error::io("copying", &path))?;
+                out.shutdown().await.map_err(Error::io("copying", &path))
+            }
+        }
+    }
+}
+
+/// The file of blob `digest` in layout `dir` (`blobs/<algorithm>/<hex>`).
+pub(super) fn layout_blob(dir: &Path, digest: &str) -> Result<PathBuf> {
+    match digest.split_once(':') {
+        Some(("sha256", hex)) if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Ok(dir.join("blobs/sha256").join(hex))
+        }
+        _ => Err(Error::invalid(
+            "path",
+            format!("unsupported digest {digest:?} in the layout"),
+        )),
+    }
+}
+
+/// How far each layer of one pull or import has got; `watch` subscribers see every change.
+pub type Progress = tokio::sync::watch::Sender<Vec<LayerProgress>>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerProgress {
+    pub digest: String,
+    pub size: u64,
+    pub fetched: u64,
+    pub state: LayerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LayerState {
+    Waiting,
+    Fetching,
+    Unpacking,
+    Done,
+    /// Unpacked before this pull: nothing to fetch.
+    Present,
+}
+
+impl LayerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerState::Waiting => "waiting",
+            LayerState::Fetching => "fetching",
+            LayerState::Unpacking => "unpacking",
+            LayerState::Done => "done",
+            LayerState::Present => "present",
+        }
+    }
+}
+
+/// One layer's entry in a `Progress`.
+struct LayerSink<'a> {
+    progress: &'a Progress,
+    layer: usize,
+}
+
+impl<'a> LayerSink<'a> {
+    fn set(&self, state: LayerState) {
+        self.progress.send_modify(|l| l[self.layer].state = state);
+    }
+
+    /// `out`, counting what is written through it as fetched.
+    fn count<W: AsyncWrite + Unpin>(&'a self, out: W) -> Counted<'a, W> {
+        Counted { out, sink: self }
+    }
+}
+
+struct Counted<'a, W> {
+    out: W,
+    sink: &'a LayerSink<'a>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = std::pin::Pin::new(&mut this.out).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = written {
+            let sink = this.sink;
+            sink.progress
+                .send_modify(|l| l[sink.layer].fetched += n as u64);
+        }
+        written
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.out).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.out).poll_shutdown(cx)
+    }
+}
+
+pub(super) fn tempdir_in(dir: &Path) -> Result<std::path::PathBuf> {
     let path = dir.join(crate::store::new_id()?);
     std::fs::create_dir(&path).map_err(Error::io("creating", &path))?;
     Ok(path)

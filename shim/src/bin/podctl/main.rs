@@ -3,6 +3,7 @@
 //! snake_case field names), so one file works with both tools.
 
 mod netcheck;
+mod pull;
 mod work;
 
 use std::collections::HashMap;

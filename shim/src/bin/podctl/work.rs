@@ -19,6 +19,14 @@ pub enum Command {
         #[arg(long)]
         creds: Option<String>,
     },
+    /// Import the images of an OCI image layout (a directory, or a tar of one) into the
+    /// node's store, for nodes without a registry.
+    Import {
+        path: PathBuf,
+        /// Name for an image the layout does not name (a bare tag in it is appended).
+        #[arg(long, default_value = "")]
+        name: String,
+    },
     /// List images.
     Images {
         #[arg(long, short = 'q')]
@@ -105,15 +113,10 @@ pub async fn run(endpoint: &Path, command: Command) -> Result<()> {
                     ..Default::default()
                 }
             });
-            let r = im
-                .pull_image(cri::PullImageRequest {
-                    image: spec(&image),
-                    auth,
-                    sandbox_config: None,
-                })
-                .await?;
-            println!("Image is up to date for {}", r.into_inner().image_ref);
+            let id = crate::pull::pull(endpoint, &image, auth).await?;
+            println!("Image is up to date for {id}");
         }
+        Command::Import { path, name } => crate::pull::import(endpoint, &path, name).await?,
         Command::Images { quiet, output } => {
             let images = im
                 .list_images(cri::ListImagesRequest::default())
