@@ -783,3 +783,47 @@ async fn podctl_pulls_runs_and_inspects_containers_from_crictl_files() {
     assert!(podctl(&["images", "-q"]).trim().is_empty());
     bed.assert_no_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_and_stdin_containers_with_runc() {
+    tty_and_stdin_containers("runc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_and_stdin_containers_with_crun() {
+    tty_and_stdin_containers("crun").await;
+}
+
+/// A `tty: true` container runs on a terminal whose output reaches its log; `stdin: true`
+/// keeps the container's stdin open (the shim holds it for attach), while without it stdin
+/// is at end-of-file at once.
+async fn tty_and_stdin_containers(handler: &str) {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("tty", handler).await;
+    let script = "tty; [ -t 0 ] && [ -t 1 ] && echo both-terminals; stty size; echo term=$TERM";
+    let mut config = bed.container("term", &["sh", "-c", script]);
+    config.tty = true;
+    let id = bed.run(&pod, config).await;
+    let status = bed.wait_exit(&id).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    assert!(log.contains("stdout F /dev/pts/0"), "{log}");
+    assert!(log.contains("both-terminals"), "{log}");
+
+    // The same command without a terminal: no tty, and its stdin is empty.
+    let reads = ["sh", "-c", "cat; echo stdin-ended"];
+    let closed = bed.run(&pod, bed.container("closed", &reads)).await;
+    assert_eq!(bed.wait_exit(&closed).await.exit_code, 0);
+    let mut config = bed.container("open", &reads);
+    config.stdin = true;
+    let open = bed.run(&pod, config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = bed.status(&open).await;
+    assert_eq!(
+        status.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "stdin: true keeps stdin open"
+    );
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

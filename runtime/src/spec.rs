@@ -29,6 +29,8 @@ pub struct Spec {
 pub struct Process {
     pub args: Vec<String>,
     pub cwd: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub terminal: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -71,12 +71,6 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             });
         }
     }
-    if config.tty {
-        return Err(Error::invalid(
-            "config.tty",
-            "terminals are not supported yet (they come with streaming)",
-        ));
-    }
     let pid_target = target_pid(&node, &config)?;
     let runtime = node.oci_runtime(&pod.runtime_handler)?;
     let key = (pod.id.clone(), metadata.name.clone(), metadata.attempt);
@@ -215,8 +209,20 @@ async fn make(
     };
     let t_bundle = phase.elapsed();
     let phase = std::time::Instant::now();
+    // Attach writes into this FIFO; the shim keeps it open and copies it to the process.
+    let stdin = match record.config.stdin {
+        true => {
+            let path = dirs.state.join("stdin");
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(Error::sys(format!("mkfifo {}", path.display())))?;
+            path.display().to_string()
+        }
+        false => String::new(),
+    };
     let shim = sandbox::shim::Shim::connect(&pod.id, &pod.shim_socket).await?;
-    record.pid = shim.create(&record.id, &dirs.state, &stdout).await?;
+    record.pid = shim
+        .create(&record.id, &dirs.state, &stdin, &stdout)
+        .await?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     tracing::debug!(
         container = %record.id, rootfs_ms = ms(t_rootfs), bundle_ms = ms(t_bundle), oci_create_ms = ms(phase.elapsed()),

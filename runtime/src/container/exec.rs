@@ -28,10 +28,7 @@ pub async fn exec_sync(
         return Err(Error::invalid("cmd", "must not be empty"));
     }
     let dirs = Dirs::new(&node.config, &r.id);
-    let mut process: serde_json::Value = store::read_json(&dirs.state.join("config.json"))
-        .map(|s: serde_json::Value| s["process"].clone())?;
-    process["args"] = serde_json::json!(req.cmd);
-    process["terminal"] = serde_json::json!(false);
+    let process = process(&dirs, &req.cmd, false)?;
     let exec_id = store::new_id()?[..16].to_owned();
     let (out_path, err_path) = (
         dirs.state.join(format!("exec-{exec_id}.out")),
@@ -41,15 +38,9 @@ pub async fn exec_sync(
     let result = async {
         let (out, out_hold) = fifo_reader(&out_path)?;
         let (err, err_hold) = fifo_reader(&err_path)?;
-        let spec = serde_json::to_vec(&process).map_err(|e| Error::Internal(e.to_string()))?;
-        shim.exec(
-            &r.id,
-            &exec_id,
-            spec,
-            &out_path.display().to_string(),
-            &err_path.display().to_string(),
-        )
-        .await?;
+        let spec = process.clone();
+        let (out_s, err_s) = (out_path.display().to_string(), err_path.display().to_string());
+        shim.exec(&r.id, &exec_id, spec, ["", &out_s, &err_s], false).await?;
         shim.start(&r.id, &exec_id).await?;
         // The process holds the write ends now: from here, end-of-file means it is done.
         drop((out_hold, err_hold));
@@ -89,9 +80,29 @@ pub async fn exec_sync(
     result
 }
 
+/// The OCI process (JSON) of an exec of `cmd`: the container's own, with these args.
+pub(crate) fn process(dirs: &Dirs, cmd: &[String], terminal: bool) -> Result<Vec<u8>> {
+    let mut process: serde_json::Value = store::read_json(&dirs.state.join("config.json"))
+        .map(|s: serde_json::Value| s["process"].clone())?;
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(terminal);
+    // A terminal gets a TERM, as kubelet's runtimes give one, unless the container has it.
+    if let Some(env) = process["env"].as_array_mut().filter(|_| terminal) {
+        if !env
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM=")))
+        {
+            env.push(serde_json::json!("TERM=xterm"));
+        }
+    }
+    serde_json::to_vec(&process).map_err(|e| Error::Internal(e.to_string()))
+}
+
 /// Makes a FIFO and opens its read end, plus a write end podrund holds until the process
 /// has its own (so that end-of-file is not seen before the process ever opened it).
-fn fifo_reader(path: &Path) -> Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
+pub(crate) fn fifo_reader(
+    path: &Path,
+) -> Result<(tokio::net::unix::pipe::Receiver, std::fs::File)> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(Error::sys(format!("mkfifo {}", path.display())))?;
     let file = std::fs::OpenOptions::new()

@@ -13,7 +13,7 @@ use crate::node::Node;
 use crate::sandbox::shim::Shim;
 use crate::store;
 
-pub(super) async fn shim_of(node: &Node, pod_id: &str) -> Result<Shim> {
+pub(crate) async fn shim_of(node: &Node, pod_id: &str) -> Result<Shim> {
     let pod = node.sandboxes.get(pod_id)?.view();
     Shim::connect(pod_id, &pod.shim_socket).await
 }

@@ -10,8 +10,8 @@
 //! running container waiting on the shim for its exit, and records it.
 
 mod create;
-mod exec;
-mod lifecycle;
+pub(crate) mod exec;
+pub(crate) mod lifecycle;
 mod seccomp;
 pub mod spec;
 mod status;

@@ -98,6 +98,7 @@ pub fn spawn(
 }
 
 /// A connection to one pod's shim.
+#[derive(Clone)]
 pub struct Shim {
     pod: String,
     client: TaskClient,
@@ -164,11 +165,13 @@ impl Shim {
             .pid)
     }
 
-    /// Creates task `id` (a container) with its output going to `stdout`.
-    pub async fn create(&self, id: &str, bundle: &Path, stdout: &str) -> Result<u32> {
+    /// Creates task `id` (a container) reading `stdin` (a FIFO, or "") with its output
+    /// going to `stdout`.
+    pub async fn create(&self, id: &str, bundle: &Path, stdin: &str, stdout: &str) -> Result<u32> {
         let req = api::CreateTaskRequest {
             id: id.to_owned(),
             bundle: bundle.display().to_string(),
+            stdin: stdin.to_owned(),
             stdout: stdout.to_owned(),
             ..Default::default()
         };
@@ -246,23 +249,27 @@ impl Shim {
         }
     }
 
-    /// Registers exec `exec_id` in task `id`: `process` is its OCI process spec (JSON).
+    /// Registers exec `exec_id` in task `id`: `process` is its OCI process spec (JSON),
+    /// `stdio` its stdin, stdout and stderr FIFOs ("" for none).
     pub async fn exec(
         &self,
         id: &str,
         exec_id: &str,
         process: Vec<u8>,
-        stdout: &str,
-        stderr: &str,
+        stdio: [&str; 3],
+        terminal: bool,
     ) -> Result<()> {
+        let [stdin, stdout, stderr] = stdio;
         let mut spec = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
         spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
         spec.value = process;
         let req = api::ExecProcessRequest {
             id: id.to_owned(),
             exec_id: exec_id.to_owned(),
+            stdin: stdin.to_owned(),
             stdout: stdout.to_owned(),
             stderr: stderr.to_owned(),
+            terminal,
             spec: containerd_shim_protos::protobuf::MessageField::some(spec),
             ..Default::default()
         };
@@ -275,12 +282,18 @@ impl Shim {
 
     /// podrun's extension: reopen the CRI log of task `id`.
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        self.update_annotations(id, &[("io.podrun.reopen-log", "true")])
+            .await
+    }
+
+    async fn update_annotations(&self, id: &str, annotations: &[(&str, &str)]) -> Result<()> {
         let mut req = api::UpdateTaskRequest {
             id: id.to_owned(),
             ..Default::default()
         };
-        req.annotations
-            .insert("io.podrun.reopen-log".into(), "true".into());
+        for (k, v) in annotations {
+            req.annotations.insert((*k).into(), (*v).into());
+        }
         self.client
             .update(ctx(), &req)
             .await

@@ -36,6 +36,7 @@ pub fn pause_spec(record: &Record) -> Spec {
         process: Some(Process {
             args: vec!["/pause".into()],
             cwd: "/".into(),
+            terminal: false,
         }),
         hostname: (record.netns.is_some() && !record.config.hostname.is_empty())
             .then(|| record.config.hostname.clone()),

@@ -4,12 +4,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe::Receiver;
+
+use crate::stdio::Attached;
 
 /// Longest piece written as one record (kubelet and containerd use 16 KiB).
 pub const MAX_LINE: usize = 16 * 1024;
@@ -55,12 +57,15 @@ impl Log {
     }
 }
 
-/// Copies one stream (the read end of the container's stdout or stderr pipe) into `log`
-/// until the container and everything it started have closed it.
-pub async fn copy(log: Arc<Log>, stream: &'static str, pipe: OwnedFd) {
-    let Ok(mut reader) = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) else {
-        return;
-    };
+/// Copies one stream (the read end of the container's stdout or stderr pipe, or its
+/// terminal) into `log`, and to whoever is attached, until the container and everything it
+/// started have closed it.
+pub async fn copy(
+    log: Arc<Log>,
+    stream: &'static str,
+    mut reader: Receiver,
+    attached: Arc<Attached>,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 32 * 1024];
     loop {
@@ -68,6 +73,7 @@ pub async fn copy(log: Arc<Log>, stream: &'static str, pipe: OwnedFd) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        attached.send(stream, &buf[..n]).await;
         pending.extend_from_slice(&buf[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let rest = pending.split_off(end + 1);
@@ -86,6 +92,8 @@ pub async fn copy(log: Arc<Log>, stream: &'static str, pipe: OwnedFd) {
     if !pending.is_empty() {
         log.record(stream, 'P', &pending);
     }
+    // Attached readers see end-of-file when the container's output ends.
+    attached.close(stream);
 }
 
 /// A complete line as records: `P` pieces of MAX_LINE, then the rest as `F`.

@@ -11,6 +11,7 @@ mod crilog;
 mod oci;
 mod pause;
 mod reaper;
+mod stdio;
 mod task;
 
 use std::os::fd::FromRawFd;

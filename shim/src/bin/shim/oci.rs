@@ -99,18 +99,21 @@ impl Runtime {
             .with_context(|| format!("pid file {} holds {text:?}", path.display()))
     }
 
-    /// `create`: the container's init exists, stopped before the user's process.
-    pub async fn create(&self, stdio: Stdio3) -> Result<i32> {
+    /// `create`: the container's init exists, stopped before the user's process. With a
+    /// console socket, the runtime sends the terminal's master there.
+    pub async fn create(&self, stdio: Stdio3, console: Option<&Path>) -> Result<i32> {
         let pid_file = self.bundle.join("init.pid");
         let (bundle, pid) = (
             self.bundle.display().to_string(),
             pid_file.display().to_string(),
         );
-        self.run(
-            &["create", "--bundle", &bundle, "--pid-file", &pid, &self.id],
-            stdio,
-        )
-        .await?;
+        let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid];
+        let console = console.map(|c| c.display().to_string());
+        if let Some(c) = &console {
+            args.extend(["--console-socket", c]);
+        }
+        args.push(&self.id);
+        self.run(&args, stdio).await?;
         Self::read_pid(&pid_file)
     }
 
@@ -119,25 +122,24 @@ impl Runtime {
     }
 
     /// `exec --detach` of the process in `process_json`; returns its pid.
-    pub async fn exec(&self, exec_id: &str, process_json: &[u8], stdio: Stdio3) -> Result<i32> {
+    pub async fn exec(
+        &self,
+        exec_id: &str,
+        process_json: &[u8],
+        stdio: Stdio3,
+        console: Option<&Path>,
+    ) -> Result<i32> {
         let spec = self.bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
         std::fs::write(&spec, process_json)?;
         let (s, p) = (spec.display().to_string(), pid_file.display().to_string());
-        let result = self
-            .run(
-                &[
-                    "exec",
-                    "--process",
-                    &s,
-                    "--pid-file",
-                    &p,
-                    "--detach",
-                    &self.id,
-                ],
-                stdio,
-            )
-            .await;
+        let mut args = vec!["exec", "--process", &s, "--pid-file", &p, "--detach"];
+        let console = console.map(|c| c.display().to_string());
+        if let Some(c) = &console {
+            args.extend(["--console-socket", c]);
+        }
+        args.push(&self.id);
+        let result = self.run(&args, stdio).await;
         let pid = result.and_then(|_| Self::read_pid(&pid_file));
         let _ = std::fs::remove_file(&spec);
         let _ = std::fs::remove_file(&pid_file);

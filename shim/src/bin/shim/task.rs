@@ -9,11 +9,18 @@
 //! is served by podrun's built-in pause, spawned at Create. Other tasks run through the OCI
 //! runtime named by the spec's `io.podrun.oci-runtime` annotation (else `runc`).
 //!
+//! Stdio is containerd's: FIFO paths in Create and Exec (stdin is copied in by the shim,
+//! so CloseIO can end it; with `terminal` the runtime hands the shim the pty master, which
+//! the shim copies to and from the FIFOs, and ResizePty resizes).
+//!
 //! podrun's additions to the protocol: a task's `stdout` of the form `cri-log://PATH`
-//! sends both output streams to a CRI-format log at PATH; `Update` with the annotation
-//! `io.podrun.reopen-log` reopens that log.
+//! sends both output streams (or the terminal) to a CRI-format log at PATH; `Update` with
+//! the annotation `io.podrun.reopen-log` reopens that log; `Update` with
+//! `io.podrun.attach-stdout` / `io.podrun.attach-stderr` (FIFO paths) adds readers of
+//! the container's output, and `io.podrun.detach` (a path) removes one.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -25,20 +32,31 @@ use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim_protos::shim_async::Task as TaskService;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use podrun_runtime::spec::Spec;
+use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 
 use crate::crilog::{self, Log};
 use crate::oci::{self, Runtime, Stdio3};
 use crate::reaper::{exited, Exit, ExitWatch, Reaper};
+use crate::stdio::{self, Attached, ConsoleSocket};
 
 pub const CRI_LOG_SCHEME: &str = "cri-log://";
 pub const REOPEN_LOG: &str = "io.podrun.reopen-log";
+pub const ATTACH_STDOUT: &str = "io.podrun.attach-stdout";
+pub const ATTACH_STDERR: &str = "io.podrun.attach-stderr";
+pub const DETACH: &str = "io.podrun.detach";
 
 /// One process of a task: its pid once it runs, and its exit.
+#[derive(Default)]
 struct Proc {
     pid: i32,
     exit: Option<ExitWatch>,
     started: bool,
+    /// The terminal's master, when it has one.
+    console: Option<Arc<OwnedFd>>,
+    /// The copier feeding its stdin: aborting it (CloseIO) ends the process's input.
+    stdin: Option<AbortHandle>,
 }
 
 impl Proc {
@@ -58,8 +76,10 @@ impl Proc {
 /// An exec: its process spec and stdio paths until started, then its process.
 struct Exec {
     spec: Vec<u8>,
+    stdin: String,
     stdout: String,
     stderr: String,
+    terminal: bool,
     proc: Proc,
 }
 
@@ -68,6 +88,7 @@ struct Task {
     /// None for the sandbox's built-in pause.
     runtime: Option<Runtime>,
     log: Option<Arc<Log>>,
+    attached: Arc<Attached>,
     init: Proc,
     execs: HashMap<String, Exec>,
 }
@@ -160,7 +181,7 @@ impl Shim {
         &self,
         req: &api::CreateTaskRequest,
         spec: &Spec,
-    ) -> ttrpc::Result<(Runtime, Option<Arc<Log>>, i32, ExitWatch)> {
+    ) -> ttrpc::Result<(Runtime, Option<Arc<Log>>, Arc<Attached>, Proc)> {
         let binary = spec
             .annotations
             .get(oci::RUNTIME_ANNOTATION)
@@ -172,38 +193,160 @@ impl Shim {
             id: req.id.clone(),
             reaper: self.reaper.clone(),
         };
-        let mut copiers = Vec::new();
-        let (log, stdio) = match req.stdout.strip_prefix(CRI_LOG_SCHEME) {
-            Some(path) => {
-                let log = Log::open(path.into()).map_err(|e| internal(e.into()))?;
-                let (out_r, out_w) = oci::pipe().map_err(internal)?;
-                let (err_r, err_w) = oci::pipe().map_err(internal)?;
-                copiers.push(("stdout", out_r));
-                copiers.push(("stderr", err_r));
-                let stdio = Stdio3 {
-                    stdin: std::process::Stdio::null(),
-                    stdout: out_w.into(),
-                    stderr: err_w.into(),
-                };
-                (Some(log), stdio)
-            }
-            None => {
-                let stdio = Stdio3 {
-                    stdin: std::process::Stdio::null(),
-                    stdout: oci::open_output(&req.stdout).map_err(internal)?,
-                    stderr: oci::open_output(&req.stderr).map_err(internal)?,
-                };
-                (None, stdio)
-            }
+        let terminal = spec.process.as_ref().is_some_and(|p| p.terminal);
+        let log = match req.stdout.strip_prefix(CRI_LOG_SCHEME) {
+            Some(path) => Some(Log::open(path.into()).map_err(|e| internal(e.into()))?),
+            None => None,
         };
-        let pid = runtime.create(stdio).await.map_err(internal)?;
-        let exit = self.reaper.watch(pid);
-        if let Some(log) = &log {
-            for (stream, fd) in copiers {
-                tokio::spawn(crilog::copy(log.clone(), stream, fd));
+        let console = terminal
+            .then(ConsoleSocket::new)
+            .transpose()
+            .map_err(internal)?;
+        let (mut outputs, mut stdin_pipe) = (Vec::new(), None);
+        let mut stdio = Stdio3::null();
+        if !terminal {
+            if !req.stdin.is_empty() {
+                let (r, w) = oci::pipe().map_err(internal)?;
+                stdin_pipe = Some(w);
+                stdio.stdin = r.into();
+            }
+            match &log {
+                Some(_) => {
+                    let (out_r, out_w) = oci::pipe().map_err(internal)?;
+                    let (err_r, err_w) = oci::pipe().map_err(internal)?;
+                    outputs.push(("stdout", out_r));
+                    outputs.push(("stderr", err_r));
+                    stdio.stdout = out_w.into();
+                    stdio.stderr = err_w.into();
+                }
+                None => {
+                    stdio.stdout = oci::open_output(&req.stdout).map_err(internal)?;
+                    stdio.stderr = oci::open_output(&req.stderr).map_err(internal)?;
+                }
             }
         }
-        Ok((runtime, log, pid, exit))
+        let pid = runtime
+            .create(stdio, console.as_ref().map(|c| c.path.as_path()))
+            .await
+            .map_err(internal)?;
+        let exit = self.reaper.watch(pid);
+        let attached = Arc::new(Attached::default());
+        let master = console
+            .map(|c| c.receive())
+            .transpose()
+            .map_err(internal)?
+            .map(Arc::new);
+        let result = (|| -> anyhow::Result<Option<AbortHandle>> {
+            let mut readers = Vec::new();
+            for (stream, fd) in outputs {
+                readers.push((stream, Receiver::from_owned_fd(fd)?));
+            }
+            let mut stdin_to = stdin_pipe.map(Sender::from_owned_fd).transpose()?;
+            if let Some(master) = &master {
+                let (r, w) = stdio::split(master)?;
+                readers.push(("stdout", r));
+                stdin_to = Some(w);
+            }
+            for (stream, reader) in readers {
+                match &log {
+                    Some(log) => {
+                        tokio::spawn(crilog::copy(log.clone(), stream, reader, attached.clone()));
+                    }
+                    None if !req.stdout.is_empty() => {
+                        tokio::spawn(stdio::copy(reader, stdio::fifo_writer(&req.stdout)?));
+                    }
+                    None => {}
+                }
+            }
+            Ok(match (req.stdin.is_empty(), stdin_to) {
+                (false, Some(to)) => {
+                    let from = stdio::fifo_reader(&req.stdin, true)?;
+                    Some(tokio::spawn(stdio::copy(from, to)).abort_handle())
+                }
+                _ => None,
+            })
+        })();
+        let stdin = match result {
+            Ok(stdin) => stdin,
+            Err(e) => {
+                let _ = runtime.delete().await;
+                return Err(internal(e));
+            }
+        };
+        let init = Proc {
+            pid,
+            exit: Some(exit),
+            console: master,
+            stdin,
+            ..Default::default()
+        };
+        Ok((runtime, log, attached, init))
+    }
+
+    /// Starts exec `exec_id` of `runtime`'s container with its FIFOs (or a terminal).
+    async fn start_exec(
+        &self,
+        runtime: &Runtime,
+        exec_id: &str,
+        exec: Exec,
+    ) -> ttrpc::Result<Proc> {
+        if !exec.terminal {
+            let stdin = match exec.stdin.is_empty() {
+                true => std::process::Stdio::null(),
+                false => stdio::fifo_for_child(&exec.stdin).map_err(internal)?,
+            };
+            let stdio = Stdio3 {
+                stdin,
+                stdout: oci::open_output(&exec.stdout).map_err(internal)?,
+                stderr: oci::open_output(&exec.stderr).map_err(internal)?,
+            };
+            let pid = runtime
+                .exec(exec_id, &exec.spec, stdio, None)
+                .await
+                .map_err(internal)?;
+            let exit = self.reaper.watch(pid);
+            return Ok(Proc {
+                pid,
+                exit: Some(exit),
+                started: true,
+                ..Default::default()
+            });
+        }
+        let console = ConsoleSocket::new().map_err(internal)?;
+        let pid = runtime
+            .exec(exec_id, &exec.spec, Stdio3::null(), Some(&console.path))
+            .await
+            .map_err(internal)?;
+        let exit = self.reaper.watch(pid);
+        let wired = (|| -> anyhow::Result<(Arc<OwnedFd>, Option<AbortHandle>)> {
+            let master = Arc::new(console.receive()?);
+            let (r, w) = stdio::split(&master)?;
+            if !exec.stdout.is_empty() {
+                tokio::spawn(stdio::copy(r, stdio::fifo_writer(&exec.stdout)?));
+            }
+            let stdin = match exec.stdin.is_empty() {
+                true => None,
+                false => {
+                    let from = stdio::fifo_reader(&exec.stdin, false)?;
+                    Some(tokio::spawn(stdio::copy(from, w)).abort_handle())
+                }
+            };
+            Ok((master, stdin))
+        })();
+        let (master, stdin) = wired.map_err(|e| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            internal(e)
+        })?;
+        Ok(Proc {
+            pid,
+            exit: Some(exit),
+            started: true,
+            console: Some(master),
+            stdin: Some(stdin).flatten(),
+        })
     }
 }
 
@@ -230,25 +373,27 @@ impl TaskService for Shim {
                     format!("{}: {e}", path.display()),
                 )
             })?;
-        let (runtime, log, pid, exit) = match spec.is_sandbox() {
+        let (runtime, log, attached, init) = match spec.is_sandbox() {
             true => {
                 let (pid, exit) = self.create_pause(&spec)?;
-                (None, None, pid, exit)
+                let init = Proc {
+                    pid,
+                    exit: Some(exit),
+                    ..Default::default()
+                };
+                (None, None, Arc::default(), init)
             }
             false => {
-                let (runtime, log, pid, exit) = self.create_container(&req, &spec).await?;
-                (Some(runtime), log, pid, exit)
+                let (runtime, log, attached, init) = self.create_container(&req, &spec).await?;
+                (Some(runtime), log, attached, init)
             }
         };
-        let init = Proc {
-            pid,
-            exit: Some(exit),
-            started: false,
-        };
+        let pid = init.pid;
         let task = Task {
             bundle: req.bundle,
             runtime,
             log,
+            attached,
             init,
             execs: HashMap::new(),
         };
@@ -292,30 +437,31 @@ impl TaskService for Shim {
                 "the sandbox task runs no execs".into(),
             )
         })?;
-        let (spec, stdout, stderr) = {
+        let exec = {
             let tasks = lock(&self.tasks);
             let exec = tasks
                 .get(&req.id)
                 .and_then(|t| t.execs.get(&req.exec_id))
                 .ok_or_else(|| not_found(&req.exec_id))?;
-            (exec.spec.clone(), exec.stdout.clone(), exec.stderr.clone())
+            if exec.proc.started {
+                return Err(status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("exec {:?} was started already", req.exec_id),
+                ));
+            }
+            Exec {
+                spec: exec.spec.clone(),
+                stdin: exec.stdin.clone(),
+                stdout: exec.stdout.clone(),
+                stderr: exec.stderr.clone(),
+                terminal: exec.terminal,
+                proc: Proc::default(),
+            }
         };
-        let stdio = Stdio3 {
-            stdin: std::process::Stdio::null(),
-            stdout: oci::open_output(&stdout).map_err(internal)?,
-            stderr: oci::open_output(&stderr).map_err(internal)?,
-        };
-        let pid = runtime
-            .exec(&req.exec_id, &spec, stdio)
-            .await
-            .map_err(internal)?;
-        let exit = self.reaper.watch(pid);
+        let proc = self.start_exec(&runtime, &req.exec_id, exec).await?;
+        let pid = proc.pid;
         self.with_proc(&req.id, &req.exec_id, |p| {
-            *p = Proc {
-                pid,
-                exit: Some(exit),
-                started: true,
-            };
+            *p = proc;
             Ok(())
         })?;
         Ok(api::StartResponse {
@@ -325,12 +471,6 @@ impl TaskService for Shim {
     }
 
     async fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<Empty> {
-        if req.terminal {
-            return Err(status(
-                ttrpc::Code::UNIMPLEMENTED,
-                "exec with a terminal is not supported yet".into(),
-            ));
-        }
         let spec = req
             .spec
             .as_ref()
@@ -344,18 +484,15 @@ impl TaskService for Shim {
                 format!("exec {:?} already exists", req.exec_id),
             ));
         }
-        let proc = Proc {
-            pid: 0,
-            exit: None,
-            started: false,
-        };
         task.execs.insert(
             req.exec_id,
             Exec {
                 spec,
+                stdin: req.stdin,
                 stdout: req.stdout,
                 stderr: req.stderr,
-                proc,
+                terminal: req.terminal,
+                proc: Proc::default(),
             },
         );
         Ok(Empty::new())
@@ -484,7 +621,51 @@ impl TaskService for Shim {
         })
     }
 
+    async fn resize_pty(
+        &self,
+        _: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<Empty> {
+        let console = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.console.clone()))?;
+        let console = console.ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                format!("{}/{} has no terminal", req.id, req.exec_id),
+            )
+        })?;
+        stdio::resize(&console, req.width, req.height).map_err(internal)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<Empty> {
+        if req.stdin {
+            if let Some(copier) = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.stdin.take()))? {
+                copier.abort();
+            }
+        }
+        Ok(Empty::new())
+    }
+
     async fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let attach = [("stdout", ATTACH_STDOUT), ("stderr", ATTACH_STDERR)];
+        if attach.iter().any(|(_, a)| req.annotations.contains_key(*a))
+            || req.annotations.contains_key(DETACH)
+        {
+            let attached = lock(&self.tasks)
+                .get(&req.id)
+                .ok_or_else(|| not_found(&req.id))?
+                .attached
+                .clone();
+            if let Some(path) = req.annotations.get(DETACH) {
+                attached.remove(path);
+            }
+            for (stream, key) in attach {
+                if let Some(path) = req.annotations.get(key) {
+                    attached.add(stream, path).map_err(internal)?;
+                }
+            }
+            return Ok(Empty::new());
+        }
         if req.annotations.contains_key(REOPEN_LOG) {
             let log = lock(&self.tasks)
                 .get(&req.id)
