@@ -3,6 +3,7 @@
 //! so tests run side by side; and checks, from the outside, that nothing was leaked.
 
 pub mod bed;
+pub mod containerd;
 pub mod netns;
 pub mod registry;
 
@@ -114,6 +115,13 @@ pub struct TestNode {
 
 impl TestNode {
     pub fn start(chain: Chain) -> TestNode {
+        let mut node = TestNode::prepare(chain);
+        node.spawn_daemon();
+        node
+    }
+
+    /// A node's slot, dirs, bridge and CNI config, without podrund (for another runtime).
+    pub fn prepare(chain: Chain) -> TestNode {
         require_root_and_tools();
         let slot = Slot::take();
         let n = slot.n;
@@ -136,8 +144,6 @@ impl TestNode {
             pods: Default::default(),
         };
         node.write_cni(chain);
-        let mut node = node;
-        node.spawn_daemon();
         node
     }
 

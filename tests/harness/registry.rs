@@ -348,3 +348,16 @@ pub fn busybox_image() -> TestImage {
         serde_json::json!({"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]}),
     )
 }
+
+/// A sandbox ("pause") image for other runtimes: one layer holding `/pause`, podrun's own
+/// pause binary at `pause`, run as 65535 like registry.k8s.io/pause.
+pub fn pause_image(pause: &Path) -> TestImage {
+    let binary = fs::read(pause).unwrap_or_else(|e| panic!("{}: {e}", pause.display()));
+    image(
+        vec![layer(
+            LayerBuilder::default().file("pause", 0o755, &binary).tar(),
+            Compression::Gzip,
+        )],
+        serde_json::json!({"Entrypoint": ["/pause"], "User": "65535:65535", "Env": ["PATH=/"]}),
+    )
+}

@@ -7,10 +7,13 @@
 //! [-address ADDR] [-publish-binary BIN] [-id ID] [-debug] [start|delete]`. Without an
 //! action it serves.
 
+mod containerd;
 mod crilog;
+mod mounts;
 mod oci;
 mod pause;
 mod reaper;
+mod stats;
 mod stdio;
 mod task;
 
@@ -28,10 +31,13 @@ use tokio::signal::unix::{signal, SignalKind};
 const LISTENER_FD: i32 = 3;
 
 #[derive(Default)]
-struct Args {
-    id: String,
-    debug: bool,
-    action: Option<String>,
+pub struct Args {
+    pub id: String,
+    pub namespace: String,
+    pub address: String,
+    pub bundle: String,
+    pub debug: bool,
+    pub action: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -39,10 +45,13 @@ fn parse_args() -> Result<Args> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.trim_start_matches('-') {
-            "namespace" | "address" | "publish-binary" | "bundle" | "socket" => {
+            "publish-binary" | "socket" => {
                 it.next().with_context(|| format!("{arg} needs a value"))?;
             }
             "id" => args.id = it.next().context("-id needs a value")?,
+            "namespace" => args.namespace = it.next().context("-namespace needs a value")?,
+            "address" => args.address = it.next().context("-address needs a value")?,
+            "bundle" => args.bundle = it.next().context("-bundle needs a value")?,
             "debug" => args.debug = true,
             "v" | "version" => {
                 println!("containerd-shim-podrun-v2 {}", env!("CARGO_PKG_VERSION"));
@@ -57,16 +66,19 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    // containerd reads everything `start` and `delete` print as their answer.
+    match args.action.as_deref() {
+        None => {}
+        Some("start") => return containerd::start(&args),
+        Some("delete") => return containerd::delete(&args),
+        Some(other) => bail!("unknown action {other:?}"),
+    }
     let level = if args.debug { "debug" } else { "info" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(level)
         .with_ansi(false)
         .init();
-    match args.action.as_deref() {
-        None => {}
-        Some(other) => bail!("action {other:?} is not supported yet"),
-    }
     // SAFETY: plain prctl on this process.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         bail!(
@@ -86,17 +98,19 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(listener, args.id))
+    runtime.block_on(serve(listener, args))
 }
 
-async fn serve(listener: UnixListener, id: String) -> Result<()> {
+async fn serve(listener: UnixListener, args: Args) -> Result<()> {
+    let id = args.id;
     let socket_path = listener
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(|p| p.to_owned()));
     listener.set_nonblocking(true)?;
     let reaper = Arc::new(reaper::Reaper::default());
-    let shim = Arc::new(task::Shim::new(reaper.clone()));
+    let publisher = containerd::Publisher::connect(args.namespace)?;
+    let shim = Arc::new(task::Shim::new(reaper.clone(), publisher));
     let mut children = signal(SignalKind::child())?;
     tokio::spawn(async move {
         loop {

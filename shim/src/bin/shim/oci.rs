@@ -146,6 +146,26 @@ impl Runtime {
         pid
     }
 
+    pub async fn pause(&self) -> Result<()> {
+        self.run(&["pause", &self.id], Stdio3::null()).await
+    }
+
+    pub async fn resume(&self) -> Result<()> {
+        self.run(&["resume", &self.id], Stdio3::null()).await
+    }
+
+    /// `update --resources`: `resources` is an OCI LinuxResources object in JSON.
+    pub async fn update(&self, resources: &[u8]) -> Result<()> {
+        let path = self.bundle.join("update-resources.json");
+        std::fs::write(&path, resources)?;
+        let p = path.display().to_string();
+        let result = self
+            .run(&["update", "--resources", &p, &self.id], Stdio3::null())
+            .await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
     pub async fn kill_all(&self, signal: i32) -> Result<()> {
         self.run(
             &["kill", "--all", &self.id, &signal.to_string()],

@@ -26,16 +26,19 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::events::task as events;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim_protos::shim_async::Task as TaskService;
+use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use podrun_runtime::spec::Spec;
 use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
+use crate::containerd::Publisher;
 use crate::crilog::{self, Log};
 use crate::oci::{self, Runtime, Stdio3};
 use crate::reaper::{exited, Exit, ExitWatch, Reaper};
@@ -53,6 +56,7 @@ struct Proc {
     pid: i32,
     exit: Option<ExitWatch>,
     started: bool,
+    paused: bool,
     /// The terminal's master, when it has one.
     console: Option<Arc<OwnedFd>>,
     /// The copier feeding its stdin: aborting it (CloseIO) ends the process's input.
@@ -65,10 +69,11 @@ impl Proc {
     }
 
     fn status(&self) -> Status {
-        match (self.exit(), self.started) {
-            (Some(_), _) => Status::STOPPED,
-            (None, true) => Status::RUNNING,
-            (None, false) => Status::CREATED,
+        match (self.exit(), self.started, self.paused) {
+            (Some(_), _, _) => Status::STOPPED,
+            (None, true, true) => Status::PAUSED,
+            (None, true, false) => Status::RUNNING,
+            (None, false, _) => Status::CREATED,
         }
     }
 }
@@ -87,6 +92,11 @@ struct Task {
     bundle: String,
     /// None for the sandbox's built-in pause.
     runtime: Option<Runtime>,
+    /// stdin, stdout, stderr and terminal, as Create gave them.
+    stdio: (String, String, String, bool),
+    cgroup: Option<String>,
+    /// The shim mounted `<bundle>/rootfs` (containerd's rootfs mounts) and unmounts it.
+    mounted: bool,
     log: Option<Arc<Log>>,
     attached: Arc<Attached>,
     init: Proc,
@@ -97,6 +107,9 @@ pub struct Shim {
     tasks: Mutex<HashMap<String, Task>>,
     pub reaper: Arc<Reaper>,
     pub shutdown: Arc<Notify>,
+    events: Publisher,
+    /// Signalled whenever a process starts or an exec goes away.
+    started: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,7 +128,7 @@ fn not_found(id: &str) -> ttrpc::Error {
     status(ttrpc::Code::NOT_FOUND, format!("task {id:?} not found"))
 }
 
-fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
+pub fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
     ts.seconds = d.as_secs() as i64;
@@ -124,12 +137,56 @@ fn timestamp(t: SystemTime) -> MessageField<Timestamp> {
 }
 
 impl Shim {
-    pub fn new(reaper: Arc<Reaper>) -> Shim {
+    pub fn new(reaper: Arc<Reaper>, events: Publisher) -> Shim {
         Shim {
             tasks: Mutex::default(),
             reaper,
             shutdown: Arc::new(Notify::new()),
+            events,
+            started: Notify::new(),
         }
+    }
+
+    /// Publishes the exit of a started process once it happens (containerd learns of exits
+    /// this way; podrund waits instead).
+    fn publish_exit(&self, id: &str, exec_id: &str, pid: i32) {
+        let Ok(Some(exit)) = self.with_proc(id, exec_id, |p| Ok(p.exit.clone())) else {
+            return;
+        };
+        let events = self.events.clone();
+        let (container_id, id) = (
+            id.to_owned(),
+            [exec_id, id][exec_id.is_empty() as usize].to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Some(e) = exited(exit).await {
+                events.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    events::TaskExit {
+                        container_id,
+                        id,
+                        pid: pid as u32,
+                        exit_status: e.status,
+                        exited_at: timestamp(e.at),
+                        ..Default::default()
+                    },
+                );
+            }
+        });
+    }
+
+    fn cgroup(&self, id: &str) -> ttrpc::Result<String> {
+        lock(&self.tasks)
+            .get(id)
+            .ok_or_else(|| not_found(id))?
+            .cgroup
+            .clone()
+            .ok_or_else(|| {
+                status(
+                    ttrpc::Code::FAILED_PRECONDITION,
+                    format!("task {id:?} has no cgroup"),
+                )
+            })
     }
 
     /// Runs `f` on process `exec_id` ("" for the init) of task `id`.
@@ -151,6 +208,25 @@ impl Shim {
         }
     }
 
+    /// Pause (`true`) or resume a container through its runtime's freezer.
+    async fn freeze(&self, id: &str, frozen: bool) -> ttrpc::Result<()> {
+        let runtime = self.runtime(id)?.ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "the built-in pause cannot be paused".into(),
+            )
+        })?;
+        match frozen {
+            true => runtime.pause().await,
+            false => runtime.resume().await,
+        }
+        .map_err(internal)?;
+        self.with_proc(id, "", |p| {
+            p.paused = frozen;
+            Ok(())
+        })
+    }
+
     fn runtime(&self, id: &str) -> ttrpc::Result<Option<Runtime>> {
         Ok(lock(&self.tasks)
             .get(id)
@@ -162,6 +238,9 @@ impl Shim {
     fn create_pause(&self, spec: &Spec) -> ttrpc::Result<(i32, ExitWatch)> {
         let pause = crate::pause::find_pause()
             .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
+        if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
+            podrun_runtime::cgroup::create(cgroup).map_err(|e| internal(e.into()))?;
+        }
         let pid = crate::pause::spawn(spec, &pause).map_err(internal)?;
         // No await since the spawn: the reaper cannot have collected it yet.
         let exit = self.reaper.watch(pid);
@@ -345,9 +424,16 @@ impl Shim {
             exit: Some(exit),
             started: true,
             console: Some(master),
-            stdin: Some(stdin).flatten(),
+            stdin,
+            ..Default::default()
         })
     }
+}
+
+/// The built-in pause stands in for a sandbox's own process when that process is the usual
+/// pause (`/pause` with no arguments): it does the same and costs no OCI runtime run.
+fn builtin_pause_fits(spec: &Spec) -> bool {
+    spec.process.as_ref().is_some_and(|p| p.args == ["/pause"])
 }
 
 #[async_trait]
@@ -373,7 +459,13 @@ impl TaskService for Shim {
                     format!("{}: {e}", path.display()),
                 )
             })?;
-        let (runtime, log, attached, init) = match spec.is_sandbox() {
+        let builtin = spec.is_sandbox() && builtin_pause_fits(&spec);
+        let bundle = std::path::Path::new(&req.bundle);
+        let mounted = !builtin && !req.rootfs.is_empty();
+        if mounted {
+            crate::mounts::mount_rootfs(bundle, &req.rootfs).map_err(internal)?;
+        }
+        let created = match builtin {
             true => {
                 let (pid, exit) = self.create_pause(&spec)?;
                 let init = Proc {
@@ -383,13 +475,41 @@ impl TaskService for Shim {
                 };
                 (None, None, Arc::default(), init)
             }
-            false => {
-                let (runtime, log, attached, init) = self.create_container(&req, &spec).await?;
-                (Some(runtime), log, attached, init)
-            }
+            false => match self.create_container(&req, &spec).await {
+                Ok((runtime, log, attached, init)) => (Some(runtime), log, attached, init),
+                Err(e) => {
+                    if mounted {
+                        crate::mounts::unmount_rootfs(bundle);
+                    }
+                    return Err(e);
+                }
+            },
         };
+        let (runtime, log, attached, init) = created;
         let pid = init.pid;
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            events::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(events::TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                checkpoint: req.checkpoint.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
         let task = Task {
+            stdio: (req.stdin, req.stdout, req.stderr, req.terminal),
+            cgroup: spec.linux.as_ref().and_then(|l| l.cgroups_path.clone()),
+            mounted,
             bundle: req.bundle,
             runtime,
             log,
@@ -398,7 +518,7 @@ impl TaskService for Shim {
             execs: HashMap::new(),
         };
         lock(&self.tasks).insert(req.id.clone(), task);
-        tracing::info!(id = %req.id, pid, sandbox = spec.is_sandbox(), "task created");
+        tracing::info!(id = %req.id, pid, sandbox = spec.is_sandbox(), builtin_pause = builtin, "task created");
         Ok(api::CreateTaskResponse {
             pid: pid as u32,
             ..Default::default()
@@ -426,6 +546,15 @@ impl TaskService for Shim {
                 p.started = true;
                 Ok(())
             })?;
+            self.events.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                events::TaskStart {
+                    container_id: req.id.clone(),
+                    pid: pid as u32,
+                    ..Default::default()
+                },
+            );
+            self.publish_exit(&req.id, "", pid);
             return Ok(api::StartResponse {
                 pid: pid as u32,
                 ..Default::default()
@@ -464,6 +593,17 @@ impl TaskService for Shim {
             *p = proc;
             Ok(())
         })?;
+        self.started.notify_waiters();
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            events::TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        self.publish_exit(&req.id, &req.exec_id, pid);
         Ok(api::StartResponse {
             pid: pid as u32,
             ..Default::default()
@@ -484,6 +624,14 @@ impl TaskService for Shim {
                 format!("exec {:?} already exists", req.exec_id),
             ));
         }
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            events::TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
         task.execs.insert(
             req.exec_id,
             Exec {
@@ -503,9 +651,20 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::StateRequest,
     ) -> ttrpc::Result<api::StateResponse> {
-        let bundle = lock(&self.tasks)
+        let (bundle, (stdin, stdout, stderr, terminal)) = lock(&self.tasks)
             .get(&req.id)
-            .map(|t| t.bundle.clone())
+            .map(|t| {
+                let stdio = match t.execs.get(&req.exec_id) {
+                    Some(e) => (
+                        e.stdin.clone(),
+                        e.stdout.clone(),
+                        e.stderr.clone(),
+                        e.terminal,
+                    ),
+                    None => t.stdio.clone(),
+                };
+                (t.bundle.clone(), stdio)
+            })
             .unwrap_or_default();
         self.with_proc(&req.id, &req.exec_id, |p| {
             let exit = p.exit();
@@ -515,6 +674,10 @@ impl TaskService for Shim {
                 bundle,
                 pid: p.pid as u32,
                 status: EnumOrUnknown::new(p.status()),
+                stdin: stdin.clone(),
+                stdout: stdout.clone(),
+                stderr: stderr.clone(),
+                terminal,
                 exit_status: exit.map_or(0, |e| e.status),
                 exited_at: exit.map_or(MessageField::none(), |e| timestamp(e.at)),
                 ..Default::default()
@@ -555,14 +718,18 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::WaitRequest,
     ) -> ttrpc::Result<api::WaitResponse> {
-        let watch = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.exit.clone()))?;
-        let Some(exit) = (match watch {
-            Some(w) => exited(w).await,
-            None => None,
-        }) else {
+        // An exec may be waited for before it starts (ctr does): wait for its start too.
+        let watch = loop {
+            let started = self.started.notified();
+            if let Some(w) = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.exit.clone()))? {
+                break w;
+            }
+            started.await;
+        };
+        let Some(exit) = exited(watch).await else {
             return Err(status(
-                ttrpc::Code::FAILED_PRECONDITION,
-                format!("{}/{} has not started", req.id, req.exec_id),
+                ttrpc::Code::INTERNAL,
+                format!("{}/{}: its exit was lost", req.id, req.exec_id),
             ));
         };
         Ok(api::WaitResponse {
@@ -595,10 +762,35 @@ impl TaskService for Shim {
             if let Some(runtime) = self.runtime(&req.id)? {
                 runtime.delete().await.map_err(internal)?;
             }
-            lock(&self.tasks).remove(&req.id);
+            let task = lock(&self.tasks).remove(&req.id);
+            if let Some(task) = task {
+                if task.mounted {
+                    crate::mounts::unmount_rootfs(std::path::Path::new(&task.bundle));
+                }
+                // Under containerd the built-in pause's cgroup is the shim's to remove;
+                // podrund removes its pods' cgroups itself.
+                if let (None, Some(cgroup), true) =
+                    (&task.runtime, &task.cgroup, self.events.active())
+                {
+                    let _ = podrun_runtime::cgroup::remove(cgroup);
+                }
+            }
         } else if let Some(task) = lock(&self.tasks).get_mut(&req.id) {
             task.execs.remove(&req.exec_id);
         }
+        self.started.notify_waiters();
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            events::TaskDelete {
+                container_id: req.id.clone(),
+                id: [req.exec_id.as_str(), req.id.as_str()][req.exec_id.is_empty() as usize]
+                    .to_owned(),
+                pid: pid as u32,
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            },
+        );
         Ok(api::DeleteResponse {
             pid: pid as u32,
             exit_status: exit.status,
@@ -613,10 +805,58 @@ impl TaskService for Shim {
         req: api::PidsRequest,
     ) -> ttrpc::Result<api::PidsResponse> {
         let pid = self.with_proc(&req.id, "", |p| Ok(p.pid))?;
-        let mut info = containerd_shim_protos::types::task::ProcessInfo::new();
-        info.pid = pid as u32;
+        let mut pids = match lock(&self.tasks)
+            .get(&req.id)
+            .and_then(|t| t.cgroup.clone())
+        {
+            Some(cgroup) => podrun_runtime::cgroup::pids(&cgroup).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if pids.is_empty() {
+            pids.push(pid);
+        }
+        let processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = containerd_shim_protos::types::task::ProcessInfo::new();
+                info.pid = pid as u32;
+                info
+            })
+            .collect();
         Ok(api::PidsResponse {
-            processes: vec![info],
+            processes,
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<Empty> {
+        self.freeze(&req.id, true).await?;
+        let event = events::TaskPaused {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.events.publish(topics::TASK_PAUSED_EVENT_TOPIC, event);
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<Empty> {
+        self.freeze(&req.id, false).await?;
+        let event = events::TaskResumed {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.events.publish(topics::TASK_RESUMED_EVENT_TOPIC, event);
+        Ok(Empty::new())
+    }
+
+    async fn stats(
+        &self,
+        _: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        let cgroup = self.cgroup(&req.id)?;
+        Ok(api::StatsResponse {
+            stats: Some(crate::stats::metrics(&cgroup)).into(),
             ..Default::default()
         })
     }
@@ -681,10 +921,20 @@ impl TaskService for Shim {
             log.reopen().map_err(|e| internal(e.into()))?;
             return Ok(Empty::new());
         }
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "resource updates are not supported yet".into(),
-        ))
+        let runtime = self.runtime(&req.id)?.ok_or_else(|| {
+            status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "the built-in pause takes no resource updates".into(),
+            )
+        })?;
+        // The resources are an OCI LinuxResources in JSON, as runc update reads them.
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        runtime.update(&resources).await.map_err(internal)?;
+        Ok(Empty::new())
     }
 
     async fn connect(
