@@ -198,6 +198,30 @@ async fn containerd_cri_runs_a_pod_in_one_podrun_shim_and_survives_a_containerd_
         rss_kb(shims[0])
     );
 
+    // UpdateContainerResources reaches the container's cgroup through the shim's Update.
+    let mut rt = podrun_proto::client::runtime(&c.socket).await.unwrap();
+    let limit = 96 << 20;
+    let req = podrun_proto::cri::UpdateContainerResourcesRequest {
+        container_id: ids[1].clone(),
+        linux: Some(podrun_proto::cri::LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    rt.update_container_resources(req)
+        .await
+        .expect("UpdateContainerResources");
+    let metrics = c.ctr_ok(&["-n", "k8s.io", "task", "metrics", &ids[1]]);
+    let limit_line = metrics
+        .lines()
+        .find(|l| l.starts_with("memory.limit_in_bytes"));
+    assert_eq!(
+        limit_line.and_then(|l| l.split_whitespace().nth(1)),
+        Some(limit.to_string().as_str()),
+        "{metrics}"
+    );
+
     // containerd dies and comes back: the pod keeps running and is still managed.
     c.restart();
     let ps = c.podctl(&["ps"]);
