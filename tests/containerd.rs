@@ -222,6 +222,39 @@ async fn containerd_cri_runs_a_pod_in_one_podrun_shim_and_survives_a_containerd_
         "{metrics}"
     );
 
+    // A container killed for memory: containerd hears of the OOM and says OOMKilled.
+    let hog = dir.join("hog.json");
+    let config = serde_json::json!({
+        "metadata": {"name": "hog"},
+        "image": {"image": image},
+        "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        "linux": {"resources": {"memory_limit_in_bytes": 16 << 20}},
+    });
+    std::fs::write(&hog, config.to_string()).unwrap();
+    let hog = hog.display().to_string();
+    let hog_id = c
+        .podctl(&["create", &pod_id, &hog, &pod_file])
+        .trim()
+        .to_owned();
+    c.podctl(&["start", &hog_id]);
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        status = serde_json::from_str(&c.podctl(&["inspect", &hog_id])).unwrap();
+        if status["status"]["state"] == "CONTAINER_EXITED" || status["status"]["state"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status["status"]["reason"], "OOMKilled", "{status}");
+    assert_eq!(
+        status["status"]["exitCode"]
+            .as_i64()
+            .or(status["status"]["exit_code"].as_i64()),
+        Some(137),
+        "{status}"
+    );
+    c.podctl(&["rm", &hog_id]);
+
     // containerd dies and comes back: the pod keeps running and is still managed.
     c.restart();
     let ps = c.podctl(&["ps"]);

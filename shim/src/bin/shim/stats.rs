@@ -39,6 +39,14 @@ fn keyed(text: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many processes the kernel's OOM killer took from cgroup `path`.
+pub fn oom_kills(path: &str) -> u64 {
+    keyed(
+        &read("memory", path, "memory.oom_control").unwrap_or_default(),
+        "oom_kill",
+    )
+}
+
 pub fn metrics(path: &str) -> Any {
     let mut m = Metrics::new();
     let mut pids = PidsStat::new();

@@ -154,12 +154,24 @@ impl Shim {
             return;
         };
         let events = self.events.clone();
+        // The init's exit after an OOM kill in its cgroup is reported as an OOM first.
+        let cgroup = match exec_id.is_empty() {
+            true => self.cgroup(id).ok(),
+            false => None,
+        };
         let (container_id, id) = (
             id.to_owned(),
             [exec_id, id][exec_id.is_empty() as usize].to_owned(),
         );
         tokio::spawn(async move {
             if let Some(e) = exited(exit).await {
+                if cgroup.is_some_and(|c| crate::stats::oom_kills(&c) > 0) {
+                    let oom = events::TaskOOM {
+                        container_id: container_id.clone(),
+                        ..Default::default()
+                    };
+                    events.publish(topics::TASK_OOM_EVENT_TOPIC, oom);
+                }
                 events.publish(
                     topics::TASK_EXIT_EVENT_TOPIC,
                     events::TaskExit {
