@@ -19,6 +19,8 @@
 //! `io.podrun.attach-stdout` / `io.podrun.attach-stderr` (FIFO paths) adds readers of
 //! the container's output, and `io.podrun.detach` (a path) removes one.
 
+mod create;
+
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -34,15 +36,15 @@ use containerd_shim_protos::shim_async::Task as TaskService;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use podrun_runtime::spec::Spec;
-use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::containerd::Publisher;
-use crate::crilog::{self, Log};
-use crate::oci::{self, Runtime, Stdio3};
+use crate::crilog::Log;
+use crate::oci::Runtime;
 use crate::reaper::{exited, Exit, ExitWatch, Reaper};
-use crate::stdio::{self, Attached, ConsoleSocket};
+use crate::stdio::{self, Attached};
+use create::builtin_pause_fits;
 
 pub const CRI_LOG_SCHEME: &str = "cri-log://";
 pub const REOPEN_LOG: &str = "io.podrun.reopen-log";
@@ -246,206 +248,6 @@ impl Shim {
             .runtime
             .clone())
     }
-
-    fn create_pause(&self, spec: &Spec) -> ttrpc::Result<(i32, ExitWatch)> {
-        let pause = crate::pause::find_pause()
-            .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
-        if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
-            podrun_runtime::cgroup::create(cgroup).map_err(|e| internal(e.into()))?;
-        }
-        let pid = crate::pause::spawn(spec, &pause).map_err(internal)?;
-        // No await since the spawn: the reaper cannot have collected it yet.
-        let exit = self.reaper.watch(pid);
-        if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
-            if let Err(e) = podrun_runtime::cgroup::join(cgroup, pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                return Err(status(ttrpc::Code::INTERNAL, e.to_string()));
-            }
-        }
-        Ok((pid, exit))
-    }
-
-    async fn create_container(
-        &self,
-        req: &api::CreateTaskRequest,
-        spec: &Spec,
-    ) -> ttrpc::Result<(Runtime, Option<Arc<Log>>, Arc<Attached>, Proc)> {
-        let binary = spec
-            .annotations
-            .get(oci::RUNTIME_ANNOTATION)
-            .cloned()
-            .unwrap_or_else(|| "runc".into());
-        let runtime = Runtime {
-            binary: binary.into(),
-            bundle: req.bundle.clone().into(),
-            id: req.id.clone(),
-            reaper: self.reaper.clone(),
-        };
-        let terminal = spec.process.as_ref().is_some_and(|p| p.terminal);
-        let log = match req.stdout.strip_prefix(CRI_LOG_SCHEME) {
-            Some(path) => Some(Log::open(path.into()).map_err(|e| internal(e.into()))?),
-            None => None,
-        };
-        let console = terminal
-            .then(ConsoleSocket::new)
-            .transpose()
-            .map_err(internal)?;
-        let (mut outputs, mut stdin_pipe) = (Vec::new(), None);
-        let mut stdio = Stdio3::null();
-        if !terminal {
-            if !req.stdin.is_empty() {
-                let (r, w) = oci::pipe().map_err(internal)?;
-                stdin_pipe = Some(w);
-                stdio.stdin = r.into();
-            }
-            match &log {
-                Some(_) => {
-                    let (out_r, out_w) = oci::pipe().map_err(internal)?;
-                    let (err_r, err_w) = oci::pipe().map_err(internal)?;
-                    outputs.push(("stdout", out_r));
-                    outputs.push(("stderr", err_r));
-                    stdio.stdout = out_w.into();
-                    stdio.stderr = err_w.into();
-                }
-                None => {
-                    stdio.stdout = oci::open_output(&req.stdout).map_err(internal)?;
-                    stdio.stderr = oci::open_output(&req.stderr).map_err(internal)?;
-                }
-            }
-        }
-        let pid = runtime
-            .create(stdio, console.as_ref().map(|c| c.path.as_path()))
-            .await
-            .map_err(internal)?;
-        let exit = self.reaper.watch(pid);
-        let attached = Arc::new(Attached::default());
-        let master = console
-            .map(|c| c.receive())
-            .transpose()
-            .map_err(internal)?
-            .map(Arc::new);
-        let result = (|| -> anyhow::Result<Option<AbortHandle>> {
-            let mut readers = Vec::new();
-            for (stream, fd) in outputs {
-                readers.push((stream, Receiver::from_owned_fd(fd)?));
-            }
-            let mut stdin_to = stdin_pipe.map(Sender::from_owned_fd).transpose()?;
-            if let Some(master) = &master {
-                let (r, w) = stdio::split(master)?;
-                readers.push(("stdout", r));
-                stdin_to = Some(w);
-            }
-            for (stream, reader) in readers {
-                match &log {
-                    Some(log) => {
-                        tokio::spawn(crilog::copy(log.clone(), stream, reader, attached.clone()));
-                    }
-                    None if !req.stdout.is_empty() => {
-                        tokio::spawn(stdio::copy(reader, stdio::fifo_writer(&req.stdout)?));
-                    }
-                    None => {}
-                }
-            }
-            Ok(match (req.stdin.is_empty(), stdin_to) {
-                (false, Some(to)) => {
-                    let from = stdio::fifo_reader(&req.stdin, true)?;
-                    Some(tokio::spawn(stdio::copy(from, to)).abort_handle())
-                }
-                _ => None,
-            })
-        })();
-        let stdin = match result {
-            Ok(stdin) => stdin,
-            Err(e) => {
-                let _ = runtime.delete().await;
-                return Err(internal(e));
-            }
-        };
-        let init = Proc {
-            pid,
-            exit: Some(exit),
-            console: master,
-            stdin,
-            ..Default::default()
-        };
-        Ok((runtime, log, attached, init))
-    }
-
-    /// Starts exec `exec_id` of `runtime`'s container with its FIFOs (or a terminal).
-    async fn start_exec(
-        &self,
-        runtime: &Runtime,
-        exec_id: &str,
-        exec: Exec,
-    ) -> ttrpc::Result<Proc> {
-        if !exec.terminal {
-            let stdin = match exec.stdin.is_empty() {
-                true => std::process::Stdio::null(),
-                false => stdio::fifo_for_child(&exec.stdin).map_err(internal)?,
-            };
-            let stdio = Stdio3 {
-                stdin,
-                stdout: oci::open_output(&exec.stdout).map_err(internal)?,
-                stderr: oci::open_output(&exec.stderr).map_err(internal)?,
-            };
-            let pid = runtime
-                .exec(exec_id, &exec.spec, stdio, None)
-                .await
-                .map_err(internal)?;
-            let exit = self.reaper.watch(pid);
-            return Ok(Proc {
-                pid,
-                exit: Some(exit),
-                started: true,
-                ..Default::default()
-            });
-        }
-        let console = ConsoleSocket::new().map_err(internal)?;
-        let pid = runtime
-            .exec(exec_id, &exec.spec, Stdio3::null(), Some(&console.path))
-            .await
-            .map_err(internal)?;
-        let exit = self.reaper.watch(pid);
-        let wired = (|| -> anyhow::Result<(Arc<OwnedFd>, Option<AbortHandle>)> {
-            let master = Arc::new(console.receive()?);
-            let (r, w) = stdio::split(&master)?;
-            if !exec.stdout.is_empty() {
-                tokio::spawn(stdio::copy(r, stdio::fifo_writer(&exec.stdout)?));
-            }
-            let stdin = match exec.stdin.is_empty() {
-                true => None,
-                false => {
-                    let from = stdio::fifo_reader(&exec.stdin, false)?;
-                    Some(tokio::spawn(stdio::copy(from, w)).abort_handle())
-                }
-            };
-            Ok((master, stdin))
-        })();
-        let (master, stdin) = wired.map_err(|e| {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            internal(e)
-        })?;
-        Ok(Proc {
-            pid,
-            exit: Some(exit),
-            started: true,
-            console: Some(master),
-            stdin,
-            ..Default::default()
-        })
-    }
-}
-
-/// The built-in pause stands in for a sandbox's own process when that process is the usual
-/// pause (`/pause` with no arguments): it does the same and costs no OCI runtime run.
-fn builtin_pause_fits(spec: &Spec) -> bool {
-    spec.process.as_ref().is_some_and(|p| p.args == ["/pause"])
 }
 
 #[async_trait]
