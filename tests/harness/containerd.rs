@@ -103,6 +103,24 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The CRI plugin answers "not initialized" until it has recovered its state.
+        loop {
+            let version = Command::new(bin_dir().join("podctl"))
+                .arg("-r")
+                .arg(&self.socket)
+                .arg("version")
+                .output()
+                .expect("running podctl");
+            if version.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd's CRI did not come up: {}",
+                String::from_utf8_lossy(&version.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Kills containerd (SIGKILL, as a crash) and starts it again on the same state.
