@@ -193,6 +193,17 @@ async fn containerd_cri_runs_a_pod_in_one_podrun_shim_and_survives_a_containerd_
             .is_ok_and(|cmd| cmd.starts_with(&pause))
     });
     assert!(has_pause, "the sandbox runs podrun's pause under the shim");
+    let bundle = dir.join(format!(
+        "state/ctrd/io.containerd.runtime.v2.task/k8s.io/{pod_id}"
+    ));
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        spec["annotations"]["io.podrun.pause"], "builtin",
+        "the task says so"
+    );
+    let shim_pid = std::fs::read_to_string(bundle.join("shim.pid")).unwrap();
+    assert_eq!(shim_pid.trim().parse::<i32>().ok(), Some(shims[0]));
     eprintln!(
         "podrun shim serving a pod of 2 containers: RSS {} kB",
         rss_kb(shims[0])

@@ -349,6 +349,11 @@ impl TestNode {
             }
         }
         found.extend(
+            runtime_containers(&self.dir)
+                .into_iter()
+                .map(|(runtime, id)| format!("{runtime} container {id}")),
+        );
+        found.extend(
             self.netns_pins()
                 .into_iter()
                 .map(|p| format!("netns {}", p.display())),
@@ -413,6 +418,13 @@ impl Drop for TestNode {
                 }
             }
         }
+        // Containers a failed test left in the OCI runtimes' state (their bundles are ours).
+        for (runtime, id) in runtime_containers(&self.dir) {
+            let _ = Command::new(runtime)
+                .args(["delete", "--force", &id])
+                .stderr(Stdio::null())
+                .status();
+        }
         for ns in self.netns_pins() {
             let _ = nix::mount::umount2(&ns, nix::mount::MntFlags::MNT_DETACH);
             let _ = fs::remove_file(&ns);
@@ -426,6 +438,29 @@ impl Drop for TestNode {
             .status();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Containers runc and crun know whose bundle lies under `dir`: (runtime, id).
+fn runtime_containers(dir: &Path) -> Vec<(&'static str, String)> {
+    let mut found = Vec::new();
+    for runtime in ["runc", "crun"] {
+        let Ok(out) = Command::new(runtime)
+            .args(["list", "--format", "json"])
+            .output()
+        else {
+            continue;
+        };
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for c in list {
+            if c["bundle"]
+                .as_str()
+                .is_some_and(|b| Path::new(b).starts_with(dir))
+            {
+                found.push((runtime, c["id"].as_str().unwrap_or_default().to_owned()));
+            }
+        }
+    }
+    found
 }
 
 fn cmdline(pid: i32) -> String {

@@ -129,6 +129,7 @@ fn spawn_server(args: &Args, bundle: &Path, listener: OwnedFd) -> Result<()> {
     }
     let child = cmd.spawn().context("starting the shim server")?;
     drop(listener);
+    std::fs::write(bundle.join("shim.pid"), child.id().to_string()).context("writing shim.pid")?;
     // The server lives on in its own session; init reaps it once `start` has exited.
     std::mem::forget(child);
     Ok(())

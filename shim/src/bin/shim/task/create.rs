@@ -217,3 +217,21 @@ impl Shim {
 pub(super) fn builtin_pause_fits(spec: &Spec) -> bool {
     spec.process.as_ref().is_some_and(|p| p.args == ["/pause"])
 }
+
+/// The annotation the bundle's spec gets when the built-in pause serves the sandbox.
+pub const BUILTIN_PAUSE: &str = "io.podrun.pause";
+
+/// Says so in the task's spec (`<bundle>/config.json`): `io.podrun.pause: builtin`.
+pub(super) fn mark_builtin_pause(bundle: &std::path::Path) {
+    let path = bundle.join("config.json");
+    let Ok(mut spec) = std::fs::read(&path)
+        .map_err(|_| ())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).map_err(|_| ()))
+    else {
+        return;
+    };
+    spec["annotations"][BUILTIN_PAUSE] = "builtin".into();
+    if let Ok(bytes) = serde_json::to_vec(&spec) {
+        let _ = std::fs::write(&path, bytes);
+    }
+}

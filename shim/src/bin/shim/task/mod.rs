@@ -275,6 +275,9 @@ impl TaskService for Shim {
             })?;
         let builtin = spec.is_sandbox() && builtin_pause_fits(&spec);
         let bundle = std::path::Path::new(&req.bundle);
+        if builtin {
+            create::mark_builtin_pause(bundle);
+        }
         let mounted = !builtin && !req.rootfs.is_empty();
         if mounted {
             crate::mounts::mount_rootfs(bundle, &req.rootfs).map_err(internal)?;
