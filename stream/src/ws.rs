@@ -1,0 +1,163 @@
+//! Kubernetes' channel protocols over WebSocket: every binary message starts with a channel
+//! byte, and each channel is a byte pipe (a `DuplexStream`) for the code that uses it. In
+//! `v5.channel.k8s.io` a message `[255, ch]` closes channel `ch` for writing (how a client
+//! says its stdin ended); older versions have no such signal.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Bytes a channel buffers between the socket and its user.
+const PIPE: usize = 64 * 1024;
+/// v5's "close this channel" message starts with this byte.
+const CLOSE_CHANNEL: u8 = 255;
+
+enum Out {
+    Message(Message),
+    /// Close the WebSocket (after what is queued).
+    Close,
+}
+
+/// The channels of one WebSocket. Channels taken from `pipes` are the user's; the rest
+/// drop what arrives on them.
+pub struct Channels {
+    pub pipes: Vec<Option<DuplexStream>>,
+    /// Fires when the peer is gone.
+    pub hangup: crate::Hangup,
+    pumps: Vec<JoinHandle<()>>,
+    out: mpsc::Sender<Out>,
+}
+
+impl Channels {
+    /// Runs `n` channels over `ws`. With `v5`, a user closing a channel sends its close
+    /// signal, and the peer's close signals end channels.
+    pub fn start<S>(ws: WebSocketStream<S>, n: usize, v5: bool) -> Channels
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sink, stream) = ws.split();
+        let (out, out_rx) = mpsc::channel(256);
+        let mut pipes = Vec::new();
+        let mut inbound = Vec::new();
+        let mut pumps = Vec::new();
+        for ch in 0..n as u8 {
+            let (user, ours) = tokio::io::duplex(PIPE);
+            let (mut from_user, to_user) = tokio::io::split(ours);
+            inbound.push(Some(to_user));
+            pipes.push(Some(user));
+            let out = out.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    let n = match from_user.read(&mut buf[1..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    buf[0] = ch;
+                    let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n + 1]));
+                    if out.send(Out::Message(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                if v5 {
+                    let msg = Message::Binary(Bytes::from(vec![CLOSE_CHANNEL, ch]));
+                    let _ = out.send(Out::Message(msg)).await;
+                }
+            }));
+        }
+        let (hangup, guard) = crate::Hangup::new();
+        tokio::spawn(write_loop(sink, out_rx));
+        tokio::spawn(read_loop(stream, inbound, out.clone(), guard));
+        Channels {
+            pipes,
+            hangup,
+            pumps,
+            out,
+        }
+    }
+
+    pub fn take(&mut self, ch: usize) -> Option<DuplexStream> {
+        self.pipes.get_mut(ch).and_then(Option::take)
+    }
+
+    /// Lets what users wrote go out (for at most `grace`), then closes the WebSocket.
+    pub async fn close(self, grace: std::time::Duration) {
+        drop(self.pipes);
+        let _ = tokio::time::timeout(grace, async {
+            for p in self.pumps {
+                let _ = p.await;
+            }
+        })
+        .await;
+        let _ = self.out.send(Out::Close).await;
+    }
+}
+
+async fn write_loop<K>(mut sink: K, mut rx: mpsc::Receiver<Out>)
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Message(m) => {
+                if sink.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Out::Close => {
+                let _ = sink.send(Message::Close(None)).await;
+                let _ = sink.close().await;
+                return;
+            }
+        }
+    }
+}
+
+async fn read_loop<R>(
+    mut stream: R,
+    mut inbound: Vec<Option<WriteHalf<DuplexStream>>>,
+    out: mpsc::Sender<Out>,
+    _hangup: tokio::sync::watch::Sender<()>,
+) where
+    R: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Some(Ok(msg)) = stream.next().await {
+        let data = match msg {
+            Message::Binary(b) => b.to_vec(),
+            Message::Text(t) => t.as_bytes().to_vec(),
+            Message::Ping(p) => {
+                let _ = out.send(Out::Message(Message::Pong(p))).await;
+                continue;
+            }
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let Some((&ch, payload)) = data.split_first() else {
+            continue;
+        };
+        if ch == CLOSE_CHANNEL {
+            if let Some(w) = payload.first().and_then(|c| inbound.get_mut(*c as usize)) {
+                if let Some(mut w) = w.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            continue;
+        }
+        let Some(slot) = inbound.get_mut(ch as usize) else {
+            continue;
+        };
+        if let Some(w) = slot.as_mut() {
+            if w.write_all(payload).await.is_err() {
+                *slot = None;
+            }
+        }
+    }
+    for w in inbound.iter_mut().filter_map(Option::take) {
+        let mut w = w;
+        let _ = w.shutdown().await;
+    }
+}
