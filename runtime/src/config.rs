@@ -20,6 +20,7 @@ pub struct File {
     pub cni_bin_dir: Option<Vec<PathBuf>>,
     pub log_level: Option<String>,
     pub registry_config_path: Option<PathBuf>,
+    pub streaming_address: Option<String>,
 }
 
 impl File {
@@ -46,6 +47,7 @@ impl File {
             cni_bin_dir: over.cni_bin_dir.or(self.cni_bin_dir),
             log_level: over.log_level.or(self.log_level),
             registry_config_path: over.registry_config_path.or(self.registry_config_path),
+            streaming_address: over.streaming_address.or(self.streaming_address),
         }
     }
 }
@@ -65,6 +67,9 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// containerd-style registry hosts directory (`<host>/hosts.toml`).
     pub registry_config_path: PathBuf,
+    /// Where the streaming server (exec, attach, port-forward URLs) listens: host:port,
+    /// port 0 for any free one.
+    pub streaming_address: String,
 }
 
 impl From<File> for Config {
@@ -83,6 +88,9 @@ impl From<File> for Config {
             registry_config_path: f
                 .registry_config_path
                 .unwrap_or_else(|| "/etc/podrun/certs.d".into()),
+            streaming_address: f
+                .streaming_address
+                .unwrap_or_else(|| "127.0.0.1:0".into()),
         }
     }
 }

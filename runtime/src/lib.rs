@@ -13,5 +13,6 @@ pub mod node;
 pub mod sandbox;
 pub mod spec;
 pub mod store;
+pub mod stream;
 
 pub use error::{Error, Kind, Result};

@@ -24,6 +24,7 @@ pub struct Node {
     /// Held shared by every operation that changes pods; shutdown takes it exclusively,
     /// so podrund never exits half-way through making or tearing down a pod.
     pub inflight: tokio::sync::RwLock<()>,
+    pub streaming: crate::stream::Streaming,
 }
 
 impl Node {
@@ -45,6 +46,7 @@ impl Node {
             containers: Containers::default(),
             default_runtime: default_runtime(),
             inflight: tokio::sync::RwLock::new(()),
+            streaming: crate::stream::Streaming::bind(&config.streaming_address)?,
             config,
         })
     }

@@ -339,6 +339,39 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn exec(
+        &self,
+        req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        handle("Exec", async {
+            let url = crate::stream::exec_url(&self.node, req.into_inner())?;
+            Ok(cri::ExecResponse { url })
+        })
+        .await
+    }
+
+    async fn attach(
+        &self,
+        req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        handle("Attach", async {
+            let url = crate::stream::attach_url(&self.node, req.into_inner())?;
+            Ok(cri::AttachResponse { url })
+        })
+        .await
+    }
+
+    async fn port_forward(
+        &self,
+        req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        handle("PortForward", async {
+            let url = crate::stream::port_forward_url(&self.node, req.into_inner())?;
+            Ok(cri::PortForwardResponse { url })
+        })
+        .await
+    }
+
     async fn exec_sync(
         &self,
         req: Request<cri::ExecSyncRequest>,
@@ -358,9 +391,6 @@ impl RuntimeService for Cri {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
         update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
-        exec(cri::ExecRequest) -> cri::ExecResponse = "Exec";
-        attach(cri::AttachRequest) -> cri::AttachResponse = "Attach";
-        port_forward(cri::PortForwardRequest) -> cri::PortForwardResponse = "PortForward";
         container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse = "ContainerStats";
         list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse = "ListContainerStats";
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";

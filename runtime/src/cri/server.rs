@@ -26,6 +26,7 @@ pub async fn serve(
     let recovered = crate::sandbox::recover(&node).await?;
     let containers = crate::container::recover(&node).await?;
     tracing::info!(socket = %path.display(), recovered, containers, "podrund serving CRI");
+    let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
     let cri = Cri { node: node.clone() };
     let result = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
@@ -35,6 +36,7 @@ pub async fn serve(
         .await
         .map_err(|e| Error::Internal(format!("serving {}: {e}", path.display())));
     let _ = std::fs::remove_file(&path);
+    streaming.abort();
     // Let pod operations already under way finish (their clients may be gone).
     let drained = tokio::time::timeout(Duration::from_secs(120), node.inflight.write()).await;
     if drained.is_err() {

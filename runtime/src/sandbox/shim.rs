@@ -286,6 +286,52 @@ impl Shim {
             .await
     }
 
+    /// podrun's extension: FIFOs that get a copy of task `id`'s stdout and stderr ("" for
+    /// none), until `detach`.
+    pub async fn attach(&self, id: &str, stdout: &str, stderr: &str) -> Result<()> {
+        let paths = [
+            ("io.podrun.attach-stdout", stdout),
+            ("io.podrun.attach-stderr", stderr),
+        ];
+        let set: Vec<_> = paths.into_iter().filter(|(_, p)| !p.is_empty()).collect();
+        self.update_annotations(id, &set).await
+    }
+
+    pub async fn detach(&self, id: &str, path: &str) -> Result<()> {
+        self.update_annotations(id, &[("io.podrun.detach", path)])
+            .await
+    }
+
+    pub async fn resize(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizePtyRequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.client
+            .resize_pty(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(self.err("ResizePty"))
+    }
+
+    /// Ends the stdin of task `id` (or its exec).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = api::CloseIORequest {
+            id: id.to_owned(),
+            exec_id: exec_id.to_owned(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.client
+            .close_io(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(self.err("CloseIO"))
+    }
+
     async fn update_annotations(&self, id: &str, annotations: &[(&str, &str)]) -> Result<()> {
         let mut req = api::UpdateTaskRequest {
             id: id.to_owned(),

@@ -37,6 +37,10 @@ struct Flags {
     /// Registry hosts directory in containerd's certs.d layout [default: /etc/podrun/certs.d].
     #[arg(long)]
     registry_config_path: Option<PathBuf>,
+    /// host:port of the streaming server for exec, attach and port-forward [default:
+    /// 127.0.0.1:0, a free port].
+    #[arg(long)]
+    streaming_address: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
         cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
         log_level: flags.log_level,
         registry_config_path: flags.registry_config_path,
+        streaming_address: flags.streaming_address,
     }));
     tracing_subscriber::fmt()
         .with_env_filter(
