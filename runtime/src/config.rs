@@ -88,9 +88,7 @@ impl From<File> for Config {
             registry_config_path: f
                 .registry_config_path
                 .unwrap_or_else(|| "/etc/podrun/certs.d".into()),
-            streaming_address: f
-                .streaming_address
-                .unwrap_or_else(|| "127.0.0.1:0".into()),
+            streaming_address: f.streaming_address.unwrap_or_else(|| "127.0.0.1:0".into()),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use podrun_proto::cri;
-use podrun_stream::{Outcome, Streams};
+use podrun_stream::{Outcome, Pipe, Streams};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::sync::Notify;
@@ -57,6 +57,13 @@ struct Session {
 }
 
 impl Session {
+    /// A FIFO `fifo_reader` makes, removed with the session.
+    fn output(&mut self, dir: &Path, name: String) -> PathBuf {
+        let path = dir.join(name);
+        self.fifos.push(path.clone());
+        path
+    }
+
     fn fifo(&mut self, dir: &Path, name: String) -> Result<PathBuf> {
         let path = dir.join(name);
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -68,12 +75,20 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let (shim, id, exec_id) = (self.shim.clone(), self.container.clone(), self.exec_id.take());
-        let (attached, fifos) = (std::mem::take(&mut self.attached), std::mem::take(&mut self.fifos));
+        let (shim, id, exec_id) = (
+            self.shim.clone(),
+            self.container.clone(),
+            self.exec_id.take(),
+        );
+        let (attached, fifos) = (
+            std::mem::take(&mut self.attached),
+            std::mem::take(&mut self.fifos),
+        );
         tokio::spawn(async move {
             if let Some(exec_id) = exec_id {
                 let _ = shim.kill(&id, &exec_id, libc::SIGKILL, false).await;
-                let _ = tokio::time::timeout(Duration::from_secs(10), shim.wait(&id, &exec_id)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(10), shim.wait(&id, &exec_id)).await;
                 let _ = shim.delete(&id, &exec_id).await;
             }
             for path in attached {
@@ -122,7 +137,7 @@ struct Copiers {
 }
 
 impl Copiers {
-    fn start(pairs: Vec<(Receiver, Box<dyn AsyncWrite + Send + Unpin>)>) -> Copiers {
+    fn start(pairs: Vec<(Receiver, Pipe)>) -> Copiers {
         let gone = Arc::new(Notify::new());
         let handles = pairs
             .into_iter()
@@ -167,10 +182,13 @@ async fn run_exec(node: Arc<Node>, req: cri::ExecRequest, mut streams: Streams) 
         paths[0] = path.display().to_string();
     }
     let (mut pairs, mut holds) = (Vec::new(), Vec::new());
-    let wanted = [(1, streams.stdout.take(), "out"), (2, streams.stderr.take(), "err")];
+    let wanted = [
+        (1, streams.stdout.take(), "out"),
+        (2, streams.stderr.take(), "err"),
+    ];
     for (i, client, name) in wanted {
         let Some(client) = client else { continue };
-        let path = session.fifo(&dirs.state, format!("exec-{exec_id}.{name}"))?;
+        let path = session.output(&dirs.state, format!("exec-{exec_id}.{name}"));
         let (reader, hold) = fifo_reader(&path)?;
         pairs.push((reader, client));
         holds.push(hold);
@@ -200,6 +218,9 @@ async fn run_exec(node: Arc<Node>, req: cri::ExecRequest, mut streams: Streams) 
         _ = copiers.gone.notified() => {
             return Err(Error::FailedPrecondition("the client went away".into()));
         }
+        _ = streams.hangup.wait() => {
+            return Err(Error::FailedPrecondition("the client went away".into()));
+        }
     };
     if tokio::time::timeout(DRAIN, copiers.ended()).await.is_err() {
         tracing::info!(container = %r.id, exec_id, "exec output still open after the process exited; ending the session");
@@ -219,11 +240,15 @@ async fn run_attach(node: Arc<Node>, req: cri::AttachRequest, mut streams: Strea
         attached: Vec::new(),
         fifos: Vec::new(),
     };
-    let (mut pairs, mut holds, mut paths) = (Vec::new(), Vec::new(), [String::new(), String::new()]);
-    let wanted = [(0, streams.stdout.take(), "out"), (1, streams.stderr.take(), "err")];
+    let (mut pairs, mut holds, mut paths) =
+        (Vec::new(), Vec::new(), [String::new(), String::new()]);
+    let wanted = [
+        (0, streams.stdout.take(), "out"),
+        (1, streams.stderr.take(), "err"),
+    ];
     for (i, client, name) in wanted {
         let Some(client) = client else { continue };
-        let path = session.fifo(&dirs.state, format!("attach-{n}.{name}"))?;
+        let path = session.output(&dirs.state, format!("attach-{n}.{name}"));
         let (reader, hold) = fifo_reader(&path)?;
         pairs.push((reader, client));
         holds.push(hold);
@@ -248,12 +273,17 @@ async fn run_attach(node: Arc<Node>, req: cri::AttachRequest, mut streams: Strea
         let (shim, id) = (shim.clone(), r.id.clone());
         tokio::spawn(async move {
             while let Some(size) = sizes.recv().await {
-                let _ = shim.resize(&id, "", size.width as u32, size.height as u32).await;
+                let _ = shim
+                    .resize(&id, "", size.width as u32, size.height as u32)
+                    .await;
             }
         });
     }
     if !outputs_wanted {
-        shim.wait(&r.id, "").await?;
+        tokio::select! {
+            waited = shim.wait(&r.id, "") => { waited?; }
+            _ = streams.hangup.wait() => {}
+        }
         return Ok(0);
     }
     // The container's output ending (it exited) ends the session, as does the client.
@@ -261,5 +291,6 @@ async fn run_attach(node: Arc<Node>, req: cri::AttachRequest, mut streams: Strea
     tokio::select! {
         _ = copiers.ended() => Ok(0),
         _ = gone.notified() => Err(Error::FailedPrecondition("the client went away".into())),
+        _ = streams.hangup.wait() => Err(Error::FailedPrecondition("the client went away".into())),
     }
 }

@@ -138,7 +138,10 @@ pub fn exec_url(node: &Node, req: cri::ExecRequest) -> Result<String> {
         return Err(Error::invalid("cmd", "must not be empty"));
     }
     if !(req.stdin || req.stdout || req.stderr) {
-        return Err(Error::invalid("stdin", "one of stdin, stdout and stderr must be true"));
+        return Err(Error::invalid(
+            "stdin",
+            "one of stdin, stdout and stderr must be true",
+        ));
     }
     if req.tty && req.stderr {
         return Err(Error::invalid("stderr", "must be false when tty is true"));
@@ -150,7 +153,10 @@ pub fn exec_url(node: &Node, req: cri::ExecRequest) -> Result<String> {
 pub fn attach_url(node: &Node, mut req: cri::AttachRequest) -> Result<String> {
     let r = node.containers.running(&req.container_id)?;
     if !(req.stdin || req.stdout || req.stderr) {
-        return Err(Error::invalid("stdin", "one of stdin, stdout and stderr must be true"));
+        return Err(Error::invalid(
+            "stdin",
+            "one of stdin, stdout and stderr must be true",
+        ));
     }
     if req.stdin && !r.config.stdin {
         return Err(Error::FailedPrecondition(format!(
@@ -166,7 +172,10 @@ pub fn attach_url(node: &Node, mut req: cri::AttachRequest) -> Result<String> {
 pub fn port_forward_url(node: &Node, mut req: cri::PortForwardRequest) -> Result<String> {
     let pod = node.sandboxes.get(&req.pod_sandbox_id)?.view();
     if pod.state != crate::sandbox::State::Ready {
-        return Err(Error::FailedPrecondition(format!("pod {} is not ready", pod.id)));
+        return Err(Error::FailedPrecondition(format!(
+            "pod {} is not ready",
+            pod.id
+        )));
     }
     if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
         return Err(Error::invalid("port", format!("{p} is not a TCP port")));
@@ -185,7 +194,10 @@ fn route(
         parts.next().unwrap_or_default().to_owned(),
     );
     let Some(pending) = node.streaming.take(&kind, &token) else {
-        tracing::info!(kind, "streaming request with an unknown, used or expired token");
+        tracing::info!(
+            kind,
+            "streaming request with an unknown, used or expired token"
+        );
         return podrun_stream::error_response(
             hyper::StatusCode::NOT_FOUND,
             "token not found: unknown, already used or expired",
@@ -216,7 +228,11 @@ fn route(
         }
         Pending::PortForward(r) => {
             let ports = r.port.iter().map(|p| *p as u16).collect();
-            let netns = node.sandboxes.get(&r.pod_sandbox_id).ok().and_then(|s| s.view().netns);
+            let netns = node
+                .sandboxes
+                .get(&r.pod_sandbox_id)
+                .ok()
+                .and_then(|s| s.view().netns);
             podrun_stream::portforward(req, ports, move |port| {
                 Box::pin(forward::dial(netns.clone(), port))
             })

@@ -4,6 +4,8 @@
 
 mod netcheck;
 mod pull;
+mod stream;
+mod term;
 mod work;
 
 use std::collections::HashMap;
@@ -88,7 +90,12 @@ fn main() -> Result<()> {
         .build()?;
     // Following a log has no end: no time limit then.
     let limit = match &cli.command {
-        Command::Work(work::Command::Logs { follow: true, .. }) => Duration::MAX,
+        Command::Work(work::Command::Logs { follow: true, .. })
+        | Command::Work(work::Command::Attach { .. })
+        | Command::Work(work::Command::PortForward { .. }) => Duration::MAX,
+        Command::Work(work::Command::Exec {
+            interactive, tty, ..
+        }) if *interactive || *tty => Duration::MAX,
         _ => Duration::from_secs(cli.timeout),
     };
     runtime.block_on(async {

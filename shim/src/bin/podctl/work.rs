@@ -75,12 +75,45 @@ pub enum Command {
         follow: bool,
     },
     /// Run a command in a running container and print its output (ExecSync).
+    /// Run a command in a container: ExecSync, or a streaming session with -i or -t.
     Exec {
         id: String,
+        /// ExecSync's time limit in seconds (0: none).
         #[arg(long, default_value_t = 0)]
         timeout: i64,
+        /// Keep stdin open: a streaming session.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// A terminal: a streaming session.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// spdy or websocket.
+        #[arg(long, default_value = "spdy")]
+        transport: podrun_stream::Transport,
         #[arg(trailing_var_arg = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// Attach to a running container's stdio (its terminal if it has one).
+    Attach {
+        id: String,
+        /// Send stdin too.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// The container has a terminal (its tty setting decides; this says how to show it).
+        #[arg(short = 't', long)]
+        tty: bool,
+        #[arg(long, default_value = "spdy")]
+        transport: podrun_stream::Transport,
+    },
+    /// Forward local ports to a pod: LOCAL:REMOTE or PORT, until interrupted.
+    PortForward {
+        pod_id: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
+        #[arg(long, default_value = "127.0.0.1")]
+        address: String,
+        #[arg(long, default_value = "spdy")]
+        transport: podrun_stream::Transport,
     },
     /// Pull the image if needed, run the pod, create and start the container.
     Run {
@@ -297,7 +330,35 @@ pub async fn run(endpoint: &Path, command: Command) -> Result<()> {
             }
             follow_log(Path::new(&path), follow).await?;
         }
-        Command::Exec { id, timeout, cmd } => {
+        Command::Exec {
+            id,
+            cmd,
+            interactive,
+            tty,
+            transport,
+            ..
+        } if interactive || tty => {
+            let code = crate::stream::exec(endpoint, id, cmd, interactive, tty, transport).await?;
+            std::process::exit(code);
+        }
+        Command::Attach {
+            id,
+            interactive,
+            tty,
+            transport,
+        } => {
+            let code = crate::stream::attach(endpoint, id, interactive, tty, transport).await?;
+            std::process::exit(code);
+        }
+        Command::PortForward {
+            pod_id,
+            ports,
+            address,
+            transport,
+        } => crate::stream::port_forward(endpoint, pod_id, ports, address, transport).await?,
+        Command::Exec {
+            id, timeout, cmd, ..
+        } => {
             let r = rt
                 .exec_sync(cri::ExecSyncRequest {
                     container_id: id,
