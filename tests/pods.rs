@@ -466,11 +466,11 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         .unwrap();
     // RPCs of later issues say who they are.
     let err = client
-        .attach(cri::AttachRequest::default())
+        .container_stats(cri::ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("Attach"));
+    assert!(err.message().contains("ContainerStats"));
     // Containers of unknown pods or ids are NotFound.
     let err = client
         .exec_sync(cri::ExecSyncRequest {

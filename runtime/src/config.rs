@@ -21,6 +21,7 @@ pub struct File {
     pub log_level: Option<String>,
     pub registry_config_path: Option<PathBuf>,
     pub streaming_address: Option<String>,
+    pub streaming_token_ttl: Option<u64>,
 }
 
 impl File {
@@ -48,6 +49,7 @@ impl File {
             log_level: over.log_level.or(self.log_level),
             registry_config_path: over.registry_config_path.or(self.registry_config_path),
             streaming_address: over.streaming_address.or(self.streaming_address),
+            streaming_token_ttl: over.streaming_token_ttl.or(self.streaming_token_ttl),
         }
     }
 }
@@ -70,6 +72,8 @@ pub struct Config {
     /// Where the streaming server (exec, attach, port-forward URLs) listens: host:port,
     /// port 0 for any free one.
     pub streaming_address: String,
+    /// Seconds an exec, attach or port-forward URL stays valid unused.
+    pub streaming_token_ttl: u64,
 }
 
 impl From<File> for Config {
@@ -89,6 +93,7 @@ impl From<File> for Config {
                 .registry_config_path
                 .unwrap_or_else(|| "/etc/podrun/certs.d".into()),
             streaming_address: f.streaming_address.unwrap_or_else(|| "127.0.0.1:0".into()),
+            streaming_token_ttl: f.streaming_token_ttl.unwrap_or(60),
         }
     }
 }

@@ -46,7 +46,10 @@ impl Node {
             containers: Containers::default(),
             default_runtime: default_runtime(),
             inflight: tokio::sync::RwLock::new(()),
-            streaming: crate::stream::Streaming::bind(&config.streaming_address)?,
+            streaming: crate::stream::Streaming::bind(
+                &config.streaming_address,
+                Duration::from_secs(config.streaming_token_ttl),
+            )?,
             config,
         })
     }

@@ -26,9 +26,10 @@ use crate::{BoxFuture, Pipe, Transport, PORTFORWARD_PROTOCOLS};
 /// Dials a port in the pod: a connection, or why there is none.
 pub type Dial = Arc<dyn Fn(u16) -> BoxFuture<Result<TcpStream, String>> + Send + Sync>;
 
-/// Copies both ways between a client's pipe and a connection in the pod until both ends
-/// are done.
-async fn splice(pipe: Pipe, tcp: TcpStream) {
+/// Copies both ways between a client's pipe and a connection in the pod. With
+/// `half_close` (SPDY, whose streams close each way) it lasts until both ways are done;
+/// otherwise (WebSocket channels cannot close one way) it ends when the pod side does.
+async fn splice(pipe: Pipe, tcp: TcpStream, half_close: bool) {
     let (mut pr, mut pw) = tokio::io::split(pipe);
     let (mut tr, mut tw) = tcp.into_split();
     let up = async {
@@ -39,7 +40,18 @@ async fn splice(pipe: Pipe, tcp: TcpStream) {
         let _ = tokio::io::copy(&mut tr, &mut pw).await;
         let _ = pw.shutdown().await;
     };
-    tokio::join!(up, down);
+    match half_close {
+        true => {
+            tokio::join!(up, down);
+        }
+        false => {
+            tokio::pin!(up);
+            tokio::select! {
+                _ = &mut up => {}
+                _ = down => {}
+            }
+        }
+    }
 }
 
 /// Answers a port-forward upgrade request; `ports` are the ones the request may use
@@ -133,7 +145,7 @@ async fn serve_spdy(io: TokioIo<hyper::upgrade::Upgraded>, allowed: Vec<u16>, di
                     match result {
                         Ok(tcp) => {
                             drop(error);
-                            splice(s.io, tcp).await
+                            splice(s.io, tcp, true).await
                         }
                         Err(why) => {
                             if let Some(mut e) = error {
@@ -166,7 +178,7 @@ where
             let _ = data.write_all(&prefix).await;
             let _ = error.write_all(&prefix).await;
             match dial(port).await {
-                Ok(tcp) => splice(data, tcp).await,
+                Ok(tcp) => splice(data, tcp, false).await,
                 Err(why) => {
                     let _ = error.write_all(why.as_bytes()).await;
                 }

@@ -6,6 +6,7 @@ pub mod bed;
 pub mod containerd;
 pub mod netns;
 pub mod registry;
+pub mod workload;
 
 use std::fs::{self, OpenOptions};
 use std::io::Read;
@@ -184,6 +185,8 @@ impl TestNode {
             .arg("--cni-conf-dir")
             .arg(self.dir.join("cni"))
             .args(["--cni-bin-dir", "/usr/lib/cni", "--log-level", "debug"])
+            // Short-lived streaming URLs, so a test can see one expire.
+            .args(["--streaming-token-ttl", "5"])
             .arg("--registry-config-path")
             .arg(self.dir.join("certs.d"))
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -201,6 +204,10 @@ impl TestNode {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        self.daemon.as_ref().map(|c| c.id() as i32)
     }
 
     /// SIGKILLs podrund, as a crash would.

@@ -359,7 +359,7 @@ pub fn build(input: &Input) -> Value {
     if let Some(profile) = seccomp(sc, &caps, privileged) {
         linux_spec["seccomp"] = profile;
     }
-    json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": config.tty,
@@ -376,7 +376,14 @@ pub fn build(input: &Input) -> Value {
         "mounts": mounts,
         "annotations": input.annotations,
         "linux": linux_spec,
-    })
+    });
+    // A hostNetwork pod shares the node's UTS namespace: its hostname is the node's.
+    if pod.netns.is_none() {
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("hostname");
+        }
+    }
+    spec
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The streaming server: the CRI Exec, Attach and PortForward RPCs answer with a URL here
 //! (`/exec/TOKEN`, `/attach/TOKEN`, `/portforward/TOKEN`, as kubelet's server), and the
 //! client upgrades a request to it to SPDY or WebSocket (podrun-stream speaks both). A token
-//! is 256 random bits, good for one use, and expires unused after [`TOKEN_TTL`].
+//! is 256 random bits, good for one use, and expires unused after `streaming-token-ttl`
+//! (default 60 s).
 
 mod exec;
 mod forward;
@@ -18,8 +19,6 @@ use podrun_proto::cri;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::store;
-
-pub const TOKEN_TTL: Duration = Duration::from_secs(60);
 
 /// A request waiting for its client to connect.
 #[derive(Debug, Clone)]
@@ -42,12 +41,13 @@ impl Pending {
 pub struct Streaming {
     listener: Mutex<Option<std::net::TcpListener>>,
     pub addr: SocketAddr,
+    ttl: Duration,
     pending: Mutex<HashMap<String, (Instant, Pending)>>,
 }
 
 impl Streaming {
     /// Binds `address` now (so the URL is known before serving starts).
-    pub fn bind(address: &str) -> Result<Streaming> {
+    pub fn bind(address: &str, ttl: Duration) -> Result<Streaming> {
         let listener = std::net::TcpListener::bind(address)
             .map_err(|e| Error::invalid("streaming-address", format!("{address}: {e}")))?;
         listener
@@ -59,6 +59,7 @@ impl Streaming {
         Ok(Streaming {
             listener: Mutex::new(Some(listener)),
             addr,
+            ttl,
             pending: Mutex::default(),
         })
     }
@@ -72,7 +73,7 @@ impl Streaming {
         let token = store::new_id()?;
         let path = request.path();
         let mut pending = self.pending();
-        pending.retain(|_, (at, _)| at.elapsed() < TOKEN_TTL);
+        pending.retain(|_, (at, _)| at.elapsed() < self.ttl);
         pending.insert(token.clone(), (Instant::now(), request));
         Ok(format!("http://{}/{path}/{token}", self.addr))
     }
@@ -81,10 +82,10 @@ impl Streaming {
     fn take(&self, path: &str, token: &str) -> Option<Pending> {
         let mut pending = self.pending();
         match pending.get(token) {
-            Some((at, p)) if p.path() == path && at.elapsed() < TOKEN_TTL => {
+            Some((at, p)) if p.path() == path && at.elapsed() < self.ttl => {
                 pending.remove(token).map(|(_, p)| p)
             }
-            Some((at, _)) if at.elapsed() >= TOKEN_TTL => {
+            Some((at, _)) if at.elapsed() >= self.ttl => {
                 pending.remove(token);
                 None
             }

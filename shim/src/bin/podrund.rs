@@ -41,6 +41,9 @@ struct Flags {
     /// 127.0.0.1:0, a free port].
     #[arg(long)]
     streaming_address: Option<String>,
+    /// Seconds an exec, attach or port-forward URL stays valid unused [default: 60].
+    #[arg(long)]
+    streaming_token_ttl: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -58,6 +61,7 @@ fn main() -> Result<()> {
         log_level: flags.log_level,
         registry_config_path: flags.registry_config_path,
         streaming_address: flags.streaming_address,
+        streaming_token_ttl: flags.streaming_token_ttl,
     }));
     tracing_subscriber::fmt()
         .with_env_filter(

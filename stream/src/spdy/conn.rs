@@ -180,10 +180,16 @@ impl Connection {
                 break;
             }
         }
-        // The peer is gone: every stream reads end-of-file.
-        let mut st = self.state();
-        st.inbound.clear();
-        st.replies.clear();
+        // The peer is gone: every stream reads end-of-file (a split half must be shut
+        // down: dropping it leaves the pipe open while the other half lives).
+        let writers: Vec<_> = {
+            let mut st = self.state();
+            st.replies.clear();
+            st.inbound.drain().map(|(_, w)| w).collect()
+        };
+        for mut w in writers {
+            let _ = w.shutdown().await;
+        }
     }
 
     /// Handles one frame; false ends the connection.

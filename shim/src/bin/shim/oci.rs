@@ -3,9 +3,7 @@
 //! --detach` for extra processes, `kill --all`, `delete`. The runtime's own messages go to
 //! `<bundle>/runtime.log` (JSON), from which a failure's reason is read.
 
-use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -178,24 +176,4 @@ impl Runtime {
         self.run(&["delete", "--force", &self.id], Stdio3::null())
             .await
     }
-}
-
-/// Opens a stdio path given in a task request for the child's end: "" is nothing.
-pub fn open_output(path: &str) -> Result<Stdio> {
-    if path.is_empty() {
-        return Ok(Stdio::null());
-    }
-    let path = path.strip_prefix("file://").unwrap_or(path);
-    // Non-blocking, so that a FIFO whose reader is gone fails (ENXIO) instead of stalling the
-    // shim's only thread; then blocking again for the child.
-    let f = File::options()
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("opening {path}"))?;
-    nix::fcntl::fcntl(
-        &f,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )?;
-    Ok(Stdio::from(f))
 }

@@ -84,6 +84,31 @@ pub async fn copy(mut from: Receiver, mut to: Sender) {
     }
 }
 
+/// Whether a process's output copiers have finished: its exit is reported only after that
+/// (bounded), so a client that stops reading at the exit loses nothing.
+#[derive(Clone)]
+pub struct IoDone(tokio::sync::watch::Receiver<bool>);
+
+impl IoDone {
+    /// Done once every one of `copiers` has ended.
+    pub fn after(copiers: Vec<tokio::task::JoinHandle<()>>) -> IoDone {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            for c in copiers {
+                let _ = c.await;
+            }
+            let _ = tx.send(true);
+        });
+        IoDone(rx)
+    }
+
+    /// Waits for the copiers, for at most `limit` (something the process left running may
+    /// hold its output open).
+    pub async fn wait(mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.0.wait_for(|done| *done)).await;
+    }
+}
+
 /// Sets a terminal's window size.
 pub fn resize(master: &OwnedFd, width: u32, height: u32) -> Result<()> {
     let size = libc::winsize {

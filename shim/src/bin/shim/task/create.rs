@@ -63,7 +63,7 @@ impl Shim {
             .then(ConsoleSocket::new)
             .transpose()
             .map_err(internal)?;
-        let (mut outputs, mut stdin_pipe) = (Vec::new(), None);
+        let (mut outputs, mut stdin_pipe, mut fifo_outputs) = (Vec::new(), None, Vec::new());
         let mut stdio = Stdio3::null();
         if !terminal {
             if !req.stdin.is_empty() {
@@ -81,8 +81,18 @@ impl Shim {
                     stdio.stderr = err_w.into();
                 }
                 None => {
-                    stdio.stdout = oci::open_output(&req.stdout).map_err(internal)?;
-                    stdio.stderr = oci::open_output(&req.stderr).map_err(internal)?;
+                    // Through pipes the shim copies, so the exit waits for the output.
+                    for (stream, path) in [("stdout", &req.stdout), ("stderr", &req.stderr)] {
+                        if path.is_empty() {
+                            continue;
+                        }
+                        let (r, w) = oci::pipe().map_err(internal)?;
+                        fifo_outputs.push((r, stdio::fifo_writer(path).map_err(internal)?));
+                        match stream {
+                            "stdout" => stdio.stdout = w.into(),
+                            _ => stdio.stderr = w.into(),
+                        }
+                    }
                 }
             }
         }
@@ -97,7 +107,11 @@ impl Shim {
             .transpose()
             .map_err(internal)?
             .map(Arc::new);
+        let mut copiers = Vec::new();
         let result = (|| -> anyhow::Result<Option<AbortHandle>> {
+            for (r, to) in fifo_outputs {
+                copiers.push(tokio::spawn(stdio::copy(Receiver::from_owned_fd(r)?, to)));
+            }
             let mut readers = Vec::new();
             for (stream, fd) in outputs {
                 readers.push((stream, Receiver::from_owned_fd(fd)?));
@@ -111,10 +125,16 @@ impl Shim {
             for (stream, reader) in readers {
                 match &log {
                     Some(log) => {
-                        tokio::spawn(crilog::copy(log.clone(), stream, reader, attached.clone()));
+                        copiers.push(tokio::spawn(crilog::copy(
+                            log.clone(),
+                            stream,
+                            reader,
+                            attached.clone(),
+                        )));
                     }
                     None if !req.stdout.is_empty() => {
-                        tokio::spawn(stdio::copy(reader, stdio::fifo_writer(&req.stdout)?));
+                        let to = stdio::fifo_writer(&req.stdout)?;
+                        copiers.push(tokio::spawn(stdio::copy(reader, to)));
                     }
                     None => {}
                 }
@@ -139,6 +159,7 @@ impl Shim {
             exit: Some(exit),
             console: master,
             stdin,
+            io: Some(stdio::IoDone::after(copiers)),
             ..Default::default()
         };
         Ok((runtime, log, attached, init))
@@ -156,20 +177,38 @@ impl Shim {
                 true => std::process::Stdio::null(),
                 false => stdio::fifo_for_child(&exec.stdin).map_err(internal)?,
             };
-            let stdio = Stdio3 {
+            // Outputs through pipes the shim copies, so the exit waits for them.
+            let mut stdio = Stdio3 {
                 stdin,
-                stdout: oci::open_output(&exec.stdout).map_err(internal)?,
-                stderr: oci::open_output(&exec.stderr).map_err(internal)?,
+                ..Stdio3::null()
             };
+            let mut outputs = Vec::new();
+            for (i, path) in [&exec.stdout, &exec.stderr].into_iter().enumerate() {
+                if path.is_empty() {
+                    continue;
+                }
+                let (r, w) = oci::pipe().map_err(internal)?;
+                outputs.push((r, stdio::fifo_writer(path).map_err(internal)?));
+                match i {
+                    0 => stdio.stdout = w.into(),
+                    _ => stdio.stderr = w.into(),
+                }
+            }
             let pid = runtime
                 .exec(exec_id, &exec.spec, stdio, None)
                 .await
                 .map_err(internal)?;
             let exit = self.reaper.watch(pid);
+            let mut copiers = Vec::new();
+            for (r, to) in outputs {
+                let from = Receiver::from_owned_fd(r).map_err(|e| internal(e.into()))?;
+                copiers.push(tokio::spawn(stdio::copy(from, to)));
+            }
             return Ok(Proc {
                 pid,
                 exit: Some(exit),
                 started: true,
+                io: Some(stdio::IoDone::after(copiers)),
                 ..Default::default()
             });
         }
@@ -179,11 +218,13 @@ impl Shim {
             .await
             .map_err(internal)?;
         let exit = self.reaper.watch(pid);
+        let mut copiers = Vec::new();
         let wired = (|| -> anyhow::Result<(Arc<OwnedFd>, Option<AbortHandle>)> {
             let master = Arc::new(console.receive()?);
             let (r, w) = stdio::split(&master)?;
             if !exec.stdout.is_empty() {
-                tokio::spawn(stdio::copy(r, stdio::fifo_writer(&exec.stdout)?));
+                let to = stdio::fifo_writer(&exec.stdout)?;
+                copiers.push(tokio::spawn(stdio::copy(r, to)));
             }
             let stdin = match exec.stdin.is_empty() {
                 true => None,
@@ -207,6 +248,7 @@ impl Shim {
             started: true,
             console: Some(master),
             stdin,
+            io: Some(stdio::IoDone::after(copiers)),
             ..Default::default()
         })
     }

@@ -47,6 +47,8 @@ use crate::stdio::{self, Attached};
 use create::builtin_pause_fits;
 
 pub const CRI_LOG_SCHEME: &str = "cri-log://";
+/// How long an exit waits for the process's output to be copied out.
+const IO_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 pub const REOPEN_LOG: &str = "io.podrun.reopen-log";
 pub const ATTACH_STDOUT: &str = "io.podrun.attach-stdout";
 pub const ATTACH_STDERR: &str = "io.podrun.attach-stderr";
@@ -63,6 +65,8 @@ struct Proc {
     console: Option<Arc<OwnedFd>>,
     /// The copier feeding its stdin: aborting it (CloseIO) ends the process's input.
     stdin: Option<AbortHandle>,
+    /// Its output copiers' end.
+    io: Option<stdio::IoDone>,
 }
 
 impl Proc {
@@ -152,7 +156,9 @@ impl Shim {
     /// Publishes the exit of a started process once it happens (containerd learns of exits
     /// this way; podrund waits instead).
     fn publish_exit(&self, id: &str, exec_id: &str, pid: i32) {
-        let Ok(Some(exit)) = self.with_proc(id, exec_id, |p| Ok(p.exit.clone())) else {
+        let Ok((Some(exit), io)) =
+            self.with_proc(id, exec_id, |p| Ok((p.exit.clone(), p.io.clone())))
+        else {
             return;
         };
         let events = self.events.clone();
@@ -167,6 +173,9 @@ impl Shim {
         );
         tokio::spawn(async move {
             if let Some(e) = exited(exit).await {
+                if let Some(io) = io {
+                    io.wait(IO_DRAIN).await;
+                }
                 if cgroup.is_some_and(|c| crate::stats::oom_kills(&c) > 0) {
                     let oom = events::TaskOOM {
                         container_id: container_id.clone(),
@@ -536,14 +545,21 @@ impl TaskService for Shim {
         req: api::WaitRequest,
     ) -> ttrpc::Result<api::WaitResponse> {
         // An exec may be waited for before it starts (ctr does): wait for its start too.
-        let watch = loop {
+        let (watch, io) = loop {
             let started = self.started.notified();
-            if let Some(w) = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.exit.clone()))? {
-                break w;
+            let (w, io) = self.with_proc(&req.id, &req.exec_id, |p| {
+                Ok((p.exit.clone(), p.io.clone()))
+            })?;
+            if let Some(w) = w {
+                break (w, io);
             }
             started.await;
         };
-        let Some(exit) = exited(watch).await else {
+        let exit = exited(watch).await;
+        if let Some(io) = io {
+            io.wait(IO_DRAIN).await;
+        }
+        let Some(exit) = exit else {
             return Err(status(
                 ttrpc::Code::INTERNAL,
                 format!("{}/{}: its exit was lost", req.id, req.exec_id),
