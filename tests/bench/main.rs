@@ -1,6 +1,12 @@
-//! `podrun-bench`: how fast pods and containers start and how much memory each pod costs,
-//! measured against a real podrund (the binaries next to this one), a real registry and
-//! the node's CNI plugins. Run through `hack/bench`. Prints a table; `--json FILE` too.
+//! `podrun-bench`: podrun and containerd side by side on this machine, driven by the same
+//! CRI client code: how fast pods and containers start, how fast they go, and what each pod
+//! and each daemon costs in memory. podrun runs with its default OCI runtime (crun) and
+//! with runc; containerd (Debian's, its CRI plugin, runc) gets the same CNI plugin chain,
+//! the same image from the same local registry, and podrun's pause as its sandbox image. A
+//! floor line times what any runtime must do: netns creation plus the CNI ADD chain, run
+//! directly. Run through `hack/bench`; `--json FILE` writes the figures too.
+
+mod floor;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -8,28 +14,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use podrun_proto::{client, cri};
-use podrun_tests::registry::{busybox_image, Registry};
-use podrun_tests::{Chain, Client, TestNode};
+use podrun_tests::containerd::Containerd;
+use podrun_tests::registry::{busybox_image, pause_image, Registry};
+use podrun_tests::{bin_dir, Chain, Client, TestNode};
 
 #[derive(Parser)]
 struct Args {
-    /// Pods started one after another.
+    /// Pods started one after another, per runtime.
     #[arg(long, default_value_t = 20)]
     sequential: usize,
-    /// Pods started at once.
+    /// Pods started at once, per runtime.
     #[arg(long, default_value_t = 20)]
     concurrent: usize,
-    /// OCI runtime handler ("" for podrund's default).
-    #[arg(long, default_value = "")]
-    runtime: String,
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-struct Timing {
-    pod_ready: Duration,
-    container_started: Duration,
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -45,7 +44,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// (RSS, PSS) in KiB from /proc/PID/smaps_rollup.
-fn memory(pid: i64) -> (u64, u64) {
+fn memory(pid: i32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     let field = |name: &str| {
         text.lines()
@@ -56,22 +55,70 @@ fn memory(pid: i64) -> (u64, u64) {
     (field("Rss:"), field("Pss:"))
 }
 
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// One runtime under test: where its CRI is and how to find a pod's processes.
+struct Target<'a> {
+    name: &'static str,
+    node: &'a TestNode,
+    socket: std::path::PathBuf,
+    handler: &'static str,
+    daemon: i32,
+}
+
+impl Target<'_> {
+    /// The pod's per-pod processes: its shim and the shim's pause child.
+    fn pod_processes(&self, pod: &str) -> Vec<i32> {
+        // Both shims are started with `-id <pod id>` (containerd groups a pod's containers
+        // under its sandbox's id).
+        let needle = format!("-id {pod}");
+        let shim = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|p| cmdline(*p).contains("containerd-shim") && cmdline(*p).contains(&needle));
+        let Some(shim) = shim else { return Vec::new() };
+        let pause = children(shim)
+            .into_iter()
+            .filter(|c| cmdline(*c).contains("pause"));
+        std::iter::once(shim).chain(pause).collect()
+    }
+}
+
+impl Target<'_> {
+    fn pod(&self, name: &str) -> cri::PodSandboxConfig {
+        let mut pod = self.node.pod_config(name);
+        pod.log_directory = self.node.dir.join("logs").join(name).display().to_string();
+        pod
+    }
+}
+
+/// RunPodSandbox, then one container: (pod id, time to pod ready, time to container started).
 async fn start_one(
-    rt: &mut Client,
-    node: &TestNode,
-    image: &str,
-    name: &str,
+    mut rt: Client,
+    pod: cri::PodSandboxConfig,
     handler: &str,
-) -> Result<(String, Timing)> {
-    let mut pod = node.pod_config(name);
-    pod.log_directory = node.dir.join("logs").join(name).display().to_string();
+    image: String,
+) -> Result<(String, Duration, Duration)> {
     let t0 = Instant::now();
     let req = cri::RunPodSandboxRequest {
         config: Some(pod.clone()),
         runtime_handler: handler.into(),
     };
     let pod_id = rt.run_pod_sandbox(req).await?.into_inner().pod_sandbox_id;
-    node.remember(&pod_id);
     let t1 = Instant::now();
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -79,7 +126,7 @@ async fn start_one(
             attempt: 0,
         }),
         image: Some(cri::ImageSpec {
-            image: image.into(),
+            image,
             ..Default::default()
         }),
         command: vec!["sleep".into(), "100000".into()],
@@ -94,164 +141,201 @@ async fn start_one(
     let id = rt.create_container(req).await?.into_inner().container_id;
     rt.start_container(cri::StartContainerRequest { container_id: id })
         .await?;
-    Ok((
-        pod_id,
-        Timing {
-            pod_ready: t1 - t0,
-            container_started: Instant::now() - t1,
-        },
-    ))
+    Ok((pod_id, t1 - t0, Instant::now() - t1))
 }
 
 async fn teardown(rt: &mut Client, pods: &[String]) -> Result<Vec<f64>> {
     let mut times = Vec::new();
     for id in pods {
         let t = Instant::now();
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
+        let pod_sandbox_id = id.clone();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id })
+            .await?;
+        let pod_sandbox_id = id.clone();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id })
+            .await?;
         times.push(ms(t.elapsed()));
     }
     Ok(times)
+}
+
+async fn measure(t: &Target<'_>, image: &str, args: &Args) -> Result<BTreeMap<&'static str, f64>> {
+    let mut images = client::image(&t.socket).await?;
+    let spec = cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    };
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(spec),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("{}: pulling {image}", t.name))?;
+    let mut rt = client::runtime(&t.socket).await?;
+    // Settle, then the daemon at rest.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = memory(t.daemon).0;
+
+    let (mut runp, mut ready, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.sequential {
+        let config = t.pod(&format!("{}-seq-{i}", t.name));
+        let (id, pod, ctr) = start_one(rt.clone(), config, t.handler, image.to_owned()).await?;
+        t.node.remember(&id);
+        runp.push(ms(pod));
+        ready.push(ms(pod + ctr));
+        pods.push(id);
+    }
+    let (mut rss, mut pss) = (Vec::new(), Vec::new());
+    for id in &pods {
+        let procs = t.pod_processes(id);
+        anyhow::ensure!(!procs.is_empty(), "{}: no shim found for pod {id}", t.name);
+        let m: Vec<(u64, u64)> = procs.iter().map(|p| memory(*p)).collect();
+        rss.push(m.iter().map(|x| x.0).sum::<u64>() as f64);
+        pss.push(m.iter().map(|x| x.1).sum::<u64>() as f64);
+    }
+    let busy = memory(t.daemon).0;
+    let down = teardown(&mut rt, &pods).await?;
+
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.concurrent {
+        let config = t.pod(&format!("{}-con-{i}", t.name));
+        let (rt, handler, image) = (rt.clone(), t.handler, image.to_owned());
+        tasks.push(tokio::spawn(start_one(rt, config, handler, image)));
+    }
+    let (mut failures, mut started) = (0, Vec::new());
+    for task in tasks {
+        match task.await? {
+            Ok((id, _, _)) => {
+                t.node.remember(&id);
+                started.push(id);
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("{}: concurrent start failed: {e:#}", t.name);
+            }
+        }
+    }
+    let wall = ms(start.elapsed());
+    teardown(&mut rt, &started).await?;
+
+    let mut f = BTreeMap::new();
+    f.insert("runp_p50_ms", percentile(runp.clone(), 0.5));
+    f.insert("runp_p95_ms", percentile(runp.clone(), 0.95));
+    f.insert("runp_max_ms", percentile(runp, 1.0));
+    f.insert("ready_p50_ms", percentile(ready.clone(), 0.5));
+    f.insert("ready_p95_ms", percentile(ready.clone(), 0.95));
+    f.insert("ready_max_ms", percentile(ready, 1.0));
+    f.insert("concurrent_wall_ms", wall);
+    f.insert("concurrent_failures", failures as f64);
+    f.insert("teardown_p50_ms", percentile(down, 0.5));
+    f.insert("per_pod_rss_kb", percentile(rss, 0.5));
+    f.insert("per_pod_pss_kb", percentile(pss, 0.5));
+    f.insert("daemon_idle_rss_kb", idle as f64);
+    f.insert("daemon_rss_with_pods_kb", busy as f64);
+    Ok(f)
+}
+
+/// Medians of the `*_ms` fields podrund logged for each phase.
+fn phase_medians(log: &str) -> BTreeMap<String, f64> {
+    let mut all: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains(" phases")) {
+        for field in line.split_whitespace() {
+            let Some((k, v)) = field.split_once('=') else {
+                continue;
+            };
+            if let (true, Ok(v)) = (k.ends_with("_ms"), v.parse::<f64>()) {
+                all.entry(k.to_owned()).or_default().push(v);
+            }
+        }
+    }
+    all.into_iter()
+        .map(|(k, v)| (k, percentile(v, 0.5)))
+        .collect()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let registry = Registry::start();
-    let node = std::sync::Arc::new(TestNode::start(Chain::Standard));
     registry.push("busybox:bench", &busybox_image()).await;
+    registry
+        .push("pause:bench", &pause_image(&bin_dir().join("podrun-pause")))
+        .await;
     let image = format!("{}/busybox:bench", registry.addr);
-    let mut images = client::image(&node.socket).await?;
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await?;
-    let mut rt = node.client().await;
-    let daemon_pid = std::fs::read_dir("/proc")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i64>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c)
-                    .contains(&node.socket.parent().unwrap().display().to_string())
-                    && String::from_utf8_lossy(&c).contains("podrund")
-            })
-        })
-        .context("podrund not found")?;
-    let idle = memory(daemon_pid).0;
 
-    // Sequential.
-    let mut timings = Vec::new();
-    let mut pods = Vec::new();
-    for i in 0..args.sequential {
-        let (id, t) = start_one(&mut rt, &node, &image, &format!("seq-{i}"), &args.runtime).await?;
-        timings.push(t);
-        pods.push(id);
+    let node = TestNode::start(Chain::Standard);
+    let ctrd = Containerd::start(&format!("{}/pause:bench", registry.addr));
+    let podrund = node.daemon_pid().context("podrund")?;
+    let targets = [
+        Target {
+            name: "podrun",
+            node: &node,
+            socket: node.socket.clone(),
+            handler: "",
+            daemon: podrund,
+        },
+        Target {
+            name: "podrun-runc",
+            node: &node,
+            socket: node.socket.clone(),
+            handler: "runc",
+            daemon: podrund,
+        },
+        Target {
+            name: "containerd",
+            node: &ctrd.node,
+            socket: ctrd.socket.clone(),
+            handler: "",
+            daemon: ctrd.pid().context("containerd")?,
+        },
+    ];
+    let mut results = BTreeMap::new();
+    for t in &targets {
+        eprintln!("measuring {} ...", t.name);
+        results.insert(t.name, measure(t, &image, &args).await?);
     }
-    // Memory per pod: each pod's shim and pause.
-    let (mut rss, mut pss) = (Vec::new(), Vec::new());
-    for id in &pods {
-        let status = rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: true,
-            })
-            .await?
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&status.info["info"])?;
-        let (s, p) = (
-            memory(info["shimPid"].as_i64().unwrap_or(0)),
-            memory(info["pausePid"].as_i64().unwrap_or(0)),
-        );
-        rss.push((s.0 + p.0) as f64);
-        pss.push((s.1 + p.1) as f64);
-    }
-    let busy = memory(daemon_pid).0;
-    let teardown_ms = teardown(&mut rt, &pods).await?;
+    let floor = floor::measure(&node, args.sequential.max(1)).await?;
 
-    // Concurrent.
-    let t = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..args.concurrent {
-        let (mut rt, image, handler, node) = (
-            rt.clone(),
-            image.clone(),
-            args.runtime.clone(),
-            node.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            start_one(&mut rt, &node, &image, &format!("con-{i}"), &handler).await
-        }));
-    }
-    let (mut failures, mut concurrent) = (0, Vec::new());
-    for task in tasks {
-        match task.await? {
-            Ok((id, _)) => concurrent.push(id),
-            Err(e) => {
-                failures += 1;
-                eprintln!("concurrent start failed: {e:#}");
-            }
-        }
-    }
-    let wall = ms(t.elapsed());
-    teardown(&mut rt, &concurrent).await?;
-
-    let pod_ready: Vec<f64> = timings.iter().map(|t| ms(t.pod_ready)).collect();
-    let started: Vec<f64> = timings.iter().map(|t| ms(t.container_started)).collect();
-    let ready: Vec<f64> = timings
-        .iter()
-        .map(|t| ms(t.pod_ready + t.container_started))
-        .collect();
-    let mut figures = BTreeMap::new();
-    figures.insert("runp_p50_ms", percentile(pod_ready.clone(), 0.5));
-    figures.insert("runp_p95_ms", percentile(pod_ready.clone(), 0.95));
-    figures.insert("runp_max_ms", percentile(pod_ready, 1.0));
-    figures.insert("container_started_p50_ms", percentile(started.clone(), 0.5));
-    figures.insert("container_started_p95_ms", percentile(started, 0.95));
-    figures.insert("ready_p50_ms", percentile(ready.clone(), 0.5));
-    figures.insert("ready_p95_ms", percentile(ready.clone(), 0.95));
-    figures.insert("ready_max_ms", percentile(ready, 1.0));
-    figures.insert("concurrent_wall_ms", wall);
-    figures.insert("concurrent_failures", failures as f64);
-    figures.insert("per_pod_rss_kb", percentile(rss, 0.5));
-    figures.insert("per_pod_pss_kb", percentile(pss, 0.5));
-    figures.insert("daemon_idle_rss_kb", idle as f64);
-    figures.insert("daemon_rss_with_pods_kb", busy as f64);
-    figures.insert("teardown_p50_ms", percentile(teardown_ms, 0.5));
-    let runtime = if args.runtime.is_empty() {
-        "default".to_owned()
-    } else {
-        args.runtime.clone()
-    };
     println!(
-        "podrun ({runtime} runtime), {} sequential and {} concurrent pods with one container each",
+        "{} sequential and {} concurrent pods per runtime, one container each (pull excluded)",
         args.sequential, args.concurrent
     );
-    for (k, v) in &figures {
-        println!("  {k:<28} {v:>10.1}");
-    }
-    if let Some(path) = args.json {
-        let key = if args.runtime.is_empty() {
-            "podrun".to_owned()
-        } else {
-            format!("podrun-{}", args.runtime)
+    println!(
+        "{:<26} {:>12} {:>12} {:>12} {:>16}",
+        "", "podrun", "podrun-runc", "containerd", "podrun/containerd"
+    );
+    for key in results["podrun"].keys() {
+        let v = |r: &str| results[r][key];
+        let ratio = match v("containerd") {
+            c if c > 0.0 => format!("{:.2}", v("podrun") / c),
+            _ => "-".into(),
         };
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&serde_json::json!({ key: figures }))?,
-        )?;
+        println!(
+            "{key:<26} {:>12.1} {:>12.1} {:>12.1} {:>16}",
+            v("podrun"),
+            v("podrun-runc"),
+            v("containerd"),
+            ratio
+        );
+    }
+    println!(
+        "floor: netns + CNI ADD chain, run directly: p50 {:.1} ms (netns {:.1}, CNI ADD {:.1})",
+        floor.0 + floor.1,
+        floor.0,
+        floor.1
+    );
+    println!("podrund phase medians (ms, all podrun runs):");
+    for (k, v) in phase_medians(&node.log()) {
+        println!("  {k:<24} {v:>8.1}");
+    }
+    if let Some(path) = &args.json {
+        let mut json = serde_json::to_value(&results)?;
+        json["floor"] = serde_json::json!({"netns_ms": floor.0, "cni_add_ms": floor.1});
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
     node.assert_no_leaks();
+    ctrd.node.assert_no_leaks();
     Ok(())
 }

@@ -137,6 +137,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let _ = fs::remove_file(&self.socket);
     }
 
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.node.dir.join("containerd.log")).unwrap_or_default()
     }
