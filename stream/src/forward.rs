@@ -61,23 +61,11 @@ where
     F: Fn(u16) -> BoxFuture<Result<TcpStream, String>> + Send + Sync + 'static,
 {
     let dial: Dial = Arc::new(dial);
-    let headers = req.headers().clone();
-    let websocket = http::is_websocket(&headers);
-    if !websocket && !http::is_spdy(&headers) {
-        return http::error_response(
-            StatusCode::BAD_REQUEST,
-            "this URL needs an upgrade to SPDY/3.1 or WebSocket",
-        );
+    let (websocket, _, response) = http::accept(req.headers(), &PORTFORWARD_PROTOCOLS);
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return response;
     }
-    let name = if websocket {
-        http::WS_PROTOCOL_HEADER
-    } else {
-        http::PROTOCOL_HEADER
-    };
-    let protocol = match http::negotiate(&headers, name, &PORTFORWARD_PROTOCOLS) {
-        Ok(p) => p,
-        Err(e) => return http::error_response(StatusCode::FORBIDDEN, &e),
-    };
+    // WebSocket fixes its ports up front: the request's, else the URL's `port` parameters.
     let mut ports = ports;
     if websocket && ports.is_empty() {
         let query = req.uri().query().unwrap_or_default();
@@ -89,13 +77,6 @@ where
         if ports.is_empty() {
             return http::error_response(StatusCode::BAD_REQUEST, "no port to forward");
         }
-    }
-    let response = match websocket {
-        true => http::websocket_switch(&headers, &protocol),
-        false => http::spdy_switch(&protocol),
-    };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return response;
     }
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {

@@ -20,14 +20,14 @@ pub fn error_response(code: StatusCode, message: &str) -> Response<Body> {
     r
 }
 
-pub fn is_websocket(headers: &HeaderMap) -> bool {
+fn is_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-pub fn is_spdy(headers: &HeaderMap) -> bool {
+fn is_spdy(headers: &HeaderMap) -> bool {
     headers
         .get(UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -48,7 +48,7 @@ fn offered(headers: &HeaderMap, name: &str) -> Vec<String> {
 
 /// The first protocol the client offers that `ours` has; `Ok("")` when it offers none
 /// (the oldest protocol, as kubelet takes it); Err naming both lists when none match.
-pub fn negotiate(headers: &HeaderMap, name: &str, ours: &[&str]) -> Result<String, String> {
+fn negotiate(headers: &HeaderMap, name: &str, ours: &[&str]) -> Result<String, String> {
     let theirs = offered(headers, name);
     if theirs.is_empty() {
         return Ok(String::new());
@@ -62,8 +62,41 @@ pub fn negotiate(headers: &HeaderMap, name: &str, ours: &[&str]) -> Result<Strin
         })
 }
 
+/// Checks an upgrade request and agrees on one of `protocols`: whether it is WebSocket
+/// (else SPDY), the protocol, and the response to send: 101, or the error (400 for no or a
+/// bad upgrade, 403 for no common protocol).
+pub fn accept(headers: &HeaderMap, protocols: &[&str]) -> (bool, String, Response<Body>) {
+    let (websocket, name) = match (is_websocket(headers), is_spdy(headers)) {
+        (true, _) => (true, WS_PROTOCOL_HEADER),
+        (false, true) => (false, PROTOCOL_HEADER),
+        _ => {
+            let message = "this URL needs an upgrade to SPDY/3.1 or WebSocket";
+            return (
+                false,
+                String::new(),
+                error_response(StatusCode::BAD_REQUEST, message),
+            );
+        }
+    };
+    let protocol = match negotiate(headers, name, protocols) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                websocket,
+                String::new(),
+                error_response(StatusCode::FORBIDDEN, &e),
+            )
+        }
+    };
+    let response = match websocket {
+        true => websocket_switch(headers, &protocol),
+        false => spdy_switch(&protocol),
+    };
+    (websocket, protocol, response)
+}
+
 /// 101 Switching Protocols to SPDY/3.1.
-pub fn spdy_switch(protocol: &str) -> Response<Body> {
+fn spdy_switch(protocol: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -76,7 +109,7 @@ pub fn spdy_switch(protocol: &str) -> Response<Body> {
 }
 
 /// 101 Switching Protocols to WebSocket, or 400 for a handshake without a key.
-pub fn websocket_switch(headers: &HeaderMap, protocol: &str) -> Response<Body> {
+fn websocket_switch(headers: &HeaderMap, protocol: &str) -> Response<Body> {
     let Some(key) = headers.get("sec-websocket-key") else {
         return error_response(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };

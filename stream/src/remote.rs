@@ -33,25 +33,7 @@ pub fn remotecommand<F>(req: Request<Incoming>, opts: Options, session: F) -> Re
 where
     F: FnOnce(Streams) -> BoxFuture<Outcome> + Send + 'static,
 {
-    let headers = req.headers().clone();
-    let (websocket, name) = match (http::is_websocket(&headers), http::is_spdy(&headers)) {
-        (true, _) => (true, http::WS_PROTOCOL_HEADER),
-        (false, true) => (false, http::PROTOCOL_HEADER),
-        _ => {
-            return http::error_response(
-                StatusCode::BAD_REQUEST,
-                "this URL needs an upgrade to SPDY/3.1 or WebSocket",
-            )
-        }
-    };
-    let protocol = match http::negotiate(&headers, name, &CHANNEL_PROTOCOLS) {
-        Ok(p) => p,
-        Err(e) => return http::error_response(StatusCode::FORBIDDEN, &e),
-    };
-    let response = match websocket {
-        true => http::websocket_switch(&headers, &protocol),
-        false => http::spdy_switch(&protocol),
-    };
+    let (websocket, protocol, response) = http::accept(req.headers(), &CHANNEL_PROTOCOLS);
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }

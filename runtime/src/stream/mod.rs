@@ -185,6 +185,16 @@ pub fn port_forward_url(node: &Node, mut req: cri::PortForwardRequest) -> Result
     node.streaming.url(Pending::PortForward(req))
 }
 
+/// The streams a request asks for (a terminal has no separate stderr).
+fn options(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> podrun_stream::Options {
+    podrun_stream::Options {
+        stdin,
+        stdout,
+        stderr: stderr && !tty,
+        tty,
+    }
+}
+
 fn route(
     node: Arc<Node>,
     req: hyper::Request<hyper::body::Incoming>,
@@ -206,23 +216,13 @@ fn route(
     };
     match pending {
         Pending::Exec(r) => {
-            let opts = podrun_stream::Options {
-                stdin: r.stdin,
-                stdout: r.stdout,
-                stderr: r.stderr && !r.tty,
-                tty: r.tty,
-            };
+            let opts = options(r.stdin, r.stdout, r.stderr, r.tty);
             podrun_stream::remotecommand(req, opts, move |streams| {
                 Box::pin(exec::exec(node, r, streams))
             })
         }
         Pending::Attach(r) => {
-            let opts = podrun_stream::Options {
-                stdin: r.stdin,
-                stdout: r.stdout,
-                stderr: r.stderr && !r.tty,
-                tty: r.tty,
-            };
+            let opts = options(r.stdin, r.stdout, r.stderr, r.tty);
             podrun_stream::remotecommand(req, opts, move |streams| {
                 Box::pin(exec::attach(node, r, streams))
             })

@@ -58,6 +58,20 @@ async fn run_session(mut s: Session, tty: bool) -> Result<i32> {
     }
 }
 
+/// Connects to an exec or attach URL asking for these streams, and runs the session.
+async fn connect_and_run(url: String, stdin: bool, tty: bool, transport: Transport) -> Result<i32> {
+    let opts = Options {
+        stdin,
+        stdout: true,
+        stderr: !tty,
+        tty,
+    };
+    let session = podrun_stream::exec(&url, transport, opts)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    run_session(session, tty).await
+}
+
 pub async fn exec(
     endpoint: &Path,
     id: String,
@@ -76,16 +90,7 @@ pub async fn exec(
         stderr: !tty,
     };
     let url = rt.exec(req).await?.into_inner().url;
-    let opts = Options {
-        stdin,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    };
-    let session = podrun_stream::exec(&url, transport, opts)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    run_session(session, tty).await
+    connect_and_run(url, stdin, tty, transport).await
 }
 
 pub async fn attach(
@@ -104,16 +109,7 @@ pub async fn attach(
         stderr: !tty,
     };
     let url = rt.attach(req).await?.into_inner().url;
-    let opts = Options {
-        stdin,
-        stdout: true,
-        stderr: !tty,
-        tty,
-    };
-    let session = podrun_stream::exec(&url, transport, opts)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    run_session(session, tty).await
+    connect_and_run(url, stdin, tty, transport).await
 }
 
 /// `LOCAL:REMOTE` or `PORT` (the same on both sides).
