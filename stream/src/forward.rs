@@ -61,13 +61,14 @@ where
     F: Fn(u16) -> BoxFuture<Result<TcpStream, String>> + Send + Sync + 'static,
 {
     let dial: Dial = Arc::new(dial);
-    let (websocket, _, response) = http::accept(req.headers(), &PORTFORWARD_PROTOCOLS);
+    let (websocket, protocol, response) = http::accept(req.headers(), &PORTFORWARD_PROTOCOLS);
+    let tunneled = websocket && protocol == crate::TUNNELED_SPDY;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return response;
     }
     // WebSocket fixes its ports up front: the request's, else the URL's `port` parameters.
     let mut ports = ports;
-    if websocket && ports.is_empty() {
+    if websocket && !tunneled && ports.is_empty() {
         let query = req.uri().query().unwrap_or_default();
         ports = query
             .split('&')
@@ -89,7 +90,10 @@ where
         match websocket {
             true => {
                 let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
-                serve_websocket(ws, ports, dial).await
+                match tunneled {
+                    true => serve_spdy(crate::ws::tunnel(ws), ports, dial).await,
+                    false => serve_websocket(ws, ports, dial).await,
+                }
             }
             false => serve_spdy(upgraded, ports, dial).await,
         }
@@ -97,7 +101,10 @@ where
     response
 }
 
-async fn serve_spdy(io: TokioIo<hyper::upgrade::Upgraded>, allowed: Vec<u16>, dial: Dial) {
+async fn serve_spdy<T>(io: T, allowed: Vec<u16>, dial: Dial)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (conn, mut incoming) = Connection::start(io, false);
     // Error streams waiting for their data stream, by request id.
     let mut errors: HashMap<String, Pipe> = HashMap::new();

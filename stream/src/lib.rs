@@ -106,8 +106,18 @@ pub const CHANNEL_PROTOCOLS: [&str; 5] = [
     "channel.k8s.io",
 ];
 
-/// Port-forward protocols: SPDY speaks the first, WebSocket any.
-pub const PORTFORWARD_PROTOCOLS: [&str; 2] = ["portforward.k8s.io", "v4.portforward.k8s.io"];
+/// Port-forward protocols: SPDY speaks the first; WebSocket the others (kubelet's
+/// port-forward clients name `v4.channel.k8s.io`), the last being SPDY tunnelled in
+/// WebSocket messages, as client-go does it.
+pub const PORTFORWARD_PROTOCOLS: [&str; 4] = [
+    "portforward.k8s.io",
+    "v4.portforward.k8s.io",
+    "v4.channel.k8s.io",
+    TUNNELED_SPDY,
+];
+
+/// client-go's SPDY-over-WebSocket port-forward subprotocol.
+pub const TUNNELED_SPDY: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// The protocol's version number: `v4.channel.k8s.io` is 4, `channel.k8s.io` 1.
 fn version(protocol: &str) -> u8 {

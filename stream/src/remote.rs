@@ -163,7 +163,7 @@ where
     S: AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     F: FnOnce(Streams) -> BoxFuture<Outcome>,
 {
-    let mut ch = Channels::start(ws, 5, version(&protocol) >= 5);
+    let mut ch = Channels::start(ws, 5, false);
     let resize = (opts.tty && version(&protocol) >= 3)
         .then(|| ch.take(4))
         .flatten();

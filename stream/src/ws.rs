@@ -33,8 +33,8 @@ pub struct Channels {
 }
 
 impl Channels {
-    /// Runs `n` channels over `ws`. With `v5`, a user closing a channel sends its close
-    /// signal, and the peer's close signals end channels.
+    /// Runs `n` channels over `ws`. With `v5` (for a client: servers never send it), a user
+    /// closing a channel sends its close signal; the peer's close signals always end channels.
     pub fn start<S>(ws: WebSocketStream<S>, n: usize, v5: bool) -> Channels
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -109,7 +109,13 @@ where
                 }
             }
             Out::Close => {
-                let _ = sink.send(Message::Close(None)).await;
+                // A normal closure (1000): clients read it as the end of every channel.
+                let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code:
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                    reason: Default::default(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
                 let _ = sink.close().await;
                 return;
             }
@@ -160,4 +166,43 @@ async fn read_loop<R>(
         let mut w = w;
         let _ = w.shutdown().await;
     }
+}
+
+/// A byte stream carried in binary WebSocket messages, as client-go tunnels SPDY
+/// (`SPDY/3.1+portforward.k8s.io`): each message is the next piece of the stream.
+pub fn tunnel<S>(ws: WebSocketStream<S>) -> DuplexStream
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (user, ours) = tokio::io::duplex(PIPE);
+    let (mut from_user, mut to_user) = tokio::io::split(ours);
+    let (mut sink, mut stream) = ws.split();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = match from_user.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let msg = Message::Binary(Bytes::copy_from_slice(&buf[..n]));
+            if sink.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(Message::Close(None)).await;
+    });
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let data = match msg {
+                Message::Binary(b) => b,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if to_user.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+        let _ = to_user.shutdown().await;
+    });
+    user
 }
