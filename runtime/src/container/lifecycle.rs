@@ -228,9 +228,28 @@ pub(crate) async fn remove_one(node: &Node, c: &Container) -> Result<()> {
             tracing::warn!(container = %r.id, error = %e, "shim unreachable; removing files only")
         }
     }
+    force_delete_runtime_state(&r).await;
     teardown_files(&Dirs::new(&node.config, &r.id))?;
     node.containers.forget(&r.id);
     Ok(())
+}
+
+/// The OCI runtime's own record of the container, if the shim left one (it was gone, or its
+/// delete raced the pod's teardown): `delete --force` makes sure nothing stays behind.
+async fn force_delete_runtime_state(r: &Record) {
+    let known = ["/run/runc", "/run/crun"]
+        .iter()
+        .any(|root| std::path::Path::new(root).join(&r.id).exists());
+    if !known {
+        return;
+    }
+    let deleted = tokio::process::Command::new(&r.runtime)
+        .args(["delete", "--force", &r.id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    tracing::info!(container = %r.id, ?deleted, "deleted the runtime's leftover state");
 }
 
 /// Removes every container of a pod.
