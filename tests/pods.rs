@@ -843,13 +843,25 @@ async fn a_crash_in_the_middle_of_run_pod_sandbox_leaves_nothing_that_remove_can
         drop(client);
         node.spawn_daemon();
         let mut client = node.client().await;
-        // kubelet's garbage collection: remove whatever is listed.
-        let pods = client
-            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        // kubelet's garbage collection: remove whatever is listed (retrying, as kubelet
+        // does, a call that meets the restarted daemon before it serves).
+        let mut listed = None;
+        for _ in 0..50 {
+            match client
+                .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await
+            {
+                Ok(r) => {
+                    listed = Some(r.into_inner().items);
+                    break;
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    client = node.client().await;
+                }
+            }
+        }
+        let pods = listed.expect("podrund answers ListPodSandbox after its restart");
         for p in &pods {
             node.remember(&p.id);
             let removed = client
