@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::http::{self, split_url};
+use crate::http;
 use crate::spdy::Connection;
 use crate::status::{self, Outcome};
 use crate::ws::Channels;
@@ -121,33 +121,7 @@ async fn exec_spdy(url: &str, opts: Options) -> std::io::Result<Session> {
 }
 
 async fn exec_websocket(url: &str, opts: Options) -> std::io::Result<Session> {
-    let (host, path) = split_url(url)?;
-    let tcp = tokio::net::TcpStream::connect(&host).await?;
-    let request = tokio_tungstenite::tungstenite::http::Request::builder()
-        .uri(format!("ws://{host}{path}"))
-        .header("Host", &host)
-        .header("Connection", "Upgrade")
-        .header("Upgrade", "websocket")
-        .header("Sec-WebSocket-Version", "13")
-        .header(
-            "Sec-WebSocket-Key",
-            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-        )
-        .header(
-            http::WS_PROTOCOL_HEADER,
-            "v5.channel.k8s.io, v4.channel.k8s.io",
-        )
-        .body(())
-        .map_err(std::io::Error::other)?;
-    let (ws, response) = tokio_tungstenite::client_async(request, tcp)
-        .await
-        .map_err(std::io::Error::other)?;
-    let protocol = response
-        .headers()
-        .get(http::WS_PROTOCOL_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let (ws, protocol) = http::ws_connect(url, "", "v5.channel.k8s.io, v4.channel.k8s.io").await?;
     let mut ch = Channels::start(ws, 5, version(&protocol) >= 5);
     let error = ch
         .take(3)

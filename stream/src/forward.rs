@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::http::{self, split_url, Body};
+use crate::http::{self, Body};
 use crate::spdy::{self, Connection};
 use crate::ws::Channels;
 use crate::{BoxFuture, Pipe, Transport, PORTFORWARD_PROTOCOLS};
@@ -242,26 +242,9 @@ impl PortForwarder {
                 })
             }
             Transport::WebSocket => {
-                let (host, path) = split_url(url)?;
                 let query: Vec<String> = ports.iter().map(|p| format!("port={p}")).collect();
-                let sep = if path.contains('?') { '&' } else { '?' };
-                let tcp = TcpStream::connect(&host).await?;
-                let request = tokio_tungstenite::tungstenite::http::Request::builder()
-                    .uri(format!("ws://{host}{path}{sep}{}", query.join("&")))
-                    .header("Host", &host)
-                    .header("Connection", "Upgrade")
-                    .header("Upgrade", "websocket")
-                    .header("Sec-WebSocket-Version", "13")
-                    .header(
-                        "Sec-WebSocket-Key",
-                        tokio_tungstenite::tungstenite::handshake::client::generate_key(),
-                    )
-                    .header(http::WS_PROTOCOL_HEADER, "v4.portforward.k8s.io")
-                    .body(())
-                    .map_err(std::io::Error::other)?;
-                let (ws, _) = tokio_tungstenite::client_async(request, tcp)
-                    .await
-                    .map_err(std::io::Error::other)?;
+                let (ws, _) =
+                    http::ws_connect(url, &query.join("&"), "v4.portforward.k8s.io").await?;
                 let ch = Channels::start(ws, ports.len() * 2, false);
                 Ok(PortForwarder::WebSocket(
                     tokio::sync::Mutex::new(ch),

@@ -199,6 +199,45 @@ pub async fn spdy_connect(url: &str, protocols: &[&str]) -> std::io::Result<(Tcp
     Ok((tcp, chosen))
 }
 
+/// A client's WebSocket upgrade of `url` (plus `query`, if any) offering `protocols`:
+/// the socket, and the protocol the server chose ("" for none).
+pub async fn ws_connect(
+    url: &str,
+    query: &str,
+    protocols: &str,
+) -> std::io::Result<(tokio_tungstenite::WebSocketStream<TcpStream>, String)> {
+    let (host, path) = split_url(url)?;
+    let uri = match (query.is_empty(), path.contains('?')) {
+        (true, _) => format!("ws://{host}{path}"),
+        (false, true) => format!("ws://{host}{path}&{query}"),
+        (false, false) => format!("ws://{host}{path}?{query}"),
+    };
+    let tcp = TcpStream::connect(&host).await?;
+    let request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(uri)
+        .header("Host", &host)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header(
+            "Sec-WebSocket-Key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .header(WS_PROTOCOL_HEADER, protocols)
+        .body(())
+        .map_err(std::io::Error::other)?;
+    let (ws, response) = tokio_tungstenite::client_async(request, tcp)
+        .await
+        .map_err(std::io::Error::other)?;
+    let protocol = response
+        .headers()
+        .get(WS_PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((ws, protocol))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,10 @@ pub async fn attach(node: Arc<Node>, req: cri::AttachRequest, streams: Streams) 
     outcome(run_attach(node, req, streams).await)
 }
 
+/// Output FIFO paths (stdout, stderr), the (FIFO, client) pairs to copy, and the write ends
+/// held until the shim has its own.
+type Outputs = ([String; 2], Vec<(Receiver, Pipe)>, Vec<std::fs::File>);
+
 /// FIFOs of one session, removed (and, for attach, detached) when it ends, however it ends.
 struct Session {
     shim: Shim,
@@ -62,6 +66,32 @@ impl Session {
         let path = dir.join(name);
         self.fifos.push(path.clone());
         path
+    }
+
+    /// FIFOs `<prefix>.out` and `<prefix>.err` for the client's stdout and stderr, opened
+    /// for reading: (stdout path, stderr path) ("" for a stream not asked for), the
+    /// (FIFO, client) pairs to copy, and the write ends to hold until the shim has its own.
+    fn outputs(
+        &mut self,
+        dir: &Path,
+        prefix: &str,
+        streams: &mut Streams,
+    ) -> Result<Outputs> {
+        let (mut paths, mut pairs, mut holds) =
+            ([String::new(), String::new()], Vec::new(), Vec::new());
+        let wanted = [
+            (0, streams.stdout.take(), "out"),
+            (1, streams.stderr.take(), "err"),
+        ];
+        for (i, client, name) in wanted {
+            let Some(client) = client else { continue };
+            let path = self.output(dir, format!("{prefix}.{name}"));
+            let (reader, hold) = fifo_reader(&path)?;
+            pairs.push((reader, client));
+            holds.push(hold);
+            paths[i] = path.display().to_string();
+        }
+        Ok((paths, pairs, holds))
     }
 
     fn fifo(&mut self, dir: &Path, name: String) -> Result<PathBuf> {
@@ -174,26 +204,16 @@ async fn run_exec(node: Arc<Node>, req: cri::ExecRequest, mut streams: Streams) 
         attached: Vec::new(),
         fifos: Vec::new(),
     };
-    let mut paths = [String::new(), String::new(), String::new()];
-    let mut stdin = None;
+    let (mut stdin, mut stdin_path) = (None, String::new());
     if let Some(client) = streams.stdin.take() {
         let path = session.fifo(&dirs.state, format!("exec-{exec_id}.in"))?;
         stdin = Some((client, fifo_writer(&path, true)?));
-        paths[0] = path.display().to_string();
+        stdin_path = path.display().to_string();
     }
-    let (mut pairs, mut holds) = (Vec::new(), Vec::new());
-    let wanted = [
-        (1, streams.stdout.take(), "out"),
-        (2, streams.stderr.take(), "err"),
-    ];
-    for (i, client, name) in wanted {
-        let Some(client) = client else { continue };
-        let path = session.output(&dirs.state, format!("exec-{exec_id}.{name}"));
-        let (reader, hold) = fifo_reader(&path)?;
-        pairs.push((reader, client));
-        holds.push(hold);
-        paths[i] = path.display().to_string();
-    }
+    let prefix = format!("exec-{exec_id}");
+    let ([out_path, err_path], pairs, holds) =
+        session.outputs(&dirs.state, &prefix, &mut streams)?;
+    let paths = [stdin_path, out_path, err_path];
     let [i, o, e] = &paths;
     shim.exec(&r.id, &exec_id, spec, [i, o, e], req.tty).await?;
     session.exec_id = Some(exec_id.clone());
@@ -240,20 +260,8 @@ async fn run_attach(node: Arc<Node>, req: cri::AttachRequest, mut streams: Strea
         attached: Vec::new(),
         fifos: Vec::new(),
     };
-    let (mut pairs, mut holds, mut paths) =
-        (Vec::new(), Vec::new(), [String::new(), String::new()]);
-    let wanted = [
-        (0, streams.stdout.take(), "out"),
-        (1, streams.stderr.take(), "err"),
-    ];
-    for (i, client, name) in wanted {
-        let Some(client) = client else { continue };
-        let path = session.output(&dirs.state, format!("attach-{n}.{name}"));
-        let (reader, hold) = fifo_reader(&path)?;
-        pairs.push((reader, client));
-        holds.push(hold);
-        paths[i] = path.display().to_string();
-    }
+    let (paths, pairs, holds) =
+        session.outputs(&dirs.state, &format!("attach-{n}"), &mut streams)?;
     shim.attach(&r.id, &paths[0], &paths[1]).await?;
     session.attached = paths.iter().filter(|p| !p.is_empty()).cloned().collect();
     drop(holds);
