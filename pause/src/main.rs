@@ -22,7 +22,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match setup() {
-        Ok(sfd) => serve(sfd),
+        Ok(sfd) => {
+            // Start-up mapped most of this static binary; the loop below needs a few pages.
+            podrun_pause::release_executable_pages();
+            serve(sfd)
+        }
         Err(what) => {
             eprintln!("podrun-pause: {what}: {}", std::io::Error::last_os_error());
             ExitCode::from(1)
