@@ -71,12 +71,7 @@ impl Session {
     /// FIFOs `<prefix>.out` and `<prefix>.err` for the client's stdout and stderr, opened
     /// for reading: (stdout path, stderr path) ("" for a stream not asked for), the
     /// (FIFO, client) pairs to copy, and the write ends to hold until the shim has its own.
-    fn outputs(
-        &mut self,
-        dir: &Path,
-        prefix: &str,
-        streams: &mut Streams,
-    ) -> Result<Outputs> {
+    fn outputs(&mut self, dir: &Path, prefix: &str, streams: &mut Streams) -> Result<Outputs> {
         let (mut paths, mut pairs, mut holds) =
             ([String::new(), String::new()], Vec::new(), Vec::new());
         let wanted = [

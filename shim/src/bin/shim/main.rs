@@ -12,6 +12,7 @@ mod crilog;
 mod mounts;
 mod oci;
 mod pause;
+mod quiet;
 mod reaper;
 mod stats;
 mod stdio;
@@ -130,6 +131,8 @@ async fn serve(listener: UnixListener, args: Args) -> Result<()> {
     if let Some(v2) = create_task(shim.clone()).remove("containerd.task.v3.Task") {
         services.insert("containerd.task.v2.Task".into(), v2);
     }
+    let busy = Arc::new(tokio::sync::Notify::new());
+    let services = quiet::noted(services, &busy);
     let listener = Listener::try_from(listener).context("wrapping the listening socket")?;
     let mut server = Server::new()
         .add_listener(listener)
@@ -138,6 +141,7 @@ async fn serve(listener: UnixListener, args: Args) -> Result<()> {
     tracing::info!(%id, "shim serving");
     // Most of this static binary was mapped while starting; serving needs a fraction.
     podrun_pause::release_executable_pages();
+    tokio::spawn(quiet::release_at_rest(busy));
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = shim.shutdown.notified() => tracing::info!(%id, "shutdown requested"),
