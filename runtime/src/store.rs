@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -18,16 +18,33 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_bytes_atomic(path, &bytes)
 }
 
-pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `value` to `path` atomically (whole or not at all) but not durably: for files
+/// under the volatile state directory, which does not outlive a reboot anyway (a tmpfs on
+/// most nodes).
+pub fn write_volatile<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
+    let tmp = temporary(path)?;
+    fs::write(&tmp, bytes).map_err(Error::io("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))
+}
+
+/// The temporary name `path` is written under before it is renamed into place.
+fn temporary(path: &Path) -> Result<PathBuf> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Internal(format!("{} has no parent", path.display())))?;
-    let tmp = dir.join(format!(
+    Ok(dir.join(format!(
         ".{}.tmp",
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("record")
-    ));
+    )))
+}
+
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary(path)?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
     let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())

@@ -31,6 +31,9 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+/// How long pods are left alone before their memory is read.
+const SETTLE: Duration = Duration::from_secs(3);
+
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -159,7 +162,13 @@ async fn teardown(rt: &mut Client, pods: &[String]) -> Result<Vec<f64>> {
     Ok(times)
 }
 
-async fn measure(t: &Target<'_>, image: &str, args: &Args) -> Result<BTreeMap<&'static str, f64>> {
+/// The figures of one runtime, and the medians of podrund's phase timings over its
+/// sequential runs (empty for containerd).
+async fn measure(
+    t: &Target<'_>,
+    image: &str,
+    args: &Args,
+) -> Result<(BTreeMap<&'static str, f64>, BTreeMap<String, f64>)> {
     let mut images = client::image(&t.socket).await?;
     let spec = cri::ImageSpec {
         image: image.into(),
@@ -178,6 +187,7 @@ async fn measure(t: &Target<'_>, image: &str, args: &Args) -> Result<BTreeMap<&'
     let idle = memory(t.daemon).0;
 
     let (mut runp, mut ready, mut pods) = (Vec::new(), Vec::new(), Vec::new());
+    let log_from = t.node.log().len();
     for i in 0..args.sequential {
         let config = t.pod(&format!("{}-seq-{i}", t.name));
         let (id, pod, ctr) = start_one(rt.clone(), config, t.handler, image.to_owned()).await?;
@@ -186,6 +196,10 @@ async fn measure(t: &Target<'_>, image: &str, args: &Args) -> Result<BTreeMap<&'
         ready.push(ms(pod + ctr));
         pods.push(id);
     }
+    let phases = phase_medians(t.node.log().get(log_from..).unwrap_or_default());
+    // Memory per pod at rest, as it stays for the pod's life, not in the middle of its
+    // start-up.
+    tokio::time::sleep(SETTLE).await;
     let (mut rss, mut pss) = (Vec::new(), Vec::new());
     for id in &pods {
         let procs = t.pod_processes(id);
@@ -234,7 +248,7 @@ async fn measure(t: &Target<'_>, image: &str, args: &Args) -> Result<BTreeMap<&'
     f.insert("per_pod_pss_kb", percentile(pss, 0.5));
     f.insert("daemon_idle_rss_kb", idle as f64);
     f.insert("daemon_rss_with_pods_kb", busy as f64);
-    Ok(f)
+    Ok((f, phases))
 }
 
 /// Medians of the `*_ms` fields podrund logged for each phase.
@@ -291,10 +305,12 @@ async fn main() -> Result<()> {
             daemon: ctrd.pid().context("containerd")?,
         },
     ];
-    let mut results = BTreeMap::new();
+    let (mut results, mut phases) = (BTreeMap::new(), BTreeMap::new());
     for t in &targets {
         eprintln!("measuring {} ...", t.name);
-        results.insert(t.name, measure(t, &image, &args).await?);
+        let (figures, medians) = measure(t, &image, &args).await?;
+        results.insert(t.name, figures);
+        phases.insert(t.name, medians);
     }
     let floor = floor::measure(&node, args.sequential.max(1)).await?;
 
@@ -326,9 +342,11 @@ async fn main() -> Result<()> {
         floor.0,
         floor.1
     );
-    println!("podrund phase medians (ms, all podrun runs):");
-    for (k, v) in phase_medians(&node.log()) {
-        println!("  {k:<24} {v:>8.1}");
+    println!("podrund phase medians over the sequential runs (ms):");
+    println!("  {:<24} {:>8} {:>12}", "", "podrun", "podrun-runc");
+    for (k, v) in &phases["podrun"] {
+        let runc = phases["podrun-runc"].get(k).copied().unwrap_or(f64::NAN);
+        println!("  {k:<24} {v:>8.1} {runc:>12.1}");
     }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&results)?;

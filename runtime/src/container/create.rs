@@ -202,7 +202,7 @@ async fn make(
         annotations,
         pid_target,
     };
-    store::write_atomic(&dirs.state.join("config.json"), &spec::build(&input))?;
+    store::write_volatile(&dirs.state.join("config.json"), &spec::build(&input))?;
     let stdout = match record.log_path.as_str() {
         "" => String::new(),
         path => format!("cri-log://{path}"),

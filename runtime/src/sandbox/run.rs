@@ -1,6 +1,6 @@
-//! RunPodSandbox: validate, reserve the pod's identity, then make its resources in order
-//! (dirs, netns, cgroup, shm), overlap CNI ADD with the shim and pause start, and write the
-//! pod's files. Any failure tears down whatever was made, in reverse, with a time budget of
+//! RunPodSandbox: validate, reserve the pod's identity, persist the record, start the
+//! shim, make the netns, cgroup and shm meanwhile, overlap CNI ADD with the pause start,
+//! and write the pod's files. Any failure tears down whatever was made, in reverse, with a time budget of
 //! its own; a client that gives up does not cut the work half-way, because it runs in a
 //! task of its own while the pod's identity stays reserved.
 
@@ -235,27 +235,10 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     persist(dirs, record)?;
     let t_dirs = phase.elapsed();
 
+    // The shim starts up (exec, its runtime, its server) while podrund makes the netns,
+    // the cgroup and /dev/shm, which pause and CNI need only later.
     let phase = Instant::now();
-    if let Some(path) = record.netns.clone() {
-        let (dir, name) = (
-            node.config.netns_dir.clone(),
-            path.file_name().map(|n| n.to_owned()).unwrap_or_default(),
-        );
-        tokio::task::spawn_blocking(move || netns::create(&dir, &name.to_string_lossy()))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-    }
-    let t_netns = phase.elapsed();
-    let phase = Instant::now();
-    cgroup::create(&record.cgroup)?;
-    if let Some(shm) = &record.shm {
-        files::mount_shm(shm)?;
-    }
-    let t_cgroup_shm = phase.elapsed();
-
-    let bundle_spec = spec::pause_spec(record);
-    let spec_path = dirs.state.join("config.json");
-    store::write_atomic(&spec_path, &bundle_spec)?;
+    store::write_volatile(&dirs.state.join("config.json"), &spec::pause_spec(record))?;
     let shim_process = shim::spawn(
         &node.binaries,
         &record.id,
@@ -264,6 +247,35 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         &node.config.listen,
     )?;
     record.shim = Some(shim_process);
+    let t_shim_spawn = phase.elapsed();
+
+    let phase = Instant::now();
+    let netns = record.netns.clone().map(|path| {
+        let dir = node.config.netns_dir.clone();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        blocking(move || netns::create(&dir, &name).map(drop))
+    });
+    let (cgroup, shm) = (record.cgroup.clone(), record.shm.clone());
+    let cgroup_shm = blocking(move || {
+        cgroup::create(&cgroup)?;
+        shm.as_deref().map_or(Ok(()), files::mount_shm)
+    });
+    let (netns, cgroup_shm) = tokio::join!(
+        async {
+            match netns {
+                Some(made) => made.await,
+                None => Ok(()),
+            }
+        },
+        cgroup_shm
+    );
+    netns?;
+    cgroup_shm?;
+    let t_netns_cgroup_shm = phase.elapsed();
 
     // CNI ADD and the pause start are independent: overlap them.
     let phase = Instant::now();
@@ -309,11 +321,20 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     )?;
     tracing::debug!(
         pod = %record.id,
-        dirs_ms = ms(t_dirs), netns_ms = ms(t_netns), cgroup_shm_ms = ms(t_cgroup_shm),
+        dirs_ms = ms(t_dirs), shim_spawn_ms = ms(t_shim_spawn),
+        netns_cgroup_shm_ms = ms(t_netns_cgroup_shm),
         cni_add_ms = ms(t_cni), shim_pause_ms = ms(t_pause), overlapped_ms = ms(t_both),
         "RunPodSandbox phases"
     );
     Ok(())
+}
+
+/// Runs blocking work (syscalls that may sleep, or that change the calling thread's
+/// namespaces) off the async workers.
+async fn blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 fn ms(d: Duration) -> f64 {
