@@ -1,5 +1,5 @@
-//! Durable records: JSON written atomically (temp file, fsync, rename, fsync of the
-//! directory), each carrying a format version, plus the small identity helpers that
+//! Durable records: JSON written atomically (temp file, fsync, rename, and an fsync of
+//! the directory for a new file), each carrying a format version, plus the small identity helpers that
 //! recovery needs (ids, process identity by pid + start time).
 
 use std::fs::{self, File};
@@ -45,11 +45,18 @@ fn temporary(path: &Path) -> Result<PathBuf> {
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temporary(path)?;
     let dir = path.parent().unwrap_or(Path::new("/"));
+    let replacing = path.exists();
     let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
         .map_err(Error::io("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;
+    // A new file must survive a power cut, so its directory entry is synced too. A
+    // replacement need not be: whichever of the two (whole, synced) versions survives is
+    // a valid record.
+    if replacing {
+        return Ok(());
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io("syncing", dir))

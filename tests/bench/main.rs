@@ -4,7 +4,9 @@
 //! with runc; containerd (Debian's, its CRI plugin, runc) gets the same CNI plugin chain,
 //! the same image from the same local registry, and podrun's pause as its sandbox image. A
 //! floor line times what any runtime must do: netns creation plus the CNI ADD chain, run
-//! directly. Run through `hack/bench`; `--json FILE` writes the figures too.
+//! directly. Sequential starts and teardowns take turns between the runtimes, one pod
+//! each, so that the machine's own ups and downs fall on all of them alike. Run through
+//! `hack/bench`; `--json FILE` writes the figures too.
 
 mod floor;
 
@@ -31,7 +33,8 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
-/// How long pods are left alone before their memory is read.
+/// How long pods are left alone before their memory is read, and the node after a
+/// teardown before the next phase.
 const SETTLE: Duration = Duration::from_secs(3);
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -109,13 +112,14 @@ impl Target<'_> {
     }
 }
 
-/// RunPodSandbox, then one container: (pod id, time to pod ready, time to container started).
+/// RunPodSandbox, then one container: ((pod id, container id), time to pod ready, time to
+/// container started).
 async fn start_one(
     mut rt: Client,
     pod: cri::PodSandboxConfig,
     handler: &str,
     image: String,
-) -> Result<(String, Duration, Duration)> {
+) -> Result<((String, String), Duration, Duration)> {
     let t0 = Instant::now();
     let req = cri::RunPodSandboxRequest {
         config: Some(pod.clone()),
@@ -142,9 +146,11 @@ async fn start_one(
         sandbox_config: Some(pod),
     };
     let id = rt.create_container(req).await?.into_inner().container_id;
-    rt.start_container(cri::StartContainerRequest { container_id: id })
-        .await?;
-    Ok((pod_id, t1 - t0, Instant::now() - t1))
+    rt.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok(((pod_id, id), t1 - t0, Instant::now() - t1))
 }
 
 async fn teardown(rt: &mut Client, pods: &[String]) -> Result<Vec<f64>> {
@@ -162,99 +168,149 @@ async fn teardown(rt: &mut Client, pods: &[String]) -> Result<Vec<f64>> {
     Ok(times)
 }
 
-/// The figures of one runtime, and the medians of podrund's phase timings over its
-/// sequential runs (empty for containerd).
-async fn measure(
-    t: &Target<'_>,
+/// What one runtime's runs gave.
+#[derive(Default)]
+struct Runs {
+    runp: Vec<f64>,
+    ready: Vec<f64>,
+    pods: Vec<String>,
+    /// Pods and containers podrund logged phases for.
+    ids: Vec<String>,
+    down: Vec<f64>,
+    rss: Vec<f64>,
+    pss: Vec<f64>,
+    idle: u64,
+    busy: u64,
+    wall: f64,
+    failures: usize,
+}
+
+/// Measures every runtime. Sequential starts and teardowns are interleaved, one pod per
+/// runtime in turn, so that whatever else the machine does weighs on all of them alike;
+/// concurrent starts go one runtime after another.
+async fn measure_all(
+    targets: &[Target<'_>],
     image: &str,
     args: &Args,
-) -> Result<(BTreeMap<&'static str, f64>, BTreeMap<String, f64>)> {
-    let mut images = client::image(&t.socket).await?;
-    let spec = cri::ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    };
-    images
-        .pull_image(cri::PullImageRequest {
-            image: Some(spec),
+) -> Result<BTreeMap<&'static str, Runs>> {
+    let mut runs: BTreeMap<&'static str, Runs> = BTreeMap::new();
+    let mut clients = Vec::new();
+    for t in targets {
+        let mut images = client::image(&t.socket).await?;
+        let spec = cri::ImageSpec {
+            image: image.into(),
             ..Default::default()
-        })
-        .await
-        .with_context(|| format!("{}: pulling {image}", t.name))?;
-    let mut rt = client::runtime(&t.socket).await?;
-    // Settle, then the daemon at rest.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = memory(t.daemon).0;
-
-    let (mut runp, mut ready, mut pods) = (Vec::new(), Vec::new(), Vec::new());
-    let log_from = t.node.log().len();
-    for i in 0..args.sequential {
-        let config = t.pod(&format!("{}-seq-{i}", t.name));
-        let (id, pod, ctr) = start_one(rt.clone(), config, t.handler, image.to_owned()).await?;
-        t.node.remember(&id);
-        runp.push(ms(pod));
-        ready.push(ms(pod + ctr));
-        pods.push(id);
+        };
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(spec),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("{}: pulling {image}", t.name))?;
+        clients.push(client::runtime(&t.socket).await?);
     }
-    let phases = phase_medians(t.node.log().get(log_from..).unwrap_or_default());
+    // Settle, then the daemons at rest.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for t in targets {
+        runs.entry(t.name).or_default().idle = memory(t.daemon).0;
+    }
+
+    for i in 0..args.sequential {
+        for (t, rt) in targets.iter().zip(&clients) {
+            let config = t.pod(&format!("{}-seq-{i}", t.name));
+            let (ids, pod, ctr) = start_one(rt.clone(), config, t.handler, image.to_owned())
+                .await
+                .with_context(|| format!("{}: starting pod {i}", t.name))?;
+            t.node.remember(&ids.0);
+            let r = runs.entry(t.name).or_default();
+            r.runp.push(ms(pod));
+            r.ready.push(ms(pod + ctr));
+            r.pods.push(ids.0.clone());
+            r.ids.extend([ids.0, ids.1]);
+        }
+    }
     // Memory per pod at rest, as it stays for the pod's life, not in the middle of its
     // start-up.
     tokio::time::sleep(SETTLE).await;
-    let (mut rss, mut pss) = (Vec::new(), Vec::new());
-    for id in &pods {
-        let procs = t.pod_processes(id);
-        anyhow::ensure!(!procs.is_empty(), "{}: no shim found for pod {id}", t.name);
-        let m: Vec<(u64, u64)> = procs.iter().map(|p| memory(*p)).collect();
-        rss.push(m.iter().map(|x| x.0).sum::<u64>() as f64);
-        pss.push(m.iter().map(|x| x.1).sum::<u64>() as f64);
+    for t in targets {
+        let r = runs.entry(t.name).or_default();
+        for id in &r.pods {
+            let procs = t.pod_processes(id);
+            anyhow::ensure!(!procs.is_empty(), "{}: no shim found for pod {id}", t.name);
+            let m: Vec<(u64, u64)> = procs.iter().map(|p| memory(*p)).collect();
+            r.rss.push(m.iter().map(|x| x.0).sum::<u64>() as f64);
+            r.pss.push(m.iter().map(|x| x.1).sum::<u64>() as f64);
+        }
+        r.busy = memory(t.daemon).0;
     }
-    let busy = memory(t.daemon).0;
-    let down = teardown(&mut rt, &pods).await?;
-
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..args.concurrent {
-        let config = t.pod(&format!("{}-con-{i}", t.name));
-        let (rt, handler, image) = (rt.clone(), t.handler, image.to_owned());
-        tasks.push(tokio::spawn(start_one(rt, config, handler, image)));
-    }
-    let (mut failures, mut started) = (0, Vec::new());
-    for task in tasks {
-        match task.await? {
-            Ok((id, _, _)) => {
-                t.node.remember(&id);
-                started.push(id);
-            }
-            Err(e) => {
-                failures += 1;
-                eprintln!("{}: concurrent start failed: {e:#}", t.name);
-            }
+    for i in 0..args.sequential {
+        for (t, rt) in targets.iter().zip(clients.iter_mut()) {
+            let r = runs.entry(t.name).or_default();
+            let id = r.pods[i].clone();
+            r.down.push(teardown(rt, &[id]).await?[0]);
         }
     }
-    let wall = ms(start.elapsed());
-    teardown(&mut rt, &started).await?;
 
-    let mut f = BTreeMap::new();
-    f.insert("runp_p50_ms", percentile(runp.clone(), 0.5));
-    f.insert("runp_p95_ms", percentile(runp.clone(), 0.95));
-    f.insert("runp_max_ms", percentile(runp, 1.0));
-    f.insert("ready_p50_ms", percentile(ready.clone(), 0.5));
-    f.insert("ready_p95_ms", percentile(ready.clone(), 0.95));
-    f.insert("ready_max_ms", percentile(ready, 1.0));
-    f.insert("concurrent_wall_ms", wall);
-    f.insert("concurrent_failures", failures as f64);
-    f.insert("teardown_p50_ms", percentile(down, 0.5));
-    f.insert("per_pod_rss_kb", percentile(rss, 0.5));
-    f.insert("per_pod_pss_kb", percentile(pss, 0.5));
-    f.insert("daemon_idle_rss_kb", idle as f64);
-    f.insert("daemon_rss_with_pods_kb", busy as f64);
-    Ok((f, phases))
+    for (t, rt) in targets.iter().zip(clients.iter_mut()) {
+        // The kernel frees network namespaces asynchronously, on its own workers: let it
+        // finish with the last phase's before timing a concurrent start.
+        tokio::time::sleep(SETTLE).await;
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..args.concurrent {
+            let config = t.pod(&format!("{}-con-{i}", t.name));
+            let (rt, handler, image) = (rt.clone(), t.handler, image.to_owned());
+            tasks.push(tokio::spawn(start_one(rt, config, handler, image)));
+        }
+        let (mut failures, mut started) = (0, Vec::new());
+        for task in tasks {
+            match task.await? {
+                Ok((ids, _, _)) => {
+                    t.node.remember(&ids.0);
+                    started.push(ids.0);
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("{}: concurrent start failed: {e:#}", t.name);
+                }
+            }
+        }
+        let r = runs.entry(t.name).or_default();
+        r.wall = ms(start.elapsed());
+        r.failures = failures;
+        teardown(rt, &started).await?;
+    }
+    Ok(runs)
 }
 
-/// Medians of the `*_ms` fields podrund logged for each phase.
-fn phase_medians(log: &str) -> BTreeMap<String, f64> {
+impl Runs {
+    fn figures(&self) -> BTreeMap<&'static str, f64> {
+        let p = |v: &Vec<f64>, q| percentile(v.clone(), q);
+        BTreeMap::from([
+            ("runp_p50_ms", p(&self.runp, 0.5)),
+            ("runp_p95_ms", p(&self.runp, 0.95)),
+            ("runp_max_ms", p(&self.runp, 1.0)),
+            ("ready_p50_ms", p(&self.ready, 0.5)),
+            ("ready_p95_ms", p(&self.ready, 0.95)),
+            ("ready_max_ms", p(&self.ready, 1.0)),
+            ("concurrent_wall_ms", self.wall),
+            ("concurrent_failures", self.failures as f64),
+            ("teardown_p50_ms", p(&self.down, 0.5)),
+            ("per_pod_rss_kb", p(&self.rss, 0.5)),
+            ("per_pod_pss_kb", p(&self.pss, 0.5)),
+            ("daemon_idle_rss_kb", self.idle as f64),
+            ("daemon_rss_with_pods_kb", self.busy as f64),
+        ])
+    }
+}
+
+/// Medians of the `*_ms` fields podrund logged for each phase of the pods and containers
+/// in `ids`.
+fn phase_medians(log: &str, ids: &[String]) -> BTreeMap<String, f64> {
     let mut all: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for line in log.lines().filter(|l| l.contains(" phases")) {
+    let ours = |l: &&str| ids.iter().any(|id| l.contains(&format!("={id} ")));
+    for line in log.lines().filter(|l| l.contains(" phases")).filter(ours) {
         for field in line.split_whitespace() {
             let Some((k, v)) = field.split_once('=') else {
                 continue;
@@ -305,13 +361,15 @@ async fn main() -> Result<()> {
             daemon: ctrd.pid().context("containerd")?,
         },
     ];
-    let (mut results, mut phases) = (BTreeMap::new(), BTreeMap::new());
-    for t in &targets {
-        eprintln!("measuring {} ...", t.name);
-        let (figures, medians) = measure(t, &image, &args).await?;
-        results.insert(t.name, figures);
-        phases.insert(t.name, medians);
-    }
+    let runs = measure_all(&targets, &image, &args).await?;
+    let results: BTreeMap<&str, BTreeMap<&str, f64>> =
+        runs.iter().map(|(k, r)| (*k, r.figures())).collect();
+    let log = node.log();
+    let phases = |name: &str| phase_medians(&log, &runs[name].ids);
+    let phases = BTreeMap::from([
+        ("podrun", phases("podrun")),
+        ("podrun-runc", phases("podrun-runc")),
+    ]);
     let floor = floor::measure(&node, args.sequential.max(1)).await?;
 
     println!(

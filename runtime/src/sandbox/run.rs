@@ -1,6 +1,6 @@
-//! RunPodSandbox: validate, reserve the pod's identity, persist the record, start the
-//! shim, make the netns, cgroup and shm meanwhile, overlap CNI ADD with the pause start,
-//! and write the pod's files. Any failure tears down whatever was made, in reverse, with a time budget of
+//! RunPodSandbox: validate, reserve the pod's identity, persist the record, make the
+//! netns, cgroup and shm while the shim starts, overlap CNI ADD with the pause start, and
+//! write the pod's files. Any failure tears down whatever was made, in reverse, with a time budget of
 //! its own; a client that gives up does not cut the work half-way, because it runs in a
 //! task of its own while the pod's identity stays reserved.
 
@@ -235,20 +235,9 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     persist(dirs, record)?;
     let t_dirs = phase.elapsed();
 
-    // The shim starts up (exec, its runtime, its server) while podrund makes the netns,
-    // the cgroup and /dev/shm, which pause and CNI need only later.
-    let phase = Instant::now();
-    store::write_volatile(&dirs.state.join("config.json"), &spec::pause_spec(record))?;
-    let shim_process = shim::spawn(
-        &node.binaries,
-        &record.id,
-        &record.shim_socket,
-        &dirs.state.join("shim.log"),
-        &node.config.listen,
-    )?;
-    record.shim = Some(shim_process);
-    let t_shim_spawn = phase.elapsed();
-
+    // From here everything hangs off the persisted record. The netns and the cgroup with
+    // /dev/shm are made on threads of their own while the shim is forked; CNI ADD starts as
+    // soon as the netns exists, and the pause start, overlapping it, once the cgroup does.
     let phase = Instant::now();
     let netns = record.netns.clone().map(|path| {
         let dir = node.config.netns_dir.clone();
@@ -264,23 +253,29 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         cgroup::create(&cgroup)?;
         shm.as_deref().map_or(Ok(()), files::mount_shm)
     });
-    let (netns, cgroup_shm) = tokio::join!(
-        async {
-            match netns {
-                Some(made) => made.await,
-                None => Ok(()),
-            }
-        },
-        cgroup_shm
-    );
-    netns?;
-    cgroup_shm?;
-    let t_netns_cgroup_shm = phase.elapsed();
+    let spawned = store::write_volatile(&dirs.state.join("config.json"), &spec::pause_spec(record))
+        .and_then(|()| {
+            shim::spawn(
+                &node.binaries,
+                &record.id,
+                &record.shim_socket,
+                &dirs.state.join("shim.log"),
+                &node.config.listen,
+            )
+        });
+    if let Ok(process) = &spawned {
+        record.shim = Some(*process);
+    }
+    let netns = match netns {
+        Some(made) => made.await,
+        None => Ok(()),
+    };
+    let t_netns = phase.elapsed();
 
-    // CNI ADD and the pause start are independent: overlap them.
     let phase = Instant::now();
     let mut network = record.network.take();
     let cni = async {
+        netns?;
         let start = Instant::now();
         if let Some(att) = network.as_mut() {
             att.add(node.cni.as_ref()).await?;
@@ -288,6 +283,8 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         Ok::<_, Error>(start.elapsed())
     };
     let pause = async {
+        cgroup_shm.await?;
+        spawned?;
         let start = Instant::now();
         let shim = shim::Shim::connect(&record.id, &record.shim_socket).await?;
         let pid = shim.create_and_start(&record.id, &dirs.state).await?;
@@ -321,20 +318,20 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     )?;
     tracing::debug!(
         pod = %record.id,
-        dirs_ms = ms(t_dirs), shim_spawn_ms = ms(t_shim_spawn),
-        netns_cgroup_shm_ms = ms(t_netns_cgroup_shm),
+        dirs_ms = ms(t_dirs), netns_ms = ms(t_netns),
         cni_add_ms = ms(t_cni), shim_pause_ms = ms(t_pause), overlapped_ms = ms(t_both),
         "RunPodSandbox phases"
     );
     Ok(())
 }
 
-/// Runs blocking work (syscalls that may sleep, or that change the calling thread's
-/// namespaces) off the async workers.
-async fn blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+/// Starts blocking work (syscalls that may sleep, or that change the calling thread's
+/// namespaces) on a thread of its own, now; the future gives its result.
+fn blocking(
+    work: impl FnOnce() -> Result<()> + Send + 'static,
+) -> impl std::future::Future<Output = Result<()>> {
+    let handle = tokio::task::spawn_blocking(work);
+    async move { handle.await.map_err(|e| Error::Internal(e.to_string()))? }
 }
 
 fn ms(d: Duration) -> f64 {
