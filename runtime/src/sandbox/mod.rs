@@ -16,6 +16,7 @@ mod recover;
 mod remove;
 mod run;
 pub(crate) mod shim;
+pub use shim::LISTENER_ENV as SHIM_LISTENER_ENV;
 mod spec;
 mod status;
 mod stop;

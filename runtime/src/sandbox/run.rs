@@ -266,6 +266,7 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     if let Ok(process) = &spawned {
         record.shim = Some(*process);
     }
+    let t_shim_spawn = phase.elapsed();
     let netns = match netns {
         Some(made) => made.await,
         None => Ok(()),
@@ -318,7 +319,7 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     )?;
     tracing::debug!(
         pod = %record.id,
-        dirs_ms = ms(t_dirs), netns_ms = ms(t_netns),
+        dirs_ms = ms(t_dirs), netns_ms = ms(t_netns), shim_spawn_ms = ms(t_shim_spawn),
         cni_add_ms = ms(t_cni), shim_pause_ms = ms(t_pause), overlapped_ms = ms(t_both),
         "RunPodSandbox phases"
     );

@@ -1,11 +1,13 @@
 //! Starting a pod's shim and talking to it over containerd's shim v2 Task API (ttrpc).
 //!
 //! podrund does what a shim's own `start` command does, minus one exec: it binds the
-//! shim's socket, starts the shim in its own session with that socket as fd 3, and can
-//! connect at once, since the kernel queues connections on a listening socket before the
-//! shim accepts them. The shim outlives podrund; podrund reaps it while both are alive.
+//! shim's socket, starts the shim (which makes a session of its own) with that socket as
+//! its stdin (where inetd-style servers take theirs; containerd hands it over as fd 3, which
+//! would cost a fork of podrund instead of a `posix_spawn`), and can connect at once,
+//! since the kernel queues connections on a listening socket before the shim accepts them.
+//! The shim outlives podrund; podrund reaps it while both are alive.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -19,6 +21,10 @@ use containerd_shim_protos::ttrpc::context;
 use crate::error::{Error, Result};
 use crate::node::Binaries;
 use crate::store::ProcessId;
+
+/// Tells the shim which fd its listening socket is (containerd's convention, fd 3, when
+/// unset).
+pub const LISTENER_ENV: &str = "PODRUN_SHIM_LISTENER_FD";
 
 /// How long one shim call may take before podrund gives up on the shim.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,39 +58,23 @@ pub fn spawn(
         .append(true)
         .open(log)
         .map_err(Error::io("opening", log))?;
-    let fd: OwnedFd = listener.into();
-    let raw = fd.as_raw_fd();
     let mut cmd = tokio::process::Command::new(shim);
     cmd.args(["-namespace", "k8s.io", "-id", id, "-address"])
         .arg(daemon_address)
         .env_clear()
         .env("PODRUN_PAUSE", pause)
+        .env(LISTENER_ENV, "0")
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
-        .stdin(Stdio::null())
+        .stdin(OwnedFd::from(listener))
         .stdout(Stdio::null())
-        .stderr(log)
-        .current_dir("/");
-    // SAFETY: the hook runs in the forked child before exec and uses only async-signal-safe
-    // syscalls (setsid, dup2, fcntl) on fds that stay open until the exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid()?;
-            if raw == 3 {
-                // Already in place, but marked close-on-exec like every fd Rust opens.
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(raw, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+        .stderr(log);
+    // No `pre_exec` hook and no working directory (the shim makes its own session and
+    // moves to /): the standard library then spawns with posix_spawn rather than a fork of
+    // podrund, which costs milliseconds.
     let child = cmd.spawn().map_err(Error::io("starting shim", shim))?;
-    drop(fd);
     let pid = child.id().unwrap_or_default() as i32;
     // Reap the shim if it exits while we run; after a restart of podrund, init does.
     tokio::spawn(async move {

@@ -18,7 +18,7 @@ mod stats;
 mod stdio;
 mod task;
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
@@ -92,9 +92,12 @@ fn main() -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    // SAFETY: by contract with whoever started us, fd 3 is our listening unix socket and
-    // nothing else in this process owns it.
-    let listener = unsafe { UnixListener::from_raw_fd(LISTENER_FD) };
+    // Out of the starter's session and process group, so that signals meant for it (a
+    // terminal's ^C, a hang-up) do not reach the pod. Already so when containerd's
+    // `start` started us.
+    let _ = nix::unistd::setsid();
+    std::env::set_current_dir("/").context("chdir /")?;
+    let listener = take_listener()?;
     // Children (pause, OCI runtimes) must not hold our listener open after we are gone.
     nix::fcntl::fcntl(
         &listener,
@@ -105,6 +108,31 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(serve(listener, args))
+}
+
+/// The listening socket we inherited: fd 3 as containerd hands it over, or the fd podrund
+/// names (its stdin, which then becomes /dev/null).
+fn take_listener() -> Result<UnixListener> {
+    let name = podrun_runtime::sandbox::SHIM_LISTENER_ENV;
+    let fd = match std::env::var(name) {
+        Ok(fd) => fd.parse().context("bad listener fd")?,
+        Err(_) => LISTENER_FD,
+    };
+    // Not for the runtimes we start. No other thread exists yet to read the environment.
+    std::env::remove_var(name);
+    // SAFETY: by contract with whoever started us, `fd` is our listening unix socket and
+    // nothing else in this process owns it.
+    let mut inherited = unsafe { OwnedFd::from_raw_fd(fd) };
+    if fd > 2 {
+        return Ok(inherited.into());
+    }
+    // Off the stdio slots, which children must not inherit a socket on.
+    let listener = inherited.try_clone().context("duplicating the listener")?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2(&null, &mut inherited).context("replacing the listener's fd")?;
+    // The slot now holds /dev/null, for good.
+    std::mem::forget(inherited);
+    Ok(listener.into())
 }
 
 async fn serve(listener: UnixListener, args: Args) -> Result<()> {

@@ -57,10 +57,11 @@ impl Runtime {
             .arg(self.log_path())
             .args(["--log-format", "json"])
             .args(args);
+        // Every path is absolute and no working directory is set, so the standard library
+        // spawns with posix_spawn instead of a fork of the shim.
         cmd.stdin(stdio.stdin)
             .stdout(stdio.stdout)
-            .stderr(stdio.stderr)
-            .current_dir(&self.bundle);
+            .stderr(stdio.stderr);
         let child = cmd
             .spawn()
             .with_context(|| format!("running {}", self.binary.display()))?;
