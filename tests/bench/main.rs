@@ -174,8 +174,10 @@ struct Runs {
     runp: Vec<f64>,
     ready: Vec<f64>,
     pods: Vec<String>,
-    /// Pods and containers podrund logged phases for.
+    /// Pods and containers started one after another, and at once, which podrund logged
+    /// phases for.
     ids: Vec<String>,
+    concurrent_ids: Vec<String>,
     down: Vec<f64>,
     rss: Vec<f64>,
     pss: Vec<f64>,
@@ -263,12 +265,13 @@ async fn measure_all(
             let (rt, handler, image) = (rt.clone(), t.handler, image.to_owned());
             tasks.push(tokio::spawn(start_one(rt, config, handler, image)));
         }
-        let (mut failures, mut started) = (0, Vec::new());
+        let (mut failures, mut started, mut ids) = (0, Vec::new(), Vec::new());
         for task in tasks {
             match task.await? {
-                Ok((ids, _, _)) => {
-                    t.node.remember(&ids.0);
-                    started.push(ids.0);
+                Ok(((pod, container), _, _)) => {
+                    t.node.remember(&pod);
+                    started.push(pod.clone());
+                    ids.extend([pod, container]);
                 }
                 Err(e) => {
                     failures += 1;
@@ -279,6 +282,7 @@ async fn measure_all(
         let r = runs.entry(t.name).or_default();
         r.wall = ms(start.elapsed());
         r.failures = failures;
+        r.concurrent_ids = ids;
         teardown(rt, &started).await?;
     }
     Ok(runs)
@@ -365,11 +369,14 @@ async fn main() -> Result<()> {
     let results: BTreeMap<&str, BTreeMap<&str, f64>> =
         runs.iter().map(|(k, r)| (*k, r.figures())).collect();
     let log = node.log();
-    let phases = |name: &str| phase_medians(&log, &runs[name].ids);
-    let phases = BTreeMap::from([
-        ("podrun", phases("podrun")),
-        ("podrun-runc", phases("podrun-runc")),
-    ]);
+    let phases = |ids: &[String]| phase_medians(&log, ids);
+    let (crun, runc) = (&runs["podrun"], &runs["podrun-runc"]);
+    let columns = [
+        phases(&crun.ids),
+        phases(&runc.ids),
+        phases(&crun.concurrent_ids),
+        phases(&runc.concurrent_ids),
+    ];
     let floor = floor::measure(&node, args.sequential.max(1)).await?;
 
     println!(
@@ -400,11 +407,20 @@ async fn main() -> Result<()> {
         floor.0,
         floor.1
     );
-    println!("podrund phase medians over the sequential runs (ms):");
-    println!("  {:<24} {:>8} {:>12}", "", "podrun", "podrun-runc");
-    for (k, v) in &phases["podrun"] {
-        let runc = phases["podrun-runc"].get(k).copied().unwrap_or(f64::NAN);
-        println!("  {k:<24} {v:>8.1} {runc:>12.1}");
+    println!("podrund phase medians (ms), one pod at a time and all at once:");
+    println!(
+        "  {:<24} {:>12} {:>12} {:>12} {:>12}",
+        "", "podrun", "podrun-runc", "podrun x N", "runc x N"
+    );
+    for k in columns[0].keys() {
+        let v: Vec<f64> = columns
+            .iter()
+            .map(|c| c.get(k).copied().unwrap_or(f64::NAN))
+            .collect();
+        println!(
+            "  {k:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            v[0], v[1], v[2], v[3]
+        );
     }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&results)?;
