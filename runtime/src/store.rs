@@ -20,13 +20,24 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 /// Writes `value` to `path` atomically (whole or not at all) but not durably: for files
 /// under the volatile state directory, which does not outlive a reboot anyway (a tmpfs on
-/// most nodes).
+/// most nodes), or made durable later with [`sync`].
 pub fn write_volatile<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
         .map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
     let tmp = temporary(path)?;
     fs::write(&tmp, bytes).map_err(Error::io("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))
+}
+
+/// Makes a file written with [`write_volatile`] durable: the file, then its directory.
+pub fn sync(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(Error::io("syncing", path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("syncing", dir))
 }
 
 /// The temporary name `path` is written under before it is renamed into place.

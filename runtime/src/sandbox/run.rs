@@ -232,7 +232,13 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     for dir in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
-    persist(dirs, record)?;
+    // The record is visible before any resource exists, so a crash of podrund from here on
+    // finds it, and durable (synced, meanwhile) before CNI ADD, the first step whose
+    // effect, an IP reservation on disk, outlives a power cut; the netns, cgroup, mounts
+    // and processes made before then do not.
+    store::write_volatile(&dirs.record(), record)?;
+    let path = dirs.record();
+    let synced = blocking(move || store::sync(&path));
     let t_dirs = phase.elapsed();
 
     // From here everything hangs off the persisted record. The netns and the cgroup with
@@ -277,6 +283,7 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     let mut network = record.network.take();
     let cni = async {
         netns?;
+        synced.await?;
         let start = Instant::now();
         if let Some(att) = network.as_mut() {
             att.add(node.cni.as_ref()).await?;
