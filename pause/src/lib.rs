@@ -6,9 +6,9 @@
 /// copy of the binary, and fault back in (with the kernel's fault-around) when they are
 /// next used. A static binary gets most of itself mapped during start-up, which costs each
 /// pod's process that much RSS for code it never runs again; after this its RSS holds what
-/// it touches from here on. Mappings with any copied-on-write page (relocated data) are
-/// left alone, since dropping them would lose the writes. Best effort: any failure (no
-/// /proc, say) leaves everything as it was.
+/// it touches from here on. Mappings with any copied-on-write page (relocated data), in
+/// memory or in swap, are left alone, since dropping them would lose the writes. Best
+/// effort: any failure (no /proc, say) leaves everything as it was.
 pub fn release_executable_pages() {
     // Ranges are gathered first and released last, after the strings are freed: touching
     // code or read-only data after a release would only fault it straight back in.
@@ -50,14 +50,21 @@ fn executable_ranges(out: &mut [(usize, usize); MAX_RANGES]) -> usize {
             keep(candidate.take(), &mut count);
             candidate = (mapping.path == exe && mapping.never_written())
                 .then_some((mapping.start, mapping.end));
-        } else if let Some(kb) = line.strip_prefix("Anonymous:") {
-            if kb.trim().trim_end_matches("kB").trim() != "0" {
-                candidate = None;
-            }
+        } else if copied_pages(line) {
+            candidate = None;
         }
     }
     keep(candidate, &mut count);
     count
+}
+
+/// Does this smaps field say the mapping holds copied-on-write pages, in memory
+/// (`Anonymous:`) or swapped out (`Swap:`)? Dropping those would lose their writes.
+fn copied_pages(line: &str) -> bool {
+    ["Anonymous:", "Swap:"].iter().any(|field| {
+        line.strip_prefix(field)
+            .is_some_and(|kb| kb.trim().trim_end_matches("kB").trim() != "0")
+    })
 }
 
 /// A mapping's header line in /proc/PID/smaps: `start-end perms offset dev inode [path]`.
@@ -110,6 +117,10 @@ mod tests {
             Mapping::parse("555564be4000-555564c06000 rw-p 00000000 00:00 0  [heap]").unwrap();
         assert!(!heap.never_written());
         assert!(Mapping::parse("Rss:                 120 kB").is_none());
+        assert!(copied_pages("Anonymous:            4 kB"));
+        assert!(copied_pages("Swap:                 8 kB"));
+        assert!(!copied_pages("Swap:                 0 kB"));
+        assert!(!copied_pages("SwapPss:              8 kB"));
         assert!(Mapping::parse("VmFlags: rd ex mr mw me").is_none());
     }
 
