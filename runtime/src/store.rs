@@ -1,5 +1,5 @@
-//! Durable records: JSON written atomically (temp file, fsync, rename, and an fsync of
-//! the directory for a new file), each carrying a format version, plus the small identity helpers that
+//! Durable records: JSON written atomically (temp file, fsync, rename, fsync of the
+//! directory), each carrying a format version, plus the small identity helpers that
 //! recovery needs (ids, process identity by pid + start time).
 
 use std::fs::{self, File};
@@ -11,33 +11,54 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Writes `value` to `path` so that readers see the old or the new record, never a mix.
+/// Writes `value` to `path` so that readers see the old or the new record, never a mix,
+/// and a power cut leaves one of the two, whole.
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
-    write_bytes_atomic(path, &bytes)
+    write_bytes_atomic(path, &encode(path, value)?)
+}
+
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    publish(path, bytes)?;
+    sync_dir(path)
+}
+
+/// [`write_atomic`] but for the directory's fsync, left to a later [`sync_dir`]: the new
+/// content is whole and synced when it appears, but may lose its name to a power cut
+/// until then.
+pub fn write_content<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    publish(path, &encode(path, value)?)
 }
 
 /// Writes `value` to `path` atomically (whole or not at all) but not durably: for files
 /// under the volatile state directory, which does not outlive a reboot anyway (a tmpfs on
-/// most nodes), or made durable later with [`sync`].
+/// most nodes).
 pub fn write_volatile<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))?;
     let tmp = temporary(path)?;
-    fs::write(&tmp, bytes).map_err(Error::io("writing", &tmp))?;
+    fs::write(&tmp, encode(path, value)?).map_err(Error::io("writing", &tmp))?;
     fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))
 }
 
-/// Makes a file written with [`write_volatile`] durable: the file, then its directory.
-pub fn sync(path: &Path) -> Result<()> {
+/// Makes the name of a file written into `path`'s directory durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io("syncing", path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io("syncing", dir))
+}
+
+fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Internal(format!("encoding {}: {e}", path.display())))
+}
+
+/// Writes `bytes` to a temporary file, syncs it and renames it to `path`.
+fn publish(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary(path)?;
+    let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(Error::io("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))
 }
 
 /// The temporary name `path` is written under before it is renamed into place.
@@ -51,26 +72,6 @@ fn temporary(path: &Path) -> Result<PathBuf> {
             .and_then(|n| n.to_str())
             .unwrap_or("record")
     )))
-}
-
-pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temporary(path)?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let replacing = path.exists();
-    let mut f = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(Error::io("writing", &tmp))?;
-    fs::rename(&tmp, path).map_err(Error::io("renaming into place", path))?;
-    // A new file must survive a power cut, so its directory entry is synced too. A
-    // replacement need not be: whichever of the two (whole, synced) versions survives is
-    // a valid record.
-    if replacing {
-        return Ok(());
-    }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("syncing", dir))
 }
 
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {

@@ -1,8 +1,8 @@
 //! RunPodSandbox: validate, reserve the pod's identity, persist the record, make the
 //! netns, cgroup and shm while the shim starts, overlap CNI ADD with the pause start, and
-//! write the pod's files. Any failure tears down whatever was made, in reverse, with a time budget of
-//! its own; a client that gives up does not cut the work half-way, because it runs in a
-//! task of its own while the pod's identity stays reserved.
+//! write the pod's files. Any failure tears down whatever was made, in reverse, with a
+//! time budget of its own; a client that gives up does not cut the work half-way, because
+//! it runs in a task of its own while the pod's identity stays reserved.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -232,18 +232,19 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     for dir in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     }
-    // The record is visible before any resource exists, so a crash of podrund from here on
-    // finds it, and durable (synced, meanwhile) before CNI ADD, the first step whose
-    // effect, an IP reservation on disk, outlives a power cut; the netns, cgroup, mounts
-    // and processes made before then do not.
-    store::write_volatile(&dirs.record(), record)?;
+    // The record is there, whole, before any resource exists, so a crash of podrund from
+    // here on finds it; its name is durable (its directory synced, meanwhile) before CNI
+    // ADD, the first step whose effect, an IP reservation on disk, outlives a power cut:
+    // the netns, cgroup, mounts and processes made before then do not.
+    store::write_content(&dirs.record(), record)?;
     let path = dirs.record();
-    let synced = blocking(move || store::sync(&path));
+    let synced = blocking(move || store::sync_dir(&path));
     let t_dirs = phase.elapsed();
 
     // From here everything hangs off the persisted record. The netns and the cgroup with
-    // /dev/shm are made on threads of their own while the shim is forked; CNI ADD starts as
-    // soon as the netns exists, and the pause start, overlapping it, once the cgroup does.
+    // /dev/shm are made on threads of their own while the shim is spawned; CNI ADD starts
+    // as soon as the netns exists, and the pause start, overlapping it, once the cgroup
+    // does.
     let phase = Instant::now();
     let netns = record.netns.clone().map(|path| {
         let dir = node.config.netns_dir.clone();
@@ -282,8 +283,10 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     let phase = Instant::now();
     let mut network = record.network.take();
     let cni = async {
+        // Both awaited before either error is returned: rollback must not race the sync.
+        let synced = synced.await;
         netns?;
-        synced.await?;
+        synced?;
         let start = Instant::now();
         if let Some(att) = network.as_mut() {
             att.add(node.cni.as_ref()).await?;
