@@ -4,9 +4,10 @@
 //! with runc; containerd (Debian's, its CRI plugin, runc) gets the same CNI plugin chain,
 //! the same image from the same local registry, and podrun's pause as its sandbox image. A
 //! floor line times what any runtime must do: netns creation plus the CNI ADD chain, run
-//! directly. Sequential starts and teardowns take turns between the runtimes, one pod
-//! each, so that the machine's own ups and downs fall on all of them alike. Run through
-//! `hack/bench`; `--json FILE` writes the figures too.
+//! directly. Sequential starts take turns between the runtimes, one pod each, so that the
+//! machine's own ups and downs fall on all of them alike; memory is read for each runtime
+//! with only its own pods up. Run through `hack/bench`; `--json FILE` writes the figures
+//! too.
 
 mod floor;
 
@@ -187,9 +188,9 @@ struct Runs {
     failures: usize,
 }
 
-/// Measures every runtime. Sequential starts and teardowns are interleaved, one pod per
-/// runtime in turn, so that whatever else the machine does weighs on all of them alike;
-/// concurrent starts go one runtime after another.
+/// Measures every runtime. Sequential starts are interleaved, one pod per runtime in
+/// turn, so that whatever else the machine does weighs on all of them alike; memory,
+/// teardowns and concurrent starts go one runtime after another.
 async fn measure_all(
     targets: &[Target<'_>],
     image: &str,
@@ -218,8 +219,11 @@ async fn measure_all(
         runs.entry(t.name).or_default().idle = memory(t.daemon).0;
     }
 
+    let turns = |i: usize| (0..targets.len()).map(move |k| (i + k) % targets.len());
     for i in 0..args.sequential {
-        for (t, rt) in targets.iter().zip(&clients) {
+        // Who goes first rotates, so that no runtime always follows the same one.
+        for k in turns(i) {
+            let (t, rt) = (&targets[k], &clients[k]);
             let config = t.pod(&format!("{}-seq-{i}", t.name));
             let (ids, pod, ctr) = start_one(rt.clone(), config, t.handler, image.to_owned())
                 .await
@@ -233,9 +237,11 @@ async fn measure_all(
         }
     }
     // Memory per pod at rest, as it stays for the pod's life, not in the middle of its
-    // start-up.
+    // start-up, read for each runtime with only its own pods up: podrun and podrun-runc
+    // share podrund and the shim's pages, so the other's pods would lower a PSS and raise
+    // the daemon's RSS. Hence teardowns go one runtime after another, last first.
     tokio::time::sleep(SETTLE).await;
-    for t in targets {
+    for (t, rt) in targets.iter().zip(clients.iter_mut()).rev() {
         let r = runs.entry(t.name).or_default();
         for id in &r.pods {
             let procs = t.pod_processes(id);
@@ -245,13 +251,7 @@ async fn measure_all(
             r.pss.push(m.iter().map(|x| x.1).sum::<u64>() as f64);
         }
         r.busy = memory(t.daemon).0;
-    }
-    for i in 0..args.sequential {
-        for (t, rt) in targets.iter().zip(clients.iter_mut()) {
-            let r = runs.entry(t.name).or_default();
-            let id = r.pods[i].clone();
-            r.down.push(teardown(rt, &[id]).await?[0]);
-        }
+        r.down = teardown(rt, &r.pods).await?;
     }
 
     for (t, rt) in targets.iter().zip(clients.iter_mut()) {
