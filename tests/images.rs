@@ -53,7 +53,7 @@ fn store_contents(node: &TestNode) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_list_inspect_and_remove_by_every_kind_of_name() {
     let registry = Registry::start();
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut c = images(&node).await;
     let img = busybox_image();
     let digest = registry.push("busybox:1", &img).await;
@@ -170,7 +170,7 @@ async fn pull_list_inspect_and_remove_by_every_kind_of_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_tag_is_not_found_and_a_corrupt_blob_changes_nothing() {
     let registry = Registry::start();
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut c = images(&node).await;
     let missing = format!("{}/busybox:nope", registry.addr);
     let err = pull(&mut c, &missing).await.unwrap_err();
@@ -208,7 +208,7 @@ async fn a_missing_tag_is_not_found_and_a_corrupt_blob_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_of_one_image_download_each_layer_once() {
     let registry = Registry::start();
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let c = images(&node).await;
     let img = busybox_image();
     registry.push("busybox:1", &img).await;
@@ -240,7 +240,7 @@ async fn concurrent_pulls_of_one_image_download_each_layer_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layers_of_every_compression_stack_with_whiteouts_and_an_index_picks_amd64() {
     let registry = Registry::start();
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut c = images(&node).await;
     let base = LayerBuilder::default()
         .busybox()
@@ -352,7 +352,7 @@ async fn layers_of_every_compression_stack_with_whiteouts_and_an_index_picks_amd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_in_hosts_toml_serves_pulls_and_the_image_keeps_its_requested_name() {
     let registry = Registry::start();
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let img = busybox_image();
     registry.push("pause:3.10", &img).await;
     // containerd's certs.d layout: registry.k8s.io is served by the local mirror. The
@@ -400,7 +400,7 @@ fn marked_image(marker: &str) -> podrun_tests::registry::TestImage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podctl_pull_reports_each_layer() {
     let registry = Registry::start();
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let img = marked_image("progress");
     registry.push("layers:1", &img).await;
     let name = format!("{}/layers:1", registry.addr);
@@ -432,7 +432,7 @@ async fn podctl_pull_reports_each_layer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podctl_imports_oci_layouts_from_a_directory_and_a_tar_and_runs_them() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut c = images(&node).await;
     // skopeo/buildah style: the index names a tag only; the name comes from --name.
     let dir = node.dir.join("layout");
@@ -513,7 +513,7 @@ async fn podctl_imports_oci_layouts_from_a_directory_and_a_tar_and_runs_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_or_unnamed_layout_is_refused_and_changes_nothing() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let podctl = |args: &[&str]| {
         let out = Command::new(podrun_tests::bin_dir().join("podctl"))
             .arg("-r")

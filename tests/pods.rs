@@ -31,7 +31,16 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pods_reach_each_other_by_pod_ip_without_nat() {
-    let node = TestNode::start(Chain::Standard);
+    two_pods_reach_each_other_and_themselves(Chain::Operator).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_a_network_with_the_loopback_plugin_work_alike() {
+    two_pods_reach_each_other_and_themselves(Chain::WithLoopback).await;
+}
+
+async fn two_pods_reach_each_other_and_themselves(chain: Chain) {
+    let node = TestNode::start(chain);
     let mut client = node.client().await;
     let a = node
         .run_pod(&mut client, node.pod_config("pod-a"))
@@ -73,6 +82,12 @@ async fn two_pods_reach_each_other_by_pod_ip_without_nat() {
     assert_eq!(seen, eth0_ipv4(&ns_a).unwrap(), "B saw A as {seen}");
     let seen = seen_as(Some(&path_b), SocketAddr::new(ip_a, 8080)).unwrap();
     assert_eq!(seen, ip_b);
+    // Each pod has its own localhost, whether or not the network has a loopback plugin.
+    let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+    for path in [&path_a, &path_b] {
+        let seen = seen_as(Some(path), SocketAddr::new(localhost, 8080)).unwrap();
+        assert_eq!(seen, localhost, "localhost inside the pod");
+    }
     for ip in [ip_a, ip_b] {
         let seen = seen_as(None, SocketAddr::new(ip, 8080)).unwrap();
         assert_eq!(
@@ -89,7 +104,7 @@ async fn two_pods_reach_each_other_by_pod_ip_without_nat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_gets_its_files_shm_cgroup_and_processes_and_stop_remove_release_them() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let mut config = node.pod_config("files");
     config.dns_config = Some(cri::DnsConfig {
@@ -218,7 +233,7 @@ async fn a_pod_gets_its_files_shm_cgroup_and_processes_and_stop_remove_release_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_network_pod_has_no_netns_no_cni_and_reports_the_node_ip() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let options = cri::NamespaceOption {
         network: cri::NamespaceMode::Node as i32,
@@ -281,7 +296,7 @@ async fn host_network_pod_has_no_netns_no_cni_and_reports_the_node_ip() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pid_shared_pod_has_pause_as_pid_1_reaping_orphans() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let options = cri::NamespaceOption {
         pid: cri::NamespaceMode::Pod as i32,
@@ -339,7 +354,7 @@ async fn pid_shared_pod_has_pause_as_pid_1_reaping_orphans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_survive_a_podrund_crash_and_are_managed_after_it() {
-    let mut node = TestNode::start(Chain::Standard);
+    let mut node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let a = node
         .run_pod(&mut client, node.pod_config("keep-a"))
@@ -399,7 +414,7 @@ async fn pods_survive_a_podrund_crash_and_are_managed_after_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_releases_the_ip_even_when_the_netns_is_already_gone() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let id = node
         .run_pod(&mut client, node.pod_config("gone"))
@@ -417,7 +432,7 @@ async fn stop_releases_the_ip_even_when_the_netns_is_already_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_the_right_code_and_changes_nothing() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     for (field, edit) in [
         (
@@ -527,7 +542,7 @@ async fn a_failing_cni_plugin_fails_the_pod_with_its_message_and_leaves_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_pods_get_distinct_ips_and_all_clean_up() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let client = node.client().await;
     let mut tasks = Vec::new();
     for i in 0..20 {
@@ -571,7 +586,7 @@ async fn twenty_concurrent_pods_get_distinct_ips_and_all_clean_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kubelet_retry_of_the_same_pod_gets_the_same_pod() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let client = node.client().await;
     let config = node.pod_config("retry");
     let run = |mut c: Client, config: cri::PodSandboxConfig| async move {
@@ -613,7 +628,7 @@ async fn a_kubelet_retry_of_the_same_pod_gets_the_same_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_by_id_prefix_state_and_labels() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let a = node
         .run_pod(&mut client, node.pod_config("list-a"))
@@ -685,7 +700,7 @@ async fn list_filters_by_id_prefix_state_and_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_status_and_runtime_config_answer_as_cri_clients_expect() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let mut client = node.client().await;
     let v = client
         .version(cri::VersionRequest::default())
@@ -750,7 +765,7 @@ async fn version_status_and_runtime_config_answer_as_cri_clients_expect() {
 
 #[test]
 fn podctl_runs_pods_from_crictl_style_files() {
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let podctl = |args: &[&str]| node.podctl(args);
     // The same YAML crictl reads: snake_case fields, enums as numbers.
     let file = node.dir.join("pod.yaml");
@@ -794,8 +809,8 @@ fn podctl_runs_pods_from_crictl_style_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_run_side_by_side_without_seeing_each_other() {
-    let one = TestNode::start(Chain::Standard);
-    let two = TestNode::start(Chain::Standard);
+    let one = TestNode::start(Chain::Operator);
+    let two = TestNode::start(Chain::Operator);
     let (mut c1, mut c2) = (one.client().await, two.client().await);
     let p1 = one.run_pod(&mut c1, one.pod_config("side")).await.unwrap();
     let p2 = two.run_pod(&mut c2, two.pod_config("side")).await.unwrap();
@@ -822,7 +837,7 @@ async fn two_instances_run_side_by_side_without_seeing_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_in_the_middle_of_run_pod_sandbox_leaves_nothing_that_remove_cannot_clean() {
-    let mut node = TestNode::start(Chain::Standard);
+    let mut node = TestNode::start(Chain::Operator);
     // Kill podrund while pods are in every phase of RunPodSandbox: early and later.
     for (round, delay) in [(0, 5), (1, 20)] {
         let client = node.client().await;

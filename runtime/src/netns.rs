@@ -1,6 +1,8 @@
 //! Network namespaces pinned by bind mount under `/run/netns`, as iproute2 and containerd
 //! pin them. The namespace is created on a dedicated, short-lived thread: `unshare` changes
-//! only the calling thread, which must never be a tokio worker.
+//! only the calling thread, which must never be a tokio worker. Its loopback is brought up
+//! there too, whatever the node's CNI configuration holds: Flannel's, Calico's and Cilium's
+//! conflists have no `loopback` plugin, and a pod without `lo` has no localhost.
 
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf> {
     let target = path.clone();
     let pinned = std::thread::spawn(move || -> Result<()> {
         unshare(CloneFlags::CLONE_NEWNET).map_err(Error::sys("unshare(CLONE_NEWNET)"))?;
+        loopback_up().map_err(Error::sys("bringing up lo in the new netns"))?;
         let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
         mount(
             Some(own.as_str()),
@@ -43,6 +46,32 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf> {
         return Err(e);
     }
     Ok(path)
+}
+
+/// Sets `lo` up in the calling thread's network namespace (what `ip link set lo up` does,
+/// with one ioctl instead of an exec). The kernel gives `lo` 127.0.0.1/8 and ::1 as it
+/// comes up.
+fn loopback_up() -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid, NUL-terminated ifreq that outlives both calls, and the
+    // ioctls read or write only its flags member.
+    unsafe {
+        nix::errno::Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        nix::errno::Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))?;
+    }
+    Ok(())
 }
 
 /// Unpins and removes `path`. A pin that is already gone is not an error.

@@ -29,6 +29,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: Config) -> Result<Node> {
+        close_dirs(&config)?;
         let cni = Arc::new(ProcessExec {
             bin_dirs: config.cni_bin_dirs.clone(),
             timeout: Duration::from_secs(60),
@@ -93,6 +94,30 @@ impl Node {
             )),
         }
     }
+}
+
+/// Makes podrund's directories and closes those that hold container filesystems to every
+/// user but root (0700), so that no unprivileged host user can run an image's setuid files
+/// or reach into a rootfs (the class of containerd's CVE-2021-41103). The roots themselves
+/// stay traversable (0711). Modes are set on every start, also on directories an older
+/// version made.
+fn close_dirs(config: &Config) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dirs = [
+        (config.root.clone(), 0o711),
+        (config.root.join("images"), 0o700),
+        (config.root.join("containers"), 0o700),
+        (config.root.join("pods"), 0o700),
+        (config.state.clone(), 0o711),
+        (config.state.join("containers"), 0o700),
+        (config.state.join("pods"), 0o711),
+    ];
+    for (dir, mode) in dirs {
+        std::fs::create_dir_all(&dir).map_err(crate::error::Error::io("creating", &dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
+            .map_err(crate::error::Error::io("setting the mode of", &dir))?;
+    }
+    Ok(())
 }
 
 /// crun when it is installed and can run here, else runc. crun refuses cgroup v1 hosts

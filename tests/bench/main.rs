@@ -339,7 +339,7 @@ async fn main() -> Result<()> {
         .await;
     let image = format!("{}/busybox:bench", registry.addr);
 
-    let node = TestNode::start(Chain::Standard);
+    let node = TestNode::start(Chain::Operator);
     let ctrd = Containerd::start(&format!("{}/pause:bench", registry.addr));
     let podrund = node.daemon_pid().context("podrund")?;
     let targets = [

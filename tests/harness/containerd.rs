@@ -26,7 +26,7 @@ impl Containerd {
                 .is_ok_and(|o| o.status.success()),
             "containerd missing: apt-get install containerd (hack/setup does)"
         );
-        let node = TestNode::prepare(Chain::Standard);
+        let node = TestNode::prepare(Chain::Operator);
         let dir = &node.dir;
         let socket = dir.join("state/containerd.sock");
         let config = format!(

@@ -95,9 +95,12 @@ impl Drop for Slot {
 
 /// The CNI plugins a test network chains after the bridge.
 pub enum Chain {
-    /// bridge, loopback, portmap: the default network.
-    Standard,
-    /// ... plus a plugin that fails after the bridge has attached the pod.
+    /// bridge (host-local IPAM), portmap and no `loopback` plugin, shaped like the
+    /// conflists operators run (Flannel's, Calico's): podrund alone must bring `lo` up.
+    Operator,
+    /// bridge, loopback, portmap: podrun's own default network (`hack/setup`).
+    WithLoopback,
+    /// bridge, then a plugin that fails after the bridge has attached the pod.
     FailingAfterBridge,
 }
 
@@ -150,16 +153,16 @@ impl TestNode {
 
     fn write_cni(&self, chain: Chain) {
         let extra = match chain {
-            Chain::Standard => String::new(),
+            Chain::Operator => "",
+            Chain::WithLoopback => r#",{"type":"loopback"}"#,
             Chain::FailingAfterBridge => {
-                r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#.to_owned()
+                r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#
             }
         };
         let conf = format!(
             r#"{{"cniVersion":"1.0.0","name":"podrun-test-{n}","plugins":[
   {{"type":"bridge","bridge":"{br}","isGateway":true,"ipMasq":false,"hairpinMode":true,
-    "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{p}0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{ipam}"}}}},
-  {{"type":"loopback"}}{extra},
+    "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{p}0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{ipam}"}}}}{extra},
   {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
             n = self.slot.n,
             br = self.bridge,

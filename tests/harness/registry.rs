@@ -267,6 +267,26 @@ impl LayerBuilder {
         self
     }
 
+    /// An entry whose name and link name are written byte for byte, unchecked: how a
+    /// hostile layer carries `..`, absolute paths and links out of the layer.
+    pub fn raw(mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8]) -> Self {
+        let mut h = Self::header(kind, 0o644, data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+
+    /// A file with the given mode bits (setuid, setgid included) and owner.
+    pub fn owned_file(mut self, path: &str, mode: u32, uid: u64, data: &[u8]) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        h.set_uid(uid);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
     /// The busybox userland: /bin/busybox and its applets, /etc/passwd and /etc/group.
     pub fn busybox(self) -> Self {
         let mut b = self

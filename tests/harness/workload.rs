@@ -36,7 +36,7 @@ pub struct Bed {
 impl Bed {
     pub async fn start() -> Bed {
         let registry = Registry::start();
-        let node = TestNode::start(Chain::Standard);
+        let node = TestNode::start(Chain::Operator);
         registry.push("busybox:1", &busybox_image()).await;
         let busybox = format!("{}/busybox:1", registry.addr);
         pull(&node, &busybox).await;

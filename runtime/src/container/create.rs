@@ -71,6 +71,20 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             });
         }
     }
+    validate_log_path(&config.log_path)?;
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    if sc.is_some_and(|s| {
+        s.run_as_group.is_some() && s.run_as_user.is_none() && s.run_as_username.is_empty()
+    }) {
+        return Err(Error::invalid(
+            "config.linux.security_context.run_as_group",
+            "is set without run_as_user or run_as_username",
+        ));
+    }
+    let seccomp_localhost = super::seccomp::localhost(sc)?;
     let pid_target = target_pid(&node, &config)?;
     let runtime = node.oci_runtime(&pod.runtime_handler)?;
     let key = (pod.id.clone(), metadata.name.clone(), metadata.attempt);
@@ -109,7 +123,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             stop_signal,
             config,
         };
-        match make(&node, &dirs, &pod, &image, &mut record, pid_target).await {
+        match make(&node, &dirs, &pod, &image, &mut record, pid_target, seccomp_localhost).await {
             Ok(()) => {
                 node.containers.insert(record);
                 Ok(id)
@@ -136,6 +150,7 @@ async fn make(
     image: &crate::image::Image,
     record: &mut Record,
     pid_target: Option<i32>,
+    seccomp_localhost: Option<serde_json::Value>,
 ) -> Result<()> {
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
@@ -147,7 +162,7 @@ async fn make(
         .iter()
         .rev()
         .map(|l| node.images.layer_path(l))
-        .collect();
+        .collect::<Result<_>>()?;
     mount_rootfs(dirs, &layers, &record.rootfs)?;
     let t_rootfs = phase.elapsed();
     let phase = std::time::Instant::now();
@@ -201,6 +216,8 @@ async fn make(
         oom_floor: own_oom_score_adj(),
         annotations,
         pid_target,
+        own_caps: own_capabilities(),
+        seccomp_localhost,
     };
     store::write_volatile(&dirs.state.join("config.json"), &spec::build(&input))?;
     let stdout = match record.log_path.as_str() {
@@ -254,6 +271,42 @@ fn target_pid(node: &Node, config: &cri::ContainerConfig) -> Result<Option<i32>>
         ));
     }
     Ok(Some(target.pid as i32))
+}
+
+/// The container's log file is `log_path` under the pod's log directory, and only there:
+/// an absolute path or one that climbs out with `..` is refused (the shim opens it as root).
+fn validate_log_path(log_path: &str) -> Result<()> {
+    let climbs = Path::new(log_path).components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if climbs {
+        return Err(Error::invalid(
+            "config.log_path",
+            format!("{log_path:?} must be a relative path inside the pod's log_directory"),
+        ));
+    }
+    Ok(())
+}
+
+/// The capabilities podrund itself holds (its effective set): all that a privileged or
+/// `ALL` container can get, since no child of podrund can gain more. A host whose bounding
+/// set lacks one (CAP_SYS_RESOURCE, on some) runs such containers without it.
+fn own_capabilities() -> Vec<&'static str> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    spec::ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| effective & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 /// The oom_score_adj of podrund itself: without CAP_SYS_RESOURCE no child may go lower.

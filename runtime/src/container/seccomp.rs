@@ -4,7 +4,39 @@
 //! perf, userfaultfd), and lets a capability granted to the container re-allow the calls it
 //! governs. Blocked calls fail with EPERM. The OCI runtime applies it.
 
+use podrun_proto::cri;
 use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+
+/// The Localhost profile a security context names, read and checked: a file that cannot
+/// be read or is no seccomp profile is refused, never run without seccomp.
+pub fn localhost(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Option<Value>> {
+    const FIELD: &str = "config.linux.security_context.seccomp.localhost_ref";
+    let Some(profile) = sc.and_then(|s| s.seccomp.as_ref()) else {
+        return Ok(None);
+    };
+    if profile.profile_type != cri::security_profile::ProfileType::Localhost as i32 {
+        return Ok(None);
+    }
+    let path = std::path::Path::new(&profile.localhost_ref);
+    if !path.is_absolute() {
+        return Err(Error::invalid(
+            FIELD,
+            format!("{path:?} is not an absolute path"),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::invalid(FIELD, format!("{path:?}: {e}")))?;
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::invalid(FIELD, format!("{path:?} is not JSON: {e}")))?;
+    if !value["defaultAction"].is_string() {
+        return Err(Error::invalid(
+            FIELD,
+            format!("{path:?} is not a seccomp profile: it has no defaultAction"),
+        ));
+    }
+    Ok(Some(value))
+}
 
 /// Blocked calls, each with the capability that, when granted, allows it again.
 const BLOCKED: &[(&str, Option<&str>)] = &[

@@ -26,7 +26,8 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability this kernel knows, for privileged containers and `ALL`.
+/// Every capability Linux defines, in the order of their numbers (bit `i` of a capability
+/// mask is `ALL_CAPS[i]`). Privileged containers and `ALL` get those podrund holds.
 pub const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -129,6 +130,10 @@ pub struct Input<'a> {
     pub annotations: BTreeMap<String, String>,
     /// For `pid: TARGET` (ephemeral debug containers): the target container's pid.
     pub pid_target: Option<i32>,
+    /// The capabilities podrund holds: what privileged and `ALL` mean on this host.
+    pub own_caps: Vec<&'static str>,
+    /// The Localhost seccomp profile, read and checked by the caller.
+    pub seccomp_localhost: Option<Value>,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -168,10 +173,11 @@ pub fn env(config: &cri::ContainerConfig, image: &Value) -> Vec<String> {
     env
 }
 
-fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32) -> Value {
+fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32, own: &[&str]) -> Value {
     let privileged = sc.is_some_and(|s| s.privileged);
+    let all = || own.iter().map(|c| c.to_string()).collect::<Vec<_>>();
     let mut caps: Vec<String> = match privileged {
-        true => ALL_CAPS.iter().map(|c| c.to_string()).collect(),
+        true => all(),
         false => DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
     };
     let norm = |c: &String| {
@@ -184,11 +190,11 @@ fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32) -> Va
     };
     // containerd's order: add ALL, drop ALL, then the single adds, then the single drops.
     if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
-        let all = |list: &[String]| list.iter().any(|a| a.eq_ignore_ascii_case("ALL"));
-        if all(&c.add_capabilities) {
-            caps = ALL_CAPS.iter().map(|c| c.to_string()).collect();
+        let names_all = |list: &[String]| list.iter().any(|a| a.eq_ignore_ascii_case("ALL"));
+        if names_all(&c.add_capabilities) {
+            caps = all();
         }
-        if all(&c.drop_capabilities) {
+        if names_all(&c.drop_capabilities) {
             caps.clear();
         }
         for add in c
@@ -232,13 +238,10 @@ fn cri_mounts(config: &cri::ContainerConfig) -> Vec<Value> {
         .collect()
 }
 
-/// CRI seccomp: absent or Unconfined means none; RuntimeDefault is ours; Localhost loads a
-/// profile file (an unreadable one yields an invalid spec, which the runtime reports).
-fn seccomp(
-    sc: Option<&cri::LinuxContainerSecurityContext>,
-    caps: &Value,
-    privileged: bool,
-) -> Option<Value> {
+/// CRI seccomp: absent or Unconfined means none; RuntimeDefault is ours; Localhost is the
+/// profile the caller read (and refused when it could not).
+fn seccomp(input: &Input, caps: &Value, privileged: bool) -> Option<Value> {
+    let sc = input.config.linux.as_ref()?.security_context.as_ref();
     let profile = sc.and_then(|s| s.seccomp.as_ref())?;
     if privileged {
         return None;
@@ -247,9 +250,7 @@ fn seccomp(
         Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
             Some(super::seccomp::runtime_default(&strings(&caps["bounding"])))
         }
-        Ok(cri::security_profile::ProfileType::Localhost) => std::fs::read(&profile.localhost_ref)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()),
+        Ok(cri::security_profile::ProfileType::Localhost) => input.seccomp_localhost.clone(),
         _ => None,
     }
 }
@@ -351,12 +352,18 @@ pub fn build(input: &Input) -> Value {
         "resources": res,
         "sysctl": pod.sysctls,
     });
+    // The security context's lists replace the defaults when given (kubelet sends them,
+    // empty for `procMount: Unmasked`, which proto3 cannot tell from absent).
+    let or_default = |given: Option<&Vec<String>>, default: &[&str]| match given {
+        Some(paths) if !paths.is_empty() => json!(paths),
+        _ => json!(default),
+    };
     if !privileged {
-        linux_spec["maskedPaths"] = json!(MASKED);
-        linux_spec["readonlyPaths"] = json!(READONLY);
+        linux_spec["maskedPaths"] = or_default(sc.map(|s| &s.masked_paths), MASKED);
+        linux_spec["readonlyPaths"] = or_default(sc.map(|s| &s.readonly_paths), READONLY);
     }
-    let caps = capabilities(sc, input.user.uid);
-    if let Some(profile) = seccomp(sc, &caps, privileged) {
+    let caps = capabilities(sc, input.user.uid, &input.own_caps);
+    if let Some(profile) = seccomp(input, &caps, privileged) {
         linux_spec["seccomp"] = profile;
     }
     let mut spec = json!({

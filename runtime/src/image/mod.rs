@@ -3,6 +3,7 @@
 //! of images (`index.json`, written atomically) keyed by image id ("sha256:" + the config
 //! digest), each with the names (repo tags and digests) that point at it.
 
+mod digest;
 mod hosts;
 mod import;
 mod pull;
@@ -143,16 +144,21 @@ impl ImageStore {
         store::write_atomic(&self.dir.join("index.json"), index)
     }
 
-    pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.dir
+    /// The file of blob `digest`; only a well-formed sha256 digest names one.
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self
+            .dir
             .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+            .join(digest::sha256_hex("blob digest", digest)?))
     }
 
-    pub fn layer_path(&self, chain_id: &str) -> PathBuf {
-        self.dir
+    /// The directory of layer `chain_id`; only a well-formed sha256 digest names one, so
+    /// no id from an image can point the store at a path it did not make.
+    pub fn layer_path(&self, chain_id: &str) -> Result<PathBuf> {
+        Ok(self
+            .dir
             .join("layers")
-            .join(chain_id.trim_start_matches("sha256:"))
+            .join(digest::sha256_hex("layer chain id", chain_id)?))
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -270,10 +276,10 @@ impl ImageStore {
                 .chain(pulling.iter())
                 .collect();
             for chain in image.layers.iter().filter(|l| !used.contains(l)) {
-                let path = self.layer_path(chain);
+                let path = self.layer_path(chain)?;
                 std::fs::remove_dir_all(&path).map_err(Error::io("removing layer", &path))?;
             }
-            let _ = std::fs::remove_file(self.blob_path(&image.id));
+            let _ = std::fs::remove_file(self.blob_path(&image.id)?);
         }
         Ok(())
     }

@@ -195,6 +195,11 @@ impl ImageStore {
         digest: String,
         progress: &Progress,
     ) -> Result<Image> {
+        // Every digest the manifest and config name is checked before any is used.
+        super::digest::sha256_hex("manifest config digest", &manifest.config.digest)?;
+        for layer in &manifest.layers {
+            super::digest::sha256_hex("manifest layer digest", &layer.digest)?;
+        }
         // The config: small, kept as a blob named by its digest (the image id).
         let mut config_bytes = Vec::new();
         source.blob(&manifest.config, &mut config_bytes).await?;
@@ -211,8 +216,11 @@ impl ImageStore {
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|d| d.as_str().map(str::to_owned))
-            .collect();
+            .map(|d| {
+                let d = d.as_str().unwrap_or_default();
+                super::digest::sha256_hex("image config rootfs.diff_ids", d).map(|_| d.to_owned())
+            })
+            .collect::<Result<_>>()?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(Error::Internal(format!(
                 "{whole}: {} layers but {} diff ids",
@@ -245,7 +253,7 @@ impl ImageStore {
             self.fetch_layer(source, layer, diff_id, chain, &layer_progress)
                 .await?;
         }
-        crate::store::write_bytes_atomic(&self.blob_path(&id), &config_bytes)?;
+        crate::store::write_bytes_atomic(&self.blob_path(&id)?, &config_bytes)?;
 
         let size = manifest.config.size.max(0) as u64
             + manifest
@@ -277,7 +285,7 @@ impl ImageStore {
     ) -> Result<()> {
         let lock = self.lock_for(format!("layer:{chain}"));
         let _one_at_a_time = lock.lock().await;
-        let dest = self.layer_path(chain);
+        let dest = self.layer_path(chain)?;
         if dest.exists() {
             progress.set(LayerState::Present);
             return Ok(());
@@ -350,15 +358,8 @@ impl Source<'_> {
 
 /// The file of blob `digest` in layout `dir` (`blobs/<algorithm>/<hex>`).
 pub(super) fn layout_blob(dir: &Path, digest: &str) -> Result<PathBuf> {
-    match digest.split_once(':') {
-        Some(("sha256", hex)) if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) => {
-            Ok(dir.join("blobs/sha256").join(hex))
-        }
-        _ => Err(Error::invalid(
-            "path",
-            format!("unsupported digest {digest:?} in the layout"),
-        )),
-    }
+    let hex = super::digest::sha256_hex("path", digest)?;
+    Ok(dir.join("blobs/sha256").join(hex))
 }
 
 /// How far each layer of one pull or import has got; `watch` subscribers see every change.

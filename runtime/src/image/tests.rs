@@ -5,10 +5,15 @@ fn image(id: &str, layers: &[&str]) -> Image {
         id: format!("sha256:{id}"),
         repo_tags: vec![],
         repo_digests: vec![],
-        layers: layers.iter().map(|l| format!("sha256:{l}")).collect(),
+        layers: layers.iter().map(|l| layer(l)).collect(),
         size: 10,
         config: serde_json::json!({"User": "1000:1000"}),
     }
+}
+
+/// The chain id named by one hex digit.
+fn layer(digit: &str) -> String {
+    format!("sha256:{}", digit.repeat(64))
 }
 
 fn store() -> (tempfile::TempDir, ImageStore) {
@@ -22,7 +27,7 @@ fn tags_move_between_images_and_lookups_accept_every_form() {
     let (_d, s) = store();
     let a = "a".repeat(64);
     s.add(
-        image(&a, &["l1"]),
+        image(&a, &["1"]),
         Some("docker.io/library/busybox:latest".into()),
         "docker.io/library/busybox@sha256:m1".into(),
     )
@@ -36,7 +41,7 @@ fn tags_move_between_images_and_lookups_accept_every_form() {
     assert!(s.find("docker.io/library/busybox@sha256:m1").is_some() || s.find("nothing").is_none());
     let b = "b".repeat(64);
     s.add(
-        image(&b, &["l1", "l2"]),
+        image(&b, &["1", "2"]),
         Some("docker.io/library/busybox:latest".into()),
         "docker.io/library/busybox@sha256:m2".into(),
     )
@@ -55,24 +60,24 @@ fn tags_move_between_images_and_lookups_accept_every_form() {
 fn removing_a_tag_keeps_the_others_and_the_last_name_takes_the_image_and_unused_layers() {
     let (_d, s) = store();
     let a = "a".repeat(64);
-    for l in ["l1", "l2"] {
-        std::fs::create_dir_all(s.layer_path(&format!("sha256:{l}"))).unwrap();
+    for l in ["1", "2"] {
+        std::fs::create_dir_all(s.layer_path(&layer(l)).unwrap()).unwrap();
     }
     s.add(
-        image(&a, &["l1", "l2"]),
+        image(&a, &["1", "2"]),
         Some("example.com/app:1".into()),
         "example.com/app@sha256:m".into(),
     )
     .unwrap();
     s.add(
-        image(&a, &["l1", "l2"]),
+        image(&a, &["1", "2"]),
         Some("example.com/app:2".into()),
         "example.com/app@sha256:m".into(),
     )
     .unwrap();
     let b = "b".repeat(64);
     s.add(
-        image(&b, &["l1"]),
+        image(&b, &["1"]),
         Some("example.com/base:1".into()),
         "example.com/base@sha256:n".into(),
     )
@@ -85,12 +90,23 @@ fn removing_a_tag_keeps_the_others_and_the_last_name_takes_the_image_and_unused_
     s.remove("example.com/app:2").unwrap();
     assert!(s.find(&a).is_none());
     assert!(
-        s.layer_path("sha256:l1").exists(),
+        s.layer_path(&layer("1")).unwrap().exists(),
         "a layer another image uses stays"
     );
-    assert!(!s.layer_path("sha256:l2").exists());
+    assert!(!s.layer_path(&layer("2")).unwrap().exists());
     s.remove("example.com/app:2")
         .expect("removing what is gone is fine");
     s.remove(&b).unwrap();
-    assert!(s.list().is_empty() && !s.layer_path("sha256:l1").exists());
+    assert!(s.list().is_empty() && !s.layer_path(&layer("1")).unwrap().exists());
+}
+
+#[test]
+fn no_id_from_an_image_names_a_path_outside_the_store() {
+    let (_d, s) = store();
+    for bad in ["sha256:/etc", "sha256:../../etc", "/etc", "sha256:"] {
+        assert!(s.layer_path(bad).is_err(), "{bad}");
+        assert!(s.blob_path(bad).is_err(), "{bad}");
+    }
+    let good = s.layer_path(&layer("a")).unwrap();
+    assert!(good.starts_with(_d.path().join("images/layers")));
 }

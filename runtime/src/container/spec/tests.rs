@@ -27,6 +27,8 @@ fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -
         oom_floor: -998,
         annotations: BTreeMap::new(),
         pid_target: None,
+        own_caps: ALL_CAPS.to_vec(),
+        seccomp_localhost: None,
     }
 }
 
@@ -130,25 +132,57 @@ fn capabilities_add_drop_all_privileged_and_non_root() {
         privileged,
         ..Default::default()
     };
-    let caps = capabilities(Some(&sc(&["NET_ADMIN"], &["CAP_KILL"], false)), 0);
+    let all = ALL_CAPS;
+    let caps = capabilities(Some(&sc(&["NET_ADMIN"], &["CAP_KILL"], false)), 0, all);
     let bounding = strings(&caps["bounding"]);
     assert!(
         bounding.contains(&"CAP_NET_ADMIN".to_owned())
             && !bounding.contains(&"CAP_KILL".to_owned())
     );
     assert_eq!(
-        strings(&capabilities(Some(&sc(&[], &["ALL"], false)), 0)["bounding"]).len(),
+        strings(&capabilities(Some(&sc(&[], &["ALL"], false)), 0, all)["bounding"]).len(),
         0
     );
     assert_eq!(
-        strings(&capabilities(Some(&sc(&["ALL"], &[], false)), 0)["bounding"]).len(),
+        strings(&capabilities(Some(&sc(&["ALL"], &[], false)), 0, all)["bounding"]).len(),
         ALL_CAPS.len()
     );
     assert_eq!(
-        strings(&capabilities(Some(&sc(&[], &[], true)), 0)["bounding"]).len(),
+        strings(&capabilities(Some(&sc(&[], &[], true)), 0, all)["bounding"]).len(),
         ALL_CAPS.len()
     );
-    let non_root = capabilities(None, 1000);
+    // On a host whose own set lacks a capability, ALL and privileged mean what it holds.
+    let held: Vec<&str> = ALL_CAPS
+        .iter()
+        .copied()
+        .filter(|c| *c != "CAP_SYS_RESOURCE")
+        .collect();
+    for c in [sc(&["ALL"], &[], false), sc(&[], &[], true)] {
+        let bounding = strings(&capabilities(Some(&c), 0, &held)["bounding"]);
+        assert_eq!(bounding.len(), ALL_CAPS.len() - 1);
+        assert!(!bounding.contains(&"CAP_SYS_RESOURCE".to_owned()));
+    }
+    let non_root = capabilities(None, 1000, all);
     assert_eq!(strings(&non_root["bounding"]).len(), DEFAULT_CAPS.len());
     assert!(strings(&non_root["effective"]).is_empty());
+}
+
+#[test]
+fn the_security_contexts_masked_and_readonly_paths_replace_the_defaults() {
+    let (pod, image) = (pod(), json!({}));
+    let mut config = cri::ContainerConfig::default();
+    let spec = build(&input(&config, &image, &pod));
+    assert_eq!(spec["linux"]["maskedPaths"], json!(MASKED));
+    assert_eq!(spec["linux"]["readonlyPaths"], json!(READONLY));
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            masked_paths: vec!["/bin/ls".into()],
+            readonly_paths: vec!["/tmp".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let spec = build(&input(&config, &image, &pod));
+    assert_eq!(spec["linux"]["maskedPaths"], json!(["/bin/ls"]));
+    assert_eq!(spec["linux"]["readonlyPaths"], json!(["/tmp"]));
 }

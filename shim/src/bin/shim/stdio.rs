@@ -48,11 +48,26 @@ pub fn fifo_reader(path: &str, keep_open: bool) -> Result<Receiver> {
     Ok(Receiver::from_file_unchecked(f)?)
 }
 
-/// The write end of an output FIFO for the shim to copy into (its reader must be open).
+/// How long the shim waits for the reader of an output FIFO to open it.
+const FIFO_READER_WAIT: Duration = Duration::from_secs(2);
+
+/// The write end of an output FIFO for the shim to copy into. Its reader (podrund, or
+/// containerd) opens it around the same time: an open before the reader's fails with
+/// ENXIO and is retried for a short while, as containerd's own shim blocks on it.
 pub fn fifo_writer(path: &str) -> Result<Sender> {
-    Ok(Sender::from_file_unchecked(open_nonblocking(
-        path, true, false,
-    )?)?)
+    let deadline = std::time::Instant::now() + FIFO_READER_WAIT;
+    loop {
+        match open_nonblocking(path, true, false) {
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.raw_os_error() == Some(libc::ENXIO)) =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            opened => return Ok(Sender::from_file_unchecked(opened?)?),
+        }
+    }
 }
 
 /// A pty master (or pipe) end, non-blocking, as an async reader and writer.

@@ -1,0 +1,261 @@
+//! Hostile images: ids that are paths, layers that climb out with `..`, absolute names,
+//! symlinks and hard links, whiteouts through symlinks, setuid files. Each is pulled from a
+//! real registry by a real podrund, and each asserts the refusal (or a harmless unpack) and
+//! that the host is untouched: a canary directory outside the store survives as it was.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use podrun_proto::client;
+use podrun_proto::cri;
+use podrun_tests::registry::{layer, Compression, LayerBuilder, Registry, TestImage};
+use podrun_tests::{Chain, TestNode};
+use tar::EntryType;
+
+async fn pull(node: &TestNode, name: &str) -> Result<String, tonic::Status> {
+    let mut images = client::image(&node.socket).await.expect("connecting");
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+/// An image of `layers` whose config lists `diff_ids` as given, true or not.
+fn image_with_diff_ids(layers: Vec<(Vec<u8>, String, String)>, diff_ids: &[String]) -> TestImage {
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    TestImage {
+        layers,
+        config: serde_json::to_vec(&config).unwrap(),
+    }
+}
+
+/// A directory outside podrund's root with a file in it, and its content.
+struct Canary(PathBuf);
+
+impl Canary {
+    fn new(node: &TestNode) -> Canary {
+        let dir = node.dir.join("canary");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("precious"), "keep").unwrap();
+        Canary(dir)
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        let names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap_or_else(|e| panic!("{what}: the canary directory is gone: {e}"))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["precious"], "{what}: the canary directory changed");
+        assert_eq!(
+            std::fs::read_to_string(self.0.join("precious")).unwrap(),
+            "keep",
+            "{what}: the canary file changed"
+        );
+        let meta = std::fs::symlink_metadata(self.0.join("precious")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "{what}");
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&*dir.to_string_lossy()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_ids_that_are_paths_are_refused_and_never_touch_the_host() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Operator);
+    let canary = Canary::new(&node);
+    let tar = LayerBuilder::default().file("hello", 0o644, b"hi").tar();
+    let blob = layer(tar, Compression::Gzip);
+    let hostile = [
+        format!("sha256:{}", canary.0.display()),
+        "sha256:../../../canary".to_owned(),
+        "sha256:/etc".to_owned(),
+        format!("sha512:{}", "a".repeat(128)),
+        format!("sha256:{}", "A".repeat(64)),
+    ];
+    for (i, diff_id) in hostile.iter().enumerate() {
+        let img = image_with_diff_ids(vec![blob.clone()], std::slice::from_ref(diff_id));
+        registry.push(&format!("hostile:{i}"), &img).await;
+        let err = pull(&node, &format!("{}/hostile:{i}", registry.addr))
+            .await
+            .expect_err(diff_id);
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{diff_id}: {err:?}"
+        );
+        assert!(
+            err.message().contains("rootfs.diff_ids") && err.message().contains(diff_id.as_str()),
+            "the error names the field and the value: {}",
+            err.message()
+        );
+        canary.assert_untouched(diff_id);
+    }
+    let mut images = client::image(&node.socket).await.unwrap();
+    let listed = images
+        .list_images(cri::ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "nothing was recorded: {listed:?}");
+    assert!(mounts_under(&canary.0).is_empty());
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_that_climb_out_of_the_store_are_refused_or_kept_inside() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Operator);
+    let canary = Canary::new(&node);
+    let target = canary.0.join("precious").display().to_string();
+    let outside = node.dir.join("escaped");
+    // Each trick is an image of its own, so a refusal of one cannot hide another.
+    let tricks: Vec<(&str, LayerBuilder)> = vec![
+        (
+            "dot-dot from the layer",
+            LayerBuilder::default().raw(
+                EntryType::Regular,
+                "../../../../canary/precious",
+                "",
+                b"pwned",
+            ),
+        ),
+        (
+            "dot-dot from the unpack dir",
+            LayerBuilder::default().raw(
+                EntryType::Regular,
+                "../../../../../canary/precious",
+                "",
+                b"pwned",
+            ),
+        ),
+        (
+            "dot-dot to a new file",
+            LayerBuilder::default().raw(EntryType::Regular, "../../../../../escaped", "", b"pwned"),
+        ),
+        (
+            "absolute name",
+            LayerBuilder::default().raw(EntryType::Regular, &target, "", b"pwned"),
+        ),
+        (
+            "through a symlink",
+            LayerBuilder::default()
+                .symlink("evil", &canary.0.display().to_string())
+                .file("evil/precious", 0o644, b"pwned"),
+        ),
+        (
+            "through a relative symlink",
+            LayerBuilder::default()
+                .symlink("evil", "../../../../canary")
+                .file("evil/precious", 0o644, b"pwned"),
+        ),
+        (
+            "hard link to a host file",
+            LayerBuilder::default().raw(EntryType::Link, "hl", &target, b""),
+        ),
+        (
+            "hard link by dot-dot",
+            LayerBuilder::default().raw(EntryType::Link, "hl", "../../../../canary/precious", b""),
+        ),
+        (
+            "whiteout through a symlink",
+            LayerBuilder::default()
+                .symlink("evil", &canary.0.display().to_string())
+                .raw(EntryType::Regular, "evil/.wh.precious", "", b""),
+        ),
+        (
+            "whiteout by dot-dot",
+            LayerBuilder::default().raw(
+                EntryType::Regular,
+                "../../../../canary/.wh.precious",
+                "",
+                b"",
+            ),
+        ),
+        (
+            "opaque marker through a symlink",
+            LayerBuilder::default()
+                .symlink("evil", &canary.0.display().to_string())
+                .raw(EntryType::Regular, "evil/.wh..wh..opq", "", b""),
+        ),
+        (
+            "chmod through a symlink",
+            LayerBuilder::default()
+                .symlink("evil", &target)
+                .owned_file("evil", 0o4777, 0, b""),
+        ),
+    ];
+    for (i, (what, builder)) in tricks.into_iter().enumerate() {
+        let blob = layer(builder.tar(), Compression::Gzip);
+        let diff_id = blob.2.clone();
+        registry
+            .push(
+                &format!("trick:{i}"),
+                &image_with_diff_ids(vec![blob], &[diff_id]),
+            )
+            .await;
+        let pulled = pull(&node, &format!("{}/trick:{i}", registry.addr)).await;
+        canary.assert_untouched(what);
+        assert!(!outside.exists(), "{what}: wrote {}", outside.display());
+        eprintln!("{what}: {:?}", pulled.as_ref().map_err(|e| e.message()));
+    }
+    assert!(mounts_under(&canary.0).is_empty());
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setuid_files_of_images_are_out_of_reach_of_host_users() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Operator);
+    let tar = LayerBuilder::default()
+        .dir("bin")
+        .owned_file("bin/rootshell", 0o4755, 0, b"#!/bin/sh\n")
+        .tar();
+    let blob = layer(tar, Compression::Gzip);
+    let diff_id = blob.2.clone();
+    registry
+        .push("suid:1", &image_with_diff_ids(vec![blob], &[diff_id]))
+        .await;
+    pull(&node, &format!("{}/suid:1", registry.addr))
+        .await
+        .expect("an image with a setuid file is a valid image");
+    // The file keeps its mode for the container, but no unprivileged host user can reach
+    // it: the directories that hold container filesystems are closed to them.
+    let (root, state) = (node.dir.join("root"), node.dir.join("state"));
+    for dir in [
+        root.join("images"),
+        root.join("containers"),
+        state.join("containers"),
+    ] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
+    }
+    for dir in [root, state] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & 0o066,
+            0,
+            "{} is {mode:o}: others may not list it",
+            dir.display()
+        );
+    }
+    node.assert_no_leaks();
+}
