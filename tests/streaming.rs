@@ -216,6 +216,82 @@ async fn attach_sees_later_output_and_serves_two_clients_at_once() {
     bed.assert_no_leaks();
 }
 
+/// critest's attach: a `stdin_once` shell in a pod without a log directory. What the client
+/// writes reaches the shell, its output (no newline) reaches the client, and the client's
+/// end of input ends the session and, with `stdin_once`, the container's stdin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_with_stdin_once_and_no_log_ends_with_the_clients_input() {
+    let mut bed = Bed::start().await;
+    let pod_config = bed.node.pod_config("once");
+    assert!(pod_config.log_directory.is_empty());
+    let pod = bed
+        .rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    bed.node.remember(&pod);
+    let mut config = bed.container("shell", &["/bin/sh"]);
+    config.stdin = true;
+    config.stdin_once = true;
+    config.log_path = String::new();
+    let id = bed.run(&(pod.clone(), pod_config), config).await;
+    let url = bed
+        .rt
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            tty: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let opts = Options {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    let mut session = exec(&url, Transport::Spdy, opts).await.unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    stdin.write_all(b"echo -n hello\n").await.unwrap();
+    let mut out = session.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 64];
+    while seen != b"hello" {
+        let n = tokio::time::timeout(Duration::from_secs(10), out.read(&mut buf))
+            .await
+            .expect("the shell's output reaches the client")
+            .unwrap();
+        assert!(
+            n > 0,
+            "output ended after {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stdin);
+    let stderr = session.stderr.take();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), session.outcome()).await;
+    assert_eq!(
+        outcome.expect("closing stdin ends the session"),
+        Outcome::Exited(0)
+    );
+    assert_eq!(read_all(stderr).await, "");
+    // stdin_once: the container's stdin ended with the client's, so the shell exits.
+    let status = bed.wait_exit(&id).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    bed.remove_pod(&pod).await;
+    bed.assert_no_leaks();
+}
+
 async fn http_get(pf: &PortForwarder, port: u16) -> String {
     let mut f = pf.open(port).await.unwrap();
     f.pipe

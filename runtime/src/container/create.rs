@@ -64,6 +64,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
                 reason: format!("mounts[{i}]: {:?} does not exist", m.host_path),
             });
         }
+        check_propagation(i, m)?;
         if !m.container_path.starts_with('/') {
             return Err(Error::InvalidArgument {
                 field: "config.mounts.container_path",
@@ -271,6 +272,53 @@ fn target_pid(node: &Node, config: &cri::ContainerConfig) -> Result<Option<i32>>
         ));
     }
     Ok(Some(target.pid as i32))
+}
+
+/// A volume that propagates mounts needs a source that does: shared for Bidirectional,
+/// shared or a slave for HostToContainer (as containerd checks); otherwise the container
+/// would silently see nothing.
+fn check_propagation(i: usize, m: &cri::Mount) -> Result<()> {
+    use cri::MountPropagation::*;
+    let wanted = match cri::MountPropagation::try_from(m.propagation) {
+        Ok(PropagationBidirectional) => &["shared:"][..],
+        Ok(PropagationHostToContainer) => &["shared:", "master:"][..],
+        _ => return Ok(()),
+    };
+    let source = std::fs::canonicalize(&m.host_path)
+        .map_err(Error::io("resolving the mount source", &m.host_path))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(Error::io("reading", "/proc/self/mountinfo"))?;
+    // The mount the source lies on: the longest mount point that is a prefix of it.
+    let optional = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            let point = fields.get(4)?;
+            let end = fields.iter().position(|f| *f == "-")?;
+            Some((Path::new(*point), fields.get(6..end)?.to_vec()))
+        })
+        .filter(|(point, _)| source.starts_with(point))
+        .max_by_key(|(point, _)| point.as_os_str().len())
+        .map(|(_, optional)| optional)
+        .unwrap_or_default();
+    if optional
+        .iter()
+        .any(|f| wanted.iter().any(|w| f.starts_with(w)))
+    {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "config.mounts.propagation",
+        format!(
+            "mounts[{i}]: {:?} is on a mount that is not {} (make it so with mount --make-rshared)",
+            m.host_path,
+            if wanted.len() == 1 {
+                "shared"
+            } else {
+                "shared or a slave"
+            },
+        ),
+    ))
 }
 
 /// The container's log file is `log_path` under the pod's log directory, and only there:

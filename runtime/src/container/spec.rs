@@ -352,6 +352,14 @@ pub fn build(input: &Input) -> Value {
         "resources": res,
         "sysctl": pod.sysctls,
     });
+    // A volume's propagation needs the rootfs to propagate at least as much (containerd's
+    // rule): the runtime's default makes the whole tree private.
+    let propagations: Vec<i32> = config.mounts.iter().map(|m| m.propagation).collect();
+    if propagations.contains(&(cri::MountPropagation::PropagationBidirectional as i32)) {
+        linux_spec["rootfsPropagation"] = json!("rshared");
+    } else if propagations.contains(&(cri::MountPropagation::PropagationHostToContainer as i32)) {
+        linux_spec["rootfsPropagation"] = json!("rslave");
+    }
     // The security context's lists replace the defaults when given (kubelet sends them,
     // empty for `procMount: Unmasked`, which proto3 cannot tell from absent).
     let or_default = |given: Option<&Vec<String>>, default: &[&str]| match given {

@@ -186,3 +186,31 @@ fn the_security_contexts_masked_and_readonly_paths_replace_the_defaults() {
     assert_eq!(spec["linux"]["maskedPaths"], json!(["/bin/ls"]));
     assert_eq!(spec["linux"]["readonlyPaths"], json!(["/tmp"]));
 }
+
+#[test]
+fn volume_propagation_sets_the_rootfs_propagation() {
+    let (pod, image) = (pod(), json!({}));
+    let with = |propagations: &[cri::MountPropagation]| {
+        let config = cri::ContainerConfig {
+            mounts: propagations
+                .iter()
+                .map(|p| cri::Mount {
+                    container_path: "/m".into(),
+                    host_path: "/srv".into(),
+                    propagation: *p as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        build(&input(&config, &image, &pod))["linux"]["rootfsPropagation"].clone()
+    };
+    use cri::MountPropagation::*;
+    assert_eq!(with(&[]), Value::Null);
+    assert_eq!(with(&[PropagationPrivate]), Value::Null);
+    assert_eq!(with(&[PropagationHostToContainer]), json!("rslave"));
+    assert_eq!(
+        with(&[PropagationHostToContainer, PropagationBidirectional]),
+        json!("rshared")
+    );
+}

@@ -58,10 +58,10 @@ impl Log {
 }
 
 /// Copies one stream (the read end of the container's stdout or stderr pipe, or its
-/// terminal) into `log`, and to whoever is attached, until the container and everything it
-/// started have closed it.
+/// terminal) into `log`, if it has one, and to whoever is attached, until the container
+/// and everything it started have closed it.
 pub async fn copy(
-    log: Arc<Log>,
+    log: Option<Arc<Log>>,
     stream: &'static str,
     mut reader: Receiver,
     attached: Arc<Attached>,
@@ -74,6 +74,7 @@ pub async fn copy(
             Ok(n) => n,
         };
         attached.send(stream, &buf[..n]).await;
+        let Some(log) = &log else { continue };
         pending.extend_from_slice(&buf[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let rest = pending.split_off(end + 1);
@@ -89,7 +90,7 @@ pub async fn copy(
             pending = rest;
         }
     }
-    if !pending.is_empty() {
+    if let Some(log) = log.filter(|_| !pending.is_empty()) {
         log.record(stream, 'P', &pending);
     }
     // Attached readers see end-of-file when the container's output ends.

@@ -63,6 +63,7 @@ impl Shim {
             .then(ConsoleSocket::new)
             .transpose()
             .map_err(internal)?;
+        let to_log_and_attached = log.is_some() || req.stdout.is_empty();
         let (mut outputs, mut stdin_pipe, mut fifo_outputs) = (Vec::new(), None, Vec::new());
         let mut stdio = Stdio3::null();
         if !terminal {
@@ -71,8 +72,10 @@ impl Shim {
                 stdin_pipe = Some(w);
                 stdio.stdin = r.into();
             }
-            match &log {
-                Some(_) => {
+            // A CRI container's output goes to its log (when it has one) and to whoever
+            // attaches; one that containerd made goes to the FIFOs it named.
+            match to_log_and_attached {
+                true => {
                     let (out_r, out_w) = oci::pipe().map_err(internal)?;
                     let (err_r, err_w) = oci::pipe().map_err(internal)?;
                     outputs.push(("stdout", out_r));
@@ -80,7 +83,7 @@ impl Shim {
                     stdio.stdout = out_w.into();
                     stdio.stderr = err_w.into();
                 }
-                None => {
+                false => {
                     // Through pipes the shim copies, so the exit waits for the output.
                     for (stream, path) in [("stdout", &req.stdout), ("stderr", &req.stderr)] {
                         if path.is_empty() {
@@ -123,8 +126,8 @@ impl Shim {
                 stdin_to = Some(w);
             }
             for (stream, reader) in readers {
-                match &log {
-                    Some(log) => {
+                match to_log_and_attached {
+                    true => {
                         copiers.push(tokio::spawn(crilog::copy(
                             log.clone(),
                             stream,
@@ -132,11 +135,10 @@ impl Shim {
                             attached.clone(),
                         )));
                     }
-                    None if !req.stdout.is_empty() => {
+                    false => {
                         let to = stdio::fifo_writer(&req.stdout)?;
                         copiers.push(tokio::spawn(stdio::copy(reader, to)));
                     }
-                    None => {}
                 }
             }
             Ok(match (req.stdin.is_empty(), stdin_to) {
