@@ -12,6 +12,7 @@ pub mod netns;
 pub mod node;
 pub mod sandbox;
 pub mod spec;
+pub mod stats;
 pub mod store;
 pub mod stream;
 

@@ -25,6 +25,8 @@ pub struct Node {
     /// so podrund never exits half-way through making or tearing down a pod.
     pub inflight: tokio::sync::RwLock<()>,
     pub streaming: crate::stream::Streaming,
+    /// The previous CPU sample of each cgroup, for usage_nano_cores.
+    pub samples: crate::stats::Samples,
 }
 
 impl Node {
@@ -51,6 +53,7 @@ impl Node {
                 &config.streaming_address,
                 Duration::from_secs(config.streaming_token_ttl),
             )?,
+            samples: Default::default(),
             config,
         })
     }

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::cni::Network;
 use crate::error::{Error, Kind};
 use crate::node::Node;
-use crate::{container, sandbox};
+use crate::{container, sandbox, stats};
 
 pub use server::serve;
 
@@ -387,15 +387,51 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn container_stats(
+        &self,
+        req: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let node = self.node.clone();
+        handle("ContainerStats", stats::container(node, req.into_inner())).await
+    }
+
+    async fn list_container_stats(
+        &self,
+        req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let node = self.node.clone();
+        handle(
+            "ListContainerStats",
+            stats::list_containers(node, req.into_inner()),
+        )
+        .await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let node = self.node.clone();
+        handle("PodSandboxStats", stats::pod(node, req.into_inner())).await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let node = self.node.clone();
+        handle(
+            "ListPodSandboxStats",
+            stats::list_pods(node, req.into_inner()),
+        )
+        .await
+    }
+
     unimplemented_rpcs! {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
         update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
-        container_stats(cri::ContainerStatsRequest) -> cri::ContainerStatsResponse = "ContainerStats";
-        list_container_stats(cri::ListContainerStatsRequest) -> cri::ListContainerStatsResponse = "ListContainerStats";
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
-        pod_sandbox_stats(cri::PodSandboxStatsRequest) -> cri::PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest) -> cri::ListPodSandboxStatsResponse = "ListPodSandboxStats";
         stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";

@@ -1,0 +1,178 @@
+//! Container and pod stats over CRI, as kubelet's summary API and eviction manager read
+//! them: CPU (total and rate), memory (working set), the writable layer, process counts and
+//! the pod's network, from real cgroups, overlays and a real netns.
+
+use std::time::Duration;
+
+use podrun_proto::cri;
+use podrun_tests::workload::Bed;
+
+async fn list(bed: &mut Bed, filter: cri::ContainerStatsFilter) -> Vec<cri::ContainerStats> {
+    let mut stats = bed
+        .rt
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(filter),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    stats.sort_by_key(|s| {
+        s.attributes
+            .as_ref()
+            .unwrap()
+            .metadata
+            .as_ref()
+            .unwrap()
+            .name
+            .clone()
+    });
+    stats
+}
+
+fn v(x: &Option<cri::UInt64Value>) -> u64 {
+    x.as_ref().map_or(0, |v| v.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_and_pod_stats_report_cpu_memory_disk_processes_and_network() {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("stats", "").await;
+    let busy = bed.container(
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/tmp/fill bs=1M count=8 2>/dev/null; while :; do :; done",
+        ],
+    );
+    let mut idle = bed.container("idle", &["sleep", "1000"]);
+    idle.labels.insert("role".into(), "idle".into());
+    let busy = bed.run(&pod, busy).await;
+    let idle = bed.run(&pod, idle).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let by_pod = cri::ContainerStatsFilter {
+        pod_sandbox_id: pod.0.clone(),
+        ..Default::default()
+    };
+    let first = list(&mut bed, by_pod.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let second = list(&mut bed, by_pod).await;
+    assert_eq!(second.len(), 2);
+    let (b, i) = (&second[0], &second[1]);
+    assert_eq!(b.attributes.as_ref().unwrap().id, busy);
+    assert_eq!(i.attributes.as_ref().unwrap().labels["role"], "idle");
+    let cpu = |s: &cri::ContainerStats| s.cpu.expect("cpu");
+    assert!(v(&cpu(b).usage_core_nano_seconds) > v(&cpu(&first[0]).usage_core_nano_seconds));
+    assert!(
+        cpu(&first[0]).usage_nano_cores.is_none(),
+        "no rate without a previous sample"
+    );
+    assert!(
+        v(&cpu(b).usage_nano_cores) > v(&cpu(i).usage_nano_cores),
+        "a busy loop uses more CPU than sleep: {:?} vs {:?}",
+        cpu(b).usage_nano_cores,
+        cpu(i).usage_nano_cores
+    );
+    let memory = b.memory.expect("memory");
+    assert!(
+        v(&memory.working_set_bytes) > 0 && v(&memory.usage_bytes) >= v(&memory.working_set_bytes)
+    );
+    let layer = b.writable_layer.clone().expect("writable layer");
+    assert!(
+        v(&layer.used_bytes) >= 8 << 20,
+        "the 8 MiB file in the writable layer: {layer:?}"
+    );
+    assert!(v(&layer.inodes_used) >= 2);
+    assert!(v(&i.writable_layer.clone().unwrap().used_bytes) < 1 << 20);
+
+    // Filters: by label, by id prefix; one container's own stats.
+    let labelled = list(
+        &mut bed,
+        cri::ContainerStatsFilter {
+            label_selector: [("role".to_owned(), "idle".to_owned())].into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(labelled.len(), 1);
+    assert_eq!(labelled[0].attributes.as_ref().unwrap().id, idle);
+    let one = bed
+        .rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: busy[..12].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert_eq!(one.attributes.unwrap().id, busy);
+
+    // The pod: its cgroup holds pause and both containers; its eth0 counts what it received.
+    let ip: std::net::IpAddr = bed
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.0.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip
+        .parse()
+        .unwrap();
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    for _ in 0..10 {
+        sock.send_to(&[7u8; 1000], (ip, 9)).unwrap();
+    }
+    let pod_stats = bed
+        .rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.0.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pod_stats.linux.unwrap();
+    assert!(
+        v(&linux.process.unwrap().process_count) >= 3,
+        "pause, sh and sleep"
+    );
+    assert_eq!(linux.containers.len(), 2);
+    assert!(v(&linux.memory.unwrap().working_set_bytes) >= v(&memory.working_set_bytes));
+    let eth0 = linux.network.unwrap().default_interface.expect("eth0");
+    assert_eq!(eth0.name, "eth0");
+    assert!(v(&eth0.rx_bytes) >= 10_000, "{eth0:?}");
+    let listed = bed
+        .rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: pod.0.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+
+    bed.remove_pod(&pod.0).await;
+    let err = bed
+        .rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: busy.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    bed.assert_no_leaks();
+}
