@@ -27,6 +27,8 @@ pub struct Node {
     pub streaming: crate::stream::Streaming,
     /// The previous CPU sample of each cgroup, for usage_nano_cores.
     pub samples: crate::stats::Samples,
+    /// What each runtime handler can do, found out on first use.
+    handlers: std::sync::OnceLock<Vec<podrun_proto::cri::RuntimeHandler>>,
 }
 
 impl Node {
@@ -54,6 +56,7 @@ impl Node {
                 Duration::from_secs(config.streaming_token_ttl),
             )?,
             samples: Default::default(),
+            handlers: Default::default(),
             config,
         })
     }
@@ -121,6 +124,76 @@ fn close_dirs(config: &Config) -> Result<()> {
             .map_err(crate::error::Error::io("setting the mode of", &dir))?;
     }
     Ok(())
+}
+
+/// The handlers podrund serves ("" is the default, then "runc" and "crun" where installed)
+/// and their features, as Status reports them.
+impl Node {
+    pub fn runtime_handlers(&self) -> Vec<podrun_proto::cri::RuntimeHandler> {
+        self.handlers
+            .get_or_init(|| {
+                ["", "runc", "crun"]
+                    .into_iter()
+                    .filter_map(|name| {
+                        let binary = self.oci_runtime(name).ok()?;
+                        Some(podrun_proto::cri::RuntimeHandler {
+                            name: name.to_owned(),
+                            features: Some(podrun_proto::cri::RuntimeHandlerFeatures {
+                                recursive_read_only_mounts: supports_rro(&binary),
+                                user_namespaces: false,
+                            }),
+                        })
+                    })
+                    .collect()
+            })
+            .clone()
+    }
+
+    /// Does the handler `name` support recursive read-only mounts?
+    pub fn handler_supports_rro(&self, name: &str) -> bool {
+        self.runtime_handlers()
+            .iter()
+            .any(|h| h.name == name && h.features.is_some_and(|f| f.recursive_read_only_mounts))
+    }
+}
+
+/// Recursive read-only mounts need `mount_setattr` (Linux 5.12) and a runtime that knows
+/// the `rro` option: one whose `features` lists it (runc >= 1.1), or crun >= 1.8, which
+/// has it without a `features` command.
+fn supports_rro(binary: &Path) -> bool {
+    let kernel = nix::sys::utsname::uname()
+        .ok()
+        .and_then(|u| {
+            let release = u.release().to_string_lossy().into_owned();
+            let mut parts = release.split(|c: char| !c.is_ascii_digit());
+            Some((
+                parts.next()?.parse::<u32>().ok()?,
+                parts.next()?.parse::<u32>().ok()?,
+            ))
+        })
+        .is_some_and(|v| v >= (5, 12));
+    let output = |arg: &str| {
+        std::process::Command::new(binary)
+            .arg(arg)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let runtime = match output("features") {
+        Some(features) => features.contains("\"rro\""),
+        None => output("--version").is_some_and(|v| {
+            let version = v.lines().next().unwrap_or_default();
+            let mut numbers = version
+                .strip_prefix("crun version ")
+                .unwrap_or_default()
+                .split('.')
+                .map(|n| n.parse::<u32>().unwrap_or(0));
+            (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (1, 8)
+        }),
+    };
+    kernel && runtime
 }
 
 /// crun when it is installed and can run here, else runc. crun refuses cgroup v1 hosts

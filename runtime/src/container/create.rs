@@ -64,6 +64,9 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
                 reason: format!("mounts[{i}]: {:?} does not exist", m.host_path),
             });
         }
+        if m.recursive_read_only {
+            check_recursive_read_only(i, m)?;
+        }
         check_propagation(i, m)?;
         if !m.container_path.starts_with('/') {
             return Err(Error::InvalidArgument {
@@ -88,6 +91,14 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     let seccomp_localhost = super::seccomp::localhost(sc)?;
     let pid_target = target_pid(&node, &config)?;
     let runtime = node.oci_runtime(&pod.runtime_handler)?;
+    if config.mounts.iter().any(|m| m.recursive_read_only)
+        && !node.handler_supports_rro(&pod.runtime_handler)
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "runtime handler {:?} does not support recursive read-only mounts (config.mounts.recursive_read_only)",
+            pod.runtime_handler
+        )));
+    }
     let key = (pod.id.clone(), metadata.name.clone(), metadata.attempt);
     let guard = node.containers.name_lock(key.clone()).lock_owned().await;
     if let Some(id) = node.containers.find_by_key(&key) {
@@ -123,6 +134,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             pid: 0,
             stop_signal,
             config,
+            user: Default::default(),
         };
         match make(&node, &dirs, &pod, &image, &mut record, pid_target, seccomp_localhost).await {
             Ok(()) => {
@@ -207,6 +219,7 @@ async fn make(
     );
     annotations.insert(crate::spec::CONTAINER_TYPE.into(), "container".into());
     annotations.insert(crate::spec::SANDBOX_ID.into(), pod.id.clone());
+    record.user = user.clone();
     let input = spec::Input {
         id: &record.id,
         config: &record.config,
@@ -319,6 +332,31 @@ fn check_propagation(i: usize, m: &cri::Mount) -> Result<()> {
             },
         ),
     ))
+}
+
+/// A recursive read-only mount must be read-only and private (a propagated mount could
+/// not stay read-only), as containerd and CRI-O require.
+fn check_recursive_read_only(i: usize, m: &cri::Mount) -> Result<()> {
+    let field = "config.mounts.recursive_read_only";
+    if !m.readonly {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "mounts[{i}]: a recursive read-only mount of {:?} must also be readonly",
+                m.host_path
+            ),
+        ));
+    }
+    if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "mounts[{i}]: a recursive read-only mount of {:?} needs private propagation",
+                m.host_path
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The container's log file is `log_path` under the pod's log directory, and only there:

@@ -85,6 +85,9 @@ pub struct Record {
     pub pid: u32,
     /// The signal StopContainer sends first (from the image), as a number.
     pub stop_signal: i32,
+    /// The user its processes run as, as resolved at creation.
+    #[serde(default)]
+    pub user: spec::User,
 }
 
 impl Record {

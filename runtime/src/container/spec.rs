@@ -110,7 +110,7 @@ pub struct Pod {
 }
 
 /// The user the process runs as, resolved against the image's /etc/passwd and /etc/group.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     pub uid: u32,
     pub gid: u32,
@@ -232,7 +232,11 @@ fn cri_mounts(config: &cri::ContainerConfig) -> Vec<Value> {
                 Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
                 _ => "rprivate",
             };
-            let rw = if m.readonly { "ro" } else { "rw" };
+            let rw = match (m.readonly, m.recursive_read_only) {
+                (true, true) => "rro",
+                (true, false) => "ro",
+                (false, _) => "rw",
+            };
             json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": ["rbind", propagation, rw]})
         })
         .collect()

@@ -47,6 +47,13 @@ pub async fn status(
         annotations: r.config.annotations.clone(),
         mounts: mounts(&r),
         log_path: r.log_path.clone(),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: r.user.uid.into(),
+                gid: r.user.gid.into(),
+                supplemental_groups: r.user.additional_gids.iter().map(|g| (*g).into()).collect(),
+            }),
+        }),
         ..Default::default()
     };
     let mut info = HashMap::new();

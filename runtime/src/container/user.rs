@@ -128,20 +128,24 @@ pub fn resolve(
     if let Some(g) = sc.and_then(|s| s.run_as_group.as_ref()) {
         gid = g.value as u32;
     }
-    let mut additional: Vec<u32> = match &name {
-        Some(n) => groups
-            .iter()
-            .filter(|g| g.members.contains(n) && g.id != gid)
-            .map(|g| g.id)
-            .collect(),
-        None => Vec::new(),
-    };
-    for g in sc
+    // The primary group first, as containerd lists it; then, unless the policy is Strict,
+    // the image's groups that name the user; then the security context's own.
+    let strict = sc.is_some_and(|s| {
+        s.supplemental_groups_policy == cri::SupplementalGroupsPolicy::Strict as i32
+    });
+    let from_image = groups
+        .iter()
+        .filter(|g| !strict && name.as_ref().is_some_and(|n| g.members.contains(n)))
+        .map(|g| g.id);
+    let from_context = sc
         .map(|s| s.supplemental_groups.as_slice())
         .unwrap_or_default()
-    {
-        if !additional.contains(&(*g as u32)) {
-            additional.push(*g as u32);
+        .iter()
+        .map(|g| *g as u32);
+    let mut additional = vec![gid];
+    for g in from_image.chain(from_context) {
+        if !additional.contains(&g) {
+            additional.push(g);
         }
     }
     Ok(User {
@@ -179,7 +183,7 @@ mod tests {
             User {
                 uid: 0,
                 gid: 0,
-                additional_gids: vec![]
+                additional_gids: vec![0]
             }
         );
         assert_eq!(
@@ -187,7 +191,7 @@ mod tests {
             User {
                 uid: 1000,
                 gid: 1000,
-                additional_gids: vec![2000]
+                additional_gids: vec![1000, 2000]
             }
         );
         assert_eq!(
@@ -195,7 +199,7 @@ mod tests {
             User {
                 uid: 1000,
                 gid: 2000,
-                additional_gids: vec![]
+                additional_gids: vec![2000]
             }
         );
         assert_eq!(
@@ -203,7 +207,7 @@ mod tests {
             User {
                 uid: 4242,
                 gid: 7,
-                additional_gids: vec![]
+                additional_gids: vec![7]
             }
         );
         let err = resolve(r.path(), "ghost", None).unwrap_err();
@@ -236,8 +240,19 @@ mod tests {
             User {
                 uid: 1000,
                 gid: 3000,
-                additional_gids: vec![2000, 4000]
+                additional_gids: vec![3000, 2000, 4000]
             }
+        );
+        // Strict: the image's /etc/group adds nothing.
+        let strict = cri::LinuxContainerSecurityContext {
+            supplemental_groups_policy: cri::SupplementalGroupsPolicy::Strict as i32,
+            ..sc
+        };
+        assert_eq!(
+            resolve(r.path(), "root", Some(&strict))
+                .unwrap()
+                .additional_gids,
+            vec![3000, 4000]
         );
     }
 }

@@ -169,7 +169,11 @@ impl RuntimeService for Cri {
             Ok(cri::StatusResponse {
                 status: Some(cri::RuntimeStatus { conditions }),
                 info,
-                ..Default::default()
+                runtime_handlers: self.node.runtime_handlers(),
+                features: Some(cri::RuntimeFeatures {
+                    supplemental_groups_policy: true,
+                    user_namespaces_host_network: false,
+                }),
             })
         })
         .await

@@ -1,0 +1,306 @@
+//! Security contexts as kubelet and critest send them, against real runtimes on this host:
+//! privileged and ALL-capability containers on a host whose own capability set lacks one,
+//! masked and read-only paths, seccomp Localhost profiles (good, missing, invalid), users
+//! and supplemental-group policies with the groups ContainerStatus reports, recursive
+//! read-only volumes, and the requests that must be refused before anything is made.
+
+use std::path::Path;
+
+use podrun_proto::cri;
+use podrun_tests::workload::Bed;
+
+fn with_context(
+    mut c: cri::ContainerConfig,
+    sc: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    });
+    c
+}
+
+/// The capability mask of `line` ("CapEff", "CapBnd") in a /proc/<pid>/status text.
+fn mask(status: &str, line: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{line}:")))
+        .unwrap_or_else(|| panic!("no {line} in {status}"));
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+async fn container_count(bed: &mut Bed) -> usize {
+    bed.rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len()
+}
+
+/// CreateContainer with `config` fails with InvalidArgument naming `field`, and makes nothing.
+async fn refused(
+    bed: &mut Bed,
+    pod: &(String, cri::PodSandboxConfig),
+    config: cri::ContainerConfig,
+    field: &str,
+) {
+    let before = container_count(bed).await;
+    let err = bed
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .expect_err(field);
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+    assert!(err.message().contains(field), "{field}: {}", err.message());
+    assert_eq!(
+        container_count(bed).await,
+        before,
+        "{field}: something was made"
+    );
+}
+
+async fn security_contexts(handler: &str) {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("secctx", handler).await;
+    // What podrund (root, like this test) holds: this host's kernel withholds some.
+    let own = mask(
+        &std::fs::read_to_string("/proc/self/status").unwrap(),
+        "CapEff",
+    );
+
+    let privileged = with_context(
+        bed.container("privileged", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        },
+    );
+    let privileged = bed.run(&pod, privileged).await;
+    let status = bed.out(&privileged, &["cat", "/proc/self/status"]).await;
+    assert_eq!(
+        mask(&status, "CapBnd"),
+        own,
+        "privileged gets all podrund holds"
+    );
+    assert_eq!(mask(&status, "CapEff"), own);
+    assert!(
+        status.lines().any(|l| l == "Seccomp:\t0"),
+        "no seccomp when privileged"
+    );
+
+    let all = with_context(
+        bed.container("all-caps", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["ALL".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    let all = bed.run(&pod, all).await;
+    let status = bed.out(&all, &["cat", "/proc/self/status"]).await;
+    assert_eq!(mask(&status, "CapBnd"), own, "ALL means all podrund holds");
+
+    // The security context's masked and read-only paths replace the defaults.
+    let masked = with_context(
+        bed.container("masked", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            masked_paths: vec!["/etc/passwd".into()],
+            readonly_paths: vec!["/tmp".into()],
+            ..Default::default()
+        },
+    );
+    let masked = bed.run(&pod, masked).await;
+    assert_eq!(
+        bed.out(&masked, &["cat", "/etc/passwd"]).await,
+        "",
+        "masked file reads empty"
+    );
+    let touched = bed.exec(&masked, &["touch", "/tmp/x"], 10).await.unwrap();
+    assert_ne!(touched.exit_code, 0);
+    assert!(String::from_utf8_lossy(&touched.stderr).contains("Read-only file system"));
+
+    // A Localhost profile is applied; a missing or invalid one is refused, never ignored.
+    let dir = bed.node.dir.join("seccomp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("no-mkdir.json");
+    std::fs::write(
+        &good,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let base = bed.container("seccomp", &["sleep", "1000"]);
+    let profile = |path: &Path| {
+        with_context(
+            base.clone(),
+            cri::LinuxContainerSecurityContext {
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: path.display().to_string(),
+                }),
+                ..Default::default()
+            },
+        )
+    };
+    let field = "seccomp.localhost_ref";
+    refused(&mut bed, &pod, profile(&dir.join("missing.json")), field).await;
+    refused(&mut bed, &pod, profile(&bad), field).await;
+    refused(&mut bed, &pod, profile(Path::new("relative.json")), field).await;
+    let filtered = bed.run(&pod, profile(&good)).await;
+    let made = bed.exec(&filtered, &["mkdir", "/tmp/d"], 10).await.unwrap();
+    assert_ne!(made.exit_code, 0, "the profile blocks mkdir");
+
+    // A group without a user; a log path that leaves the pod's log directory.
+    let group_only = with_context(
+        bed.container("group-only", &["id"]),
+        cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 1002 }),
+            ..Default::default()
+        },
+    );
+    refused(&mut bed, &pod, group_only, "run_as_group").await;
+    for escape in ["../escape.log", "/tmp/escape.log", "a/../../escape.log"] {
+        let mut c = bed.container("escape", &["echo", "hi"]);
+        c.log_path = escape.into();
+        refused(&mut bed, &pod, c, "config.log_path").await;
+    }
+    assert!(!bed.node.dir.join("logs/escape.log").exists());
+
+    // Supplemental groups: Merge adds the image's groups of the user (app is in "extra",
+    // 2000), Strict only the context's; ContainerStatus says what the process has.
+    for (policy, want) in [
+        (cri::SupplementalGroupsPolicy::Merge, "1000 1234 2000"),
+        (cri::SupplementalGroupsPolicy::Strict, "1000 1234"),
+    ] {
+        let c = with_context(
+            bed.container(&format!("groups-{}", policy as i32), &["sleep", "1000"]),
+            cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                supplemental_groups: vec![1234],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            },
+        );
+        let id = bed.run(&pod, c).await;
+        let user = bed.status(&id).await.user.unwrap().linux.unwrap();
+        let mut groups = user.supplemental_groups.clone();
+        groups.sort();
+        let want_ids: Vec<i64> = want.split(' ').map(|g| g.parse().unwrap()).collect();
+        assert_eq!(
+            (user.uid, user.gid, groups),
+            (1000, 1000, want_ids),
+            "{policy:?}"
+        );
+        let mut seen: Vec<&str> = Vec::new();
+        let out = bed.out(&id, &["id", "-G"]).await;
+        seen.extend(out.split_whitespace());
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.join(" "), want, "{policy:?}: id -G");
+    }
+
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_contexts_are_applied_or_refused_with_crun() {
+    security_contexts("crun").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_contexts_are_applied_or_refused_with_runc() {
+    security_contexts("runc").await;
+}
+
+/// A volume with a tmpfs mounted inside it: read-only keeps the sub-mount writable (as
+/// runc's `ro` does); recursive read-only makes it read-only too. Status says both
+/// handlers can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_read_only_volumes_reach_into_sub_mounts() {
+    let mut bed = Bed::start().await;
+    let status = bed
+        .rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    for name in ["", "runc", "crun"] {
+        let handler = status
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("handler {name:?} in {:?}", status.runtime_handlers));
+        assert!(
+            handler.features.unwrap().recursive_read_only_mounts,
+            "{name:?}"
+        );
+    }
+    assert!(status.features.unwrap().supplemental_groups_policy);
+
+    let host = bed.node.dir.join("rro");
+    let sub = host.join("tmpfs");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("none"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let unmount = Unmount(sub.clone());
+    let pod = bed.pod("rro", "").await;
+    let volume = |readonly, recursive_read_only, propagation: cri::MountPropagation| cri::Mount {
+        container_path: "/mnt".into(),
+        host_path: host.display().to_string(),
+        readonly,
+        recursive_read_only,
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    for (name, rro) in [("ro", false), ("rro", true)] {
+        let mut c = bed.container(name, &["sleep", "1000"]);
+        c.mounts = vec![volume(true, rro, cri::MountPropagation::PropagationPrivate)];
+        let id = bed.run(&pod, c).await;
+        let touched = bed.exec(&id, &["touch", "/mnt/tmpfs/f"], 10).await.unwrap();
+        assert_eq!(touched.exit_code == 0, !rro, "{name}: {touched:?}");
+        let top = bed.exec(&id, &["touch", "/mnt/f"], 10).await.unwrap();
+        assert_ne!(top.exit_code, 0, "{name}: the volume itself is read-only");
+    }
+    let mut rw = bed.container("rro-rw", &["sleep", "1000"]);
+    rw.mounts = vec![volume(
+        false,
+        true,
+        cri::MountPropagation::PropagationPrivate,
+    )];
+    refused(&mut bed, &pod, rw, "recursive_read_only").await;
+    let mut slave = bed.container("rro-slave", &["sleep", "1000"]);
+    slave.mounts = vec![volume(
+        true,
+        true,
+        cri::MountPropagation::PropagationHostToContainer,
+    )];
+    refused(&mut bed, &pod, slave, "recursive_read_only").await;
+    bed.remove_pod(&pod.0).await;
+    drop(unmount);
+    bed.assert_no_leaks();
+}
+
+/// Unmounts what a test mounted on the host, also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
