@@ -632,3 +632,41 @@ async fn tty_and_stdin_containers(handler: &str) {
     bed.remove_pod(&pod.0).await;
     bed.assert_no_leaks();
 }
+
+/// RemoveContainer right after StartContainer, with no StopContainer, as critest and kubelet
+/// do: for a container that exits at once (its exit is being cleaned up meanwhile) and for
+/// one that runs and ignores SIGTERM. Each is gone from the list, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_removed_right_after_start_are_gone() {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("remove-now", "crun").await;
+    for i in 0..15 {
+        let cmd: &[&str] = match i % 3 {
+            0 => &["true"],
+            1 => &["sh"],
+            _ => &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+        };
+        let id = bed.run(&pod, bed.container(&format!("c{i}"), cmd)).await;
+        bed.rt
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("removing {cmd:?}: {e:?}"));
+        let left = bed
+            .rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    id: id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(left.is_empty(), "{cmd:?} still listed: {left:?}");
+    }
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

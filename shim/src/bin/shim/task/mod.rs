@@ -116,6 +116,10 @@ pub struct Shim {
     events: Publisher,
     /// Signalled whenever a process starts or an exec goes away.
     started: Notify,
+    /// Held while a task is being deleted: a second Delete of it (podrund's RemoveContainer
+    /// racing its own clean-up after the exit) waits, then finds the task gone, instead of
+    /// running the OCI runtime's delete twice at once (crun then fails on its state dir).
+    deleting: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,6 +154,7 @@ impl Shim {
             shutdown: Arc::new(Notify::new()),
             events,
             started: Notify::new(),
+            deleting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -577,6 +582,10 @@ impl TaskService for Shim {
         _: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> ttrpc::Result<api::DeleteResponse> {
+        let _one_at_a_time = match req.exec_id.is_empty() {
+            true => Some(self.deleting.lock().await),
+            false => None,
+        };
         let (pid, exit) = self.with_proc(&req.id, &req.exec_id, |p| Ok((p.pid, p.exit())))?;
         let started = self.with_proc(&req.id, &req.exec_id, |p| Ok(p.started))?;
         // A process never started may be deleted: an exec has no process yet, and `delete
