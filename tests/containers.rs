@@ -228,6 +228,19 @@ async fn logs_exit_codes_and_exec_sync_limits(handler: &str) {
         (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
         (&b"hi\n"[..], &b"oops\n"[..], 7)
     );
+    // A command that exits at once but leaves a child holding its output open (as exec
+    // probes do) is answered with its own exit and output, within a probe's 1 s timeout.
+    for _ in 0..3 {
+        let r = bed
+            .exec(
+                &sleeper,
+                &["sh", "-c", "sleep 10 & echo started; exit 0"],
+                1,
+            )
+            .await
+            .expect("answered, not timed out");
+        assert_eq!((r.stdout.as_slice(), r.exit_code), (&b"started\n"[..], 0));
+    }
     let err = bed.exec(&sleeper, &["sleep", "30"], 1).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
     assert!(err.message().contains("timed out"), "{}", err.message());

@@ -18,6 +18,10 @@ use crate::store;
 
 /// The most of each stream ExecSync returns; the rest is read and dropped.
 pub const OUTPUT_CAP: usize = 16 << 20;
+/// How long output is still read once the command has exited (the shim has already given
+/// it a drain of its own): a child it left running with the pipes open (`sleep 10 &`)
+/// cannot hold the answer, which is the command's own exit code.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
 
 pub async fn exec_sync(
     node: Arc<Node>,
@@ -67,8 +71,11 @@ pub async fn exec_sync(
         let (status, _) = waited?;
         // The command is gone; whatever it left running with the pipes open gets a short
         // drain, then the answer is what was read by then.
-        if tokio::time::timeout(Duration::from_secs(2), reading).await.is_err() {
-            tracing::warn!(container = %r.id, "exec output still open 2s after the command exited; answering with what was read");
+        let mut reading = reading;
+        if tokio::time::timeout(DRAIN_AFTER_EXIT, &mut reading).await.is_err() {
+            // Stop reading: the child may hold the pipes for ever.
+            reading.abort();
+            tracing::info!(container = %r.id, "exec output still open after the command exited; answering with what was read");
         }
         let take = |b: &Buffer| std::mem::take(&mut *b.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(cri::ExecSyncResponse { stdout: take(&out_buf), stderr: take(&err_buf), exit_code: status as i32 })

@@ -47,8 +47,18 @@ use crate::stdio::{self, Attached};
 use create::builtin_pause_fits;
 
 pub const CRI_LOG_SCHEME: &str = "cri-log://";
-/// How long an exit waits for the process's output to be copied out.
+/// How long a container's exit waits for its output to be copied out.
 const IO_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+/// The same for an exec: a command that left a child holding its output open (`sleep 10 &`
+/// in a probe) is answered soon after its own exit, as kubelet's probe timeouts need.
+const EXEC_IO_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn io_drain(exec_id: &str) -> std::time::Duration {
+    match exec_id.is_empty() {
+        true => IO_DRAIN,
+        false => EXEC_IO_DRAIN,
+    }
+}
 pub const REOPEN_LOG: &str = "io.podrun.reopen-log";
 pub const ATTACH_STDOUT: &str = "io.podrun.attach-stdout";
 pub const ATTACH_STDERR: &str = "io.podrun.attach-stderr";
@@ -176,10 +186,11 @@ impl Shim {
             id.to_owned(),
             [exec_id, id][exec_id.is_empty() as usize].to_owned(),
         );
+        let drain = io_drain(exec_id);
         tokio::spawn(async move {
             if let Some(e) = exited(exit).await {
                 if let Some(io) = io {
-                    io.wait(IO_DRAIN).await;
+                    io.wait(drain).await;
                 }
                 if cgroup.is_some_and(|c| crate::stats::oom_kills(&c) > 0) {
                     let oom = events::TaskOOM {
@@ -562,7 +573,7 @@ impl TaskService for Shim {
         };
         let exit = exited(watch).await;
         if let Some(io) = io {
-            io.wait(IO_DRAIN).await;
+            io.wait(io_drain(&req.exec_id)).await;
         }
         let Some(exit) = exit else {
             return Err(status(
