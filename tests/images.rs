@@ -548,3 +548,46 @@ async fn a_damaged_or_unnamed_layout_is_refused_and_changes_nothing() {
     assert!(status(&mut c, "x.io/broken:1").await.is_none());
     assert_eq!(store_contents(&node), (0, 0));
 }
+
+/// RemoveImage (kubelet's image GC, or a user) refuses an image whose layers a container's
+/// rootfs stands on, naming the container, and removes it once the container is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_in_use_by_a_container_is_not_removed() {
+    let mut bed = podrun_tests::workload::Bed::start().await;
+    let mut c = images(&bed.node).await;
+    let pod = bed.pod("in-use", "").await;
+    let id = bed
+        .run(&pod, bed.container("user", &["sleep", "1000"]))
+        .await;
+    let image = bed.busybox.clone();
+    let err = c
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&image),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&id),
+        "names the container: {}",
+        err.message()
+    );
+    assert!(status(&mut c, &image).await.is_some(), "the image stays");
+    assert_eq!(
+        bed.out(&id, &["echo", "still-running"]).await,
+        "still-running\n"
+    );
+    bed.remove_pod(&pod.0).await;
+    c.remove_image(cri::RemoveImageRequest {
+        image: spec(&image),
+    })
+    .await
+    .expect("removed once no container uses it");
+    assert!(status(&mut c, &image).await.is_none());
+    assert_eq!(
+        store_contents(&bed.node),
+        (0, 0),
+        "its layers and nothing else left"
+    );
+    bed.assert_no_leaks();
+}

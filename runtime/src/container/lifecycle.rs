@@ -229,7 +229,11 @@ pub(crate) async fn remove_one(node: &Node, c: &Container) -> Result<()> {
         }
     }
     force_delete_runtime_state(&r).await;
-    teardown_files(&Dirs::new(&node.config, &r.id))?;
+    // Deleting the writable layer may take long: not on an async worker.
+    let dirs = Dirs::new(&node.config, &r.id);
+    tokio::task::spawn_blocking(move || teardown_files(&dirs))
+        .await
+        .map_err(|e| Error::Internal(format!("removing container files: {e}")))??;
     node.containers.forget(&r.id);
     Ok(())
 }

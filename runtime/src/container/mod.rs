@@ -158,6 +158,20 @@ impl Containers {
             .collect()
     }
 
+    /// The containers made from image `image_id`, whatever their state: their rootfs
+    /// stands on its layers until they are removed.
+    pub fn using_image(&self, image_id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .map()
+            .values()
+            .map(|c| c.view())
+            .filter(|r| r.image_id == image_id)
+            .map(|r| r.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// By id or unique id prefix.
     pub fn get(&self, id: &str) -> Result<Arc<Container>> {
         store::by_id_or_prefix(&self.map(), id, "container_id", "container")

@@ -137,7 +137,13 @@ impl ImageService for Cri {
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         handle("RemoveImage", async {
             let name = image_name(req.get_ref().image.as_ref(), "image.image")?;
-            self.node.images.remove(&name)?;
+            let node = self.node.clone();
+            tokio::task::spawn_blocking(move || {
+                node.images
+                    .remove(&name, |id| node.containers.using_image(id))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("RemoveImage task failed: {e}")))??;
             Ok(cri::RemoveImageResponse {})
         })
         .await
@@ -148,7 +154,10 @@ impl ImageService for Cri {
         _: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         handle("ImageFsInfo", async {
-            let (dir, bytes, inodes) = self.node.images.usage();
+            let node = self.node.clone();
+            let (dir, bytes, inodes) = tokio::task::spawn_blocking(move || node.images.usage())
+                .await
+                .map_err(|e| Error::Internal(format!("ImageFsInfo task failed: {e}")))?;
             let now = SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()

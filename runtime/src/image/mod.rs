@@ -224,62 +224,77 @@ impl ImageStore {
 
     /// Removes what `reference` names: by tag, only that tag (the image goes when no name
     /// is left); by id or digest, the whole image. Unknown references are not an error.
-    /// Layers and blobs no other image uses are deleted.
-    pub fn remove(&self, reference: &str) -> Result<()> {
+    /// An image that would go while containers use it (`users` names them) is refused.
+    /// Layers and blobs no other image uses are deleted: moved aside under the locks, then
+    /// deleted after them, so a slow delete holds up no other image call. Blocking: run it
+    /// off the async workers.
+    pub fn remove(&self, reference: &str, users: impl Fn(&str) -> Vec<String>) -> Result<()> {
         let Some(image) = self.find(reference) else {
             return Ok(());
         };
-        let mut index = self.index();
-        let tag = normalize(reference)
-            .ok()
-            .filter(|n| image.repo_tags.contains(n));
-        let gone = match tag {
-            Some(tag) => {
-                let entry = index
-                    .images
-                    .get_mut(&image.id)
-                    .ok_or_else(|| Error::Internal("image vanished".into()))?;
-                entry.repo_tags.retain(|t| *t != tag);
-                let name = tag
-                    .rsplit_once(':')
-                    .map(|(n, _)| n.to_owned())
-                    .unwrap_or_default();
-                if !entry
+        let mut trash = Vec::new();
+        {
+            let mut index = self.index();
+            let tag = normalize(reference)
+                .ok()
+                .filter(|n| image.repo_tags.contains(n));
+            let entry = index
+                .images
+                .get(&image.id)
+                .cloned()
+                .ok_or_else(|| Error::Internal("image vanished".into()))?;
+            let mut kept = entry.clone();
+            if let Some(tag) = &tag {
+                kept.repo_tags.retain(|t| t != tag);
+                let name = tag.rsplit_once(':').map(|(n, _)| n).unwrap_or_default();
+                if !kept
                     .repo_tags
                     .iter()
                     .any(|t| t.starts_with(&format!("{name}:")))
                 {
-                    entry
-                        .repo_digests
+                    kept.repo_digests
                         .retain(|d| !d.starts_with(&format!("{name}@")));
                 }
-                entry.repo_tags.is_empty() && entry.repo_digests.is_empty()
             }
-            None => true,
-        };
-        if gone {
-            index.images.remove(&image.id);
+            let gone = tag.is_none() || (kept.repo_tags.is_empty() && kept.repo_digests.is_empty());
+            if gone {
+                let containers = users(&image.id);
+                if !containers.is_empty() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "image {} is in use by container(s) {}",
+                        image.id,
+                        containers.join(", ")
+                    )));
+                }
+                index.images.remove(&image.id);
+            } else {
+                index.images.insert(image.id.clone(), kept);
+            }
+            self.save(&index)?;
+            if gone {
+                // Under the in-use lock: a pull that has not marked a layer yet will find
+                // it gone and fetch it again.
+                let pulling = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+                let used: Vec<&String> = index
+                    .images
+                    .values()
+                    .flat_map(|i| &i.layers)
+                    .chain(pulling.keys())
+                    .collect();
+                for chain in image.layers.iter().filter(|l| !used.contains(l)) {
+                    let path = self.layer_path(chain)?;
+                    let aside = self.tmp_dir().join(format!("removed-{}", store::new_id()?));
+                    match std::fs::rename(&path, &aside) {
+                        Ok(()) => trash.push(aside),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("removing layer", &path)(e)),
+                    }
+                }
+                let _ = std::fs::remove_file(self.blob_path(&image.id)?);
+            }
         }
-        self.save(&index)?;
-        if gone {
-            let pulling = self
-                .in_use
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>();
-            let used: Vec<&String> = index
-                .images
-                .values()
-                .flat_map(|i| &i.layers)
-                .chain(pulling.iter())
-                .collect();
-            for chain in image.layers.iter().filter(|l| !used.contains(l)) {
-                let path = self.layer_path(chain)?;
-                std::fs::remove_dir_all(&path).map_err(Error::io("removing layer", &path))?;
-            }
-            let _ = std::fs::remove_file(self.blob_path(&image.id)?);
+        for dir in trash {
+            std::fs::remove_dir_all(&dir).map_err(Error::io("removing layer", &dir))?;
         }
         Ok(())
     }

@@ -298,7 +298,10 @@ impl ImageStore {
                 .map_err(Error::io("creating", &blob))?;
             progress.set(LayerState::Fetching);
             source.blob(layer, progress.count(file)).await?;
-            let got = sha256_file(&blob)?;
+            let blob2 = blob.clone();
+            let got = tokio::task::spawn_blocking(move || sha256_file(&blob2))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
             if got != layer.digest {
                 return Err(Error::Internal(format!(
                     "layer {}: fetched content has digest {got}",

@@ -82,21 +82,21 @@ fn removing_a_tag_keeps_the_others_and_the_last_name_takes_the_image_and_unused_
         "example.com/base@sha256:n".into(),
     )
     .unwrap();
-    s.remove("example.com/app:1").unwrap();
+    s.remove("example.com/app:1", |_| vec![]).unwrap();
     assert_eq!(
         s.find(&a).unwrap().repo_tags,
         vec!["example.com/app:2".to_owned()]
     );
-    s.remove("example.com/app:2").unwrap();
+    s.remove("example.com/app:2", |_| vec![]).unwrap();
     assert!(s.find(&a).is_none());
     assert!(
         s.layer_path(&layer("1")).unwrap().exists(),
         "a layer another image uses stays"
     );
     assert!(!s.layer_path(&layer("2")).unwrap().exists());
-    s.remove("example.com/app:2")
+    s.remove("example.com/app:2", |_| vec![])
         .expect("removing what is gone is fine");
-    s.remove(&b).unwrap();
+    s.remove(&b, |_| vec![]).unwrap();
     assert!(s.list().is_empty() && !s.layer_path(&layer("1")).unwrap().exists());
 }
 
@@ -109,4 +109,31 @@ fn no_id_from_an_image_names_a_path_outside_the_store() {
     }
     let good = s.layer_path(&layer("a")).unwrap();
     assert!(good.starts_with(_d.path().join("images/layers")));
+}
+
+#[test]
+fn an_image_containers_use_is_not_removed_but_its_extra_tags_are() {
+    let (_d, s) = store();
+    let a = "a".repeat(64);
+    std::fs::create_dir_all(s.layer_path(&layer("1")).unwrap()).unwrap();
+    for tag in ["example.com/app:1", "example.com/app:2"] {
+        s.add(
+            image(&a, &["1"]),
+            Some(tag.into()),
+            "example.com/app@sha256:m".into(),
+        )
+        .unwrap();
+    }
+    let users = |id: &str| match id == format!("sha256:{}", "a".repeat(64)) {
+        true => vec!["c1".to_owned()],
+        false => vec![],
+    };
+    s.remove("example.com/app:1", users)
+        .expect("another tag keeps the image");
+    let err = s.remove("example.com/app:2", users).unwrap_err();
+    assert_eq!(err.kind(), crate::error::Kind::FailedPrecondition);
+    assert!(err.to_string().contains("c1"), "{err}");
+    assert!(s.find(&a).is_some() && s.layer_path(&layer("1")).unwrap().exists());
+    s.remove(&a, |_| vec![]).unwrap();
+    assert!(s.find(&a).is_none() && !s.layer_path(&layer("1")).unwrap().exists());
 }
