@@ -259,3 +259,41 @@ async fn setuid_files_of_images_are_out_of_reach_of_host_users() {
     }
     node.assert_no_leaks();
 }
+
+/// A registry that accepts connections and never answers: the pull fails after the
+/// registry timeout instead of hanging, a second pull of the same image waiting behind it
+/// gives up too, and pulls from a working registry go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_never_answers_fails_the_pull_and_blocks_nothing() {
+    let registry = Registry::start();
+    let mut node = TestNode::prepare(Chain::Operator);
+    node.extra_args = vec!["--registry-timeout".into(), "2".into()];
+    node.spawn_daemon();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn); // read nothing, answer nothing, close nothing
+        }
+    });
+    let name = format!("127.0.0.1:{port}/stuck:1");
+    let guard = std::time::Duration::from_secs(60);
+    let (a, b) = tokio::join!(
+        tokio::time::timeout(guard, pull(&node, &name)),
+        tokio::time::timeout(guard, pull(&node, &name)),
+    );
+    for result in [a, b] {
+        let err = result
+            .expect("the pull came back")
+            .expect_err("nothing was served");
+        assert!(err.message().contains(&name), "{}", err.message());
+    }
+    registry
+        .push("busybox:1", &podrun_tests::registry::busybox_image())
+        .await;
+    pull(&node, &format!("{}/busybox:1", registry.addr))
+        .await
+        .expect("other pulls go on");
+    node.assert_no_leaks();
+}

@@ -22,6 +22,7 @@ pub struct File {
     pub registry_config_path: Option<PathBuf>,
     pub streaming_address: Option<String>,
     pub streaming_token_ttl: Option<u64>,
+    pub registry_timeout: Option<u64>,
 }
 
 impl File {
@@ -50,6 +51,7 @@ impl File {
             registry_config_path: over.registry_config_path.or(self.registry_config_path),
             streaming_address: over.streaming_address.or(self.streaming_address),
             streaming_token_ttl: over.streaming_token_ttl.or(self.streaming_token_ttl),
+            registry_timeout: over.registry_timeout.or(self.registry_timeout),
         }
     }
 }
@@ -74,6 +76,9 @@ pub struct Config {
     pub streaming_address: String,
     /// Seconds an exec, attach or port-forward URL stays valid unused.
     pub streaming_token_ttl: u64,
+    /// Seconds a registry may take to accept a connection, or to send the next bytes of
+    /// an answer, before the pull fails.
+    pub registry_timeout: u64,
 }
 
 impl From<File> for Config {
@@ -94,6 +99,7 @@ impl From<File> for Config {
                 .unwrap_or_else(|| "/etc/podrun/certs.d".into()),
             streaming_address: f.streaming_address.unwrap_or_else(|| "127.0.0.1:0".into()),
             streaming_token_ttl: f.streaming_token_ttl.unwrap_or(60),
+            registry_timeout: f.registry_timeout.unwrap_or(60).max(1),
         }
     }
 }

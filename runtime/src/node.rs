@@ -46,6 +46,7 @@ impl Node {
                 &config.root,
                 PullOptions {
                     registry_config: config.registry_config_path.clone(),
+                    timeout: Duration::from_secs(config.registry_timeout),
                 },
             )?,
             containers: Containers::default(),

@@ -115,6 +115,9 @@ pub struct TestNode {
     pub cgroup_parent: String,
     daemon: Option<Child>,
     pods: std::sync::Mutex<Vec<String>>,
+    /// More podrund flags, for tests that start it themselves (`prepare`, then
+    /// `spawn_daemon`).
+    pub extra_args: Vec<String>,
 }
 
 impl TestNode {
@@ -146,6 +149,7 @@ impl TestNode {
             slot,
             daemon: None,
             pods: Default::default(),
+            extra_args: Vec::new(),
         };
         node.write_cni(chain);
         node
@@ -190,6 +194,7 @@ impl TestNode {
             .args(["--cni-bin-dir", "/usr/lib/cni", "--log-level", "debug"])
             // Short-lived streaming URLs, so a test can see one expire.
             .args(["--streaming-token-ttl", "5"])
+            .args(&self.extra_args)
             .arg("--registry-config-path")
             .arg(self.dir.join("certs.d"))
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

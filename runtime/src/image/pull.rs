@@ -21,10 +21,22 @@ use super::unpack::{chain_ids, hex, unpack};
 use super::{Image, ImageStore};
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PullOptions {
     /// containerd-style `certs.d` directory: `<registry>/hosts.toml` mirrors, CAs, HTTP.
     pub registry_config: PathBuf,
+    /// How long a registry may take to accept a connection or to send more of an answer.
+    /// A pull waiting behind another pull of the same image waits at most twice that.
+    pub timeout: std::time::Duration,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            registry_config: PathBuf::new(),
+            timeout: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// Credentials for one pull, from the CRI AuthConfig.
@@ -122,6 +134,8 @@ impl ImageStore {
             },
             accept_invalid_certificates: ep.skip_verify,
             extra_root_certificates,
+            connect_timeout: Some(self.options.timeout),
+            read_timeout: Some(self.options.timeout),
             ..Default::default()
         };
         let repository = requested.repository().to_owned();
@@ -141,7 +155,15 @@ impl ImageStore {
         let requested = parse(name)?;
         let whole = requested.whole();
         let lock = self.lock_for(format!("ref:{whole}"));
-        let _one_at_a_time = lock.lock().await;
+        // Behind a pull of the same image that hangs, a waiter gives up on its own.
+        let wait = self.options.timeout * 2;
+        let _one_at_a_time =
+            tokio::time::timeout(wait, lock.lock())
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: format!("waiting for another pull of {whole}"),
+                    secs: wait.as_secs(),
+                })?;
         let auth: RegistryAuth = auth.into();
         // Mirrors first, then the registry itself: the first that resolves the name serves it.
         let mut failure = None;

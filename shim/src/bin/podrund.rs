@@ -44,6 +44,10 @@ struct Flags {
     /// Seconds an exec, attach or port-forward URL stays valid unused [default: 60].
     #[arg(long)]
     streaming_token_ttl: Option<u64>,
+    /// Seconds a registry may take to accept a connection or to send more of an answer,
+    /// before the pull fails [default: 60].
+    #[arg(long)]
+    registry_timeout: Option<u64>,
 }
 
 fn main() -> Result<()> {
@@ -62,6 +66,7 @@ fn main() -> Result<()> {
         registry_config_path: flags.registry_config_path,
         streaming_address: flags.streaming_address,
         streaming_token_ttl: flags.streaming_token_ttl,
+        registry_timeout: flags.registry_timeout,
     }));
     tracing_subscriber::fmt()
         .with_env_filter(
