@@ -297,3 +297,100 @@ async fn a_registry_that_never_answers_fails_the_pull_and_blocks_nothing() {
         .expect("other pulls go on");
     node.assert_no_leaks();
 }
+
+/// Peak resident memory of process `pid`, in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Reads from `tcp` until the server closes it; panics if it has not within `limit`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, limit: std::time::Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server closed the connection");
+    got
+}
+
+/// Streaming clients are untrusted: a SPDY header block that inflates to 64 MiB closes
+/// the session without podrund ever holding it, and a client that never finishes its
+/// request head (slowloris) is cut off. podrund keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_clients_that_bomb_or_dawdle_are_cut_off() {
+    use podrun_stream::spdy::frame::{Frame, HeaderWriter};
+    use tokio::io::AsyncWriteExt;
+    let mut bed = podrun_tests::workload::Bed::start().await;
+    let pod = bed.pod("streams", "").await;
+    let id = bed
+        .run(&pod, bed.container("cat", &["sleep", "1000"]))
+        .await;
+    let url = bed
+        .rt
+        .exec(cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["cat".into()],
+            stdin: true,
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let pid = bed.node.daemon_pid().unwrap();
+    let before = peak_rss_kib(pid);
+
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let upgrade = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+         X-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let bomb = Frame::SynStream {
+        id: 1,
+        fin: false,
+        headers: vec![("streamtype".into(), "a".repeat(64 << 20))],
+    }
+    .encode(&mut HeaderWriter::new())
+    .unwrap();
+    tcp.write_all(&bomb).await.unwrap();
+    let answer = closed_within(&mut tcp, std::time::Duration::from_secs(20)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 101"),
+        "the upgrade was accepted first: {:?}",
+        String::from_utf8_lossy(&answer[..answer.len().min(200)])
+    );
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "podrund's peak memory grew by {grown} KiB"
+    );
+
+    // Slowloris: half a request head, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /exec/nothing HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    closed_within(&mut slow, std::time::Duration::from_secs(30)).await;
+
+    // podrund still serves, streaming included.
+    assert_eq!(bed.out(&id, &["echo", "fine"]).await, "fine\n");
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

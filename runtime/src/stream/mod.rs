@@ -14,6 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
+
+/// Streaming connections served at once; more are closed as they come.
+const MAX_CONNECTIONS: usize = 512;
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 use podrun_proto::cri;
 
 use crate::error::{Error, Result};
@@ -105,6 +110,7 @@ impl Streaming {
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| Error::Internal(format!("streaming socket: {e}")))?;
         tracing::info!(address = %node.streaming.addr, "streaming server listening");
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -114,13 +120,23 @@ impl Streaming {
                     continue;
                 }
             };
+            // Clients are untrusted: past the limit a connection is closed at once.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "too many streaming connections; refusing one");
+                continue;
+            };
             let node = node.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let node = node.clone();
                     async move { Ok::<_, Infallible>(route(node, req)) }
                 });
+                // A client that sends its request head slowly (slowloris) is cut off.
                 let served = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .max_buf_size(64 * 1024)
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades()
                     .await;

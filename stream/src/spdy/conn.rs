@@ -14,10 +14,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::frame::{Frame, HeaderReader, HeaderWriter, Headers, MAX_FRAME, RST_REFUSED_STREAM};
+use super::frame::{
+    Frame, HeaderReader, HeaderWriter, Headers, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM,
+};
 
 /// Bytes a stream buffers between the connection and its user.
 const PIPE: usize = 64 * 1024;
+/// The largest frame read: real clients send data in pieces of 32 KiB; a bigger one (up
+/// to the protocol's 16 MiB) would only make the server allocate for a stranger.
+const MAX_FRAME_IN: usize = 1 << 20;
+/// Streams one connection may have open at once; more are refused.
+const MAX_STREAMS: usize = 256;
+/// How long a stream's user may leave its pipe full before the stream is dropped, so
+/// that one stalled reader holds up the connection's other streams only that long.
+const STALL: Duration = Duration::from_secs(10);
 /// How long opening a stream waits for the peer's SYN_REPLY.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -61,7 +71,9 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (rd, wr) = tokio::io::split(io);
-        let (out, out_rx) = mpsc::channel(256);
+        // Frames queued for the peer: a peer that stops reading stalls the streams' pumps
+        // once this (at most 64 frames of 32 KiB) is full, instead of growing memory.
+        let (out, out_rx) = mpsc::channel(64);
         let (accept_tx, accept_rx) = mpsc::channel(16);
         let state = Arc::new(Mutex::new(State {
             next_id: if client { 1 } else { 2 },
@@ -161,7 +173,8 @@ impl Connection {
                 break;
             }
             let len = Frame::length(&head);
-            if len > MAX_FRAME {
+            if len > MAX_FRAME_IN {
+                tracing::debug!(len, "SPDY frame too large; closing");
                 break;
             }
             let mut body = vec![0u8; len];
@@ -196,7 +209,28 @@ impl Connection {
     async fn handle(&self, frame: Frame, accept: &mpsc::Sender<Stream>) -> bool {
         match frame {
             Frame::SynStream { id, fin, headers } => {
-                self.state().last_peer_id = id;
+                // The peer's streams are numbered upwards, with the peer's parity: an id
+                // used before (or out of order) is a protocol error that ends the session.
+                let (valid, full) = {
+                    let mut st = self.state();
+                    let ours = st.next_id % 2;
+                    let valid = id > st.last_peer_id && id % 2 != ours;
+                    if valid {
+                        st.last_peer_id = id;
+                    }
+                    (valid, st.inbound.len().max(st.pumps.len()) >= MAX_STREAMS)
+                };
+                if !valid {
+                    tracing::debug!(id, "SPDY stream id reused or out of order; closing");
+                    let status = RST_PROTOCOL_ERROR;
+                    self.send(Frame::RstStream { id, status }).await;
+                    return false;
+                }
+                if full {
+                    let status = RST_REFUSED_STREAM;
+                    self.send(Frame::RstStream { id, status }).await;
+                    return true;
+                }
                 let io = self.attach(id);
                 if fin {
                     self.finish_inbound(id).await;
@@ -228,11 +262,22 @@ impl Connection {
                 let n = data.len() as u32;
                 let writer = self.state().inbound.remove(&id);
                 if let Some(mut w) = writer {
-                    // A user that stopped reading just loses what comes after.
-                    if w.write_all(&data).await.is_ok() && !fin {
-                        self.state().inbound.insert(id, w);
-                    } else {
-                        let _ = w.shutdown().await;
+                    // A user that stopped reading loses what comes after, and once its
+                    // pipe has been full for STALL the stream is dropped.
+                    match tokio::time::timeout(STALL, w.write_all(&data)).await {
+                        Ok(Ok(())) if !fin => {
+                            self.state().inbound.insert(id, w);
+                        }
+                        Ok(_) => {
+                            let _ = w.shutdown().await;
+                        }
+                        Err(_) => {
+                            tracing::debug!(id, "SPDY stream's reader stalled; dropping it");
+                            self.reset(id).await;
+                            let status = super::frame::RST_CANCEL;
+                            self.send(Frame::RstStream { id, status }).await;
+                            return true;
+                        }
                     }
                 }
                 if n > 0 {
@@ -327,5 +372,97 @@ mod tests {
         let mut back = Vec::new();
         ours.io.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"pong");
+    }
+
+    /// A raw peer: frames written by hand to a server connection, which must cope.
+    async fn hostile_peer() -> (
+        tokio::io::DuplexStream,
+        HeaderWriter,
+        Connection,
+        mpsc::Receiver<Stream>,
+    ) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (server, incoming) = Connection::start(b, false);
+        (a, HeaderWriter::new(), server, incoming)
+    }
+
+    fn syn(id: u32, value: &str) -> Frame {
+        Frame::SynStream {
+            id,
+            fin: false,
+            headers: vec![("streamtype".to_owned(), value.to_owned())],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reused_stream_id_ends_the_session_and_leaks_no_stream() {
+        let (mut peer, mut hw, mut server, mut incoming) = hostile_peer().await;
+        peer.write_all(&syn(1, "stdin").encode(&mut hw).unwrap())
+            .await
+            .unwrap();
+        let first = incoming.recv().await.expect("the first stream");
+        peer.write_all(&syn(1, "stdout").encode(&mut hw).unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server.hangup.wait())
+            .await
+            .expect("the session ends");
+        let mut io = first.io;
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert!(incoming.recv().await.is_none(), "no second stream");
+        assert!(server.state().inbound.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_header_zlib_bomb_ends_the_session_without_inflating_it() {
+        let (mut peer, mut hw, mut server, mut incoming) = hostile_peer().await;
+        // 64 MiB of one byte compresses to a few KiB with the header dictionary.
+        let bomb = "a".repeat(64 << 20);
+        let frame = syn(1, &bomb).encode(&mut hw).unwrap();
+        assert!(frame.len() < MAX_FRAME_IN, "{}", frame.len());
+        peer.write_all(&frame).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server.hangup.wait())
+            .await
+            .expect("the session ends");
+        assert!(incoming.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reader_is_dropped_and_the_other_streams_go_on() {
+        let (mut peer, mut hw, _server, mut incoming) = hostile_peer().await;
+        peer.write_all(&syn(1, "stdin").encode(&mut hw).unwrap())
+            .await
+            .unwrap();
+        let _stalled = incoming.recv().await.unwrap(); // never read
+        peer.write_all(&syn(3, "stdin").encode(&mut hw).unwrap())
+            .await
+            .unwrap();
+        let mut live = incoming.recv().await.unwrap();
+        let chunk = Bytes::from(vec![0u8; 32 * 1024]);
+        for _ in 0..4 {
+            let data = Frame::Data {
+                id: 1,
+                fin: false,
+                data: chunk.clone(),
+            };
+            peer.write_all(&data.encode(&mut hw).unwrap())
+                .await
+                .unwrap();
+        }
+        let data = Frame::Data {
+            id: 3,
+            fin: false,
+            data: Bytes::from_static(b"still here"),
+        };
+        peer.write_all(&data.encode(&mut hw).unwrap())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 10];
+        tokio::time::timeout(STALL * 2, live.io.read_exact(&mut buf))
+            .await
+            .expect("the live stream gets its data once the stalled one is dropped")
+            .unwrap();
+        assert_eq!(&buf, b"still here");
     }
 }

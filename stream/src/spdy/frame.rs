@@ -215,11 +215,20 @@ impl Default for HeaderReader {
     }
 }
 
+/// The most a header block may inflate to: real ones are a few hundred bytes, and a
+/// zlib bomb must not make the server allocate without limit.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+
 impl HeaderReader {
     pub fn decode(&mut self, block: &[u8]) -> std::io::Result<Headers> {
-        let mut out = Vec::with_capacity(block.len() * 4 + 64);
+        let mut out = Vec::with_capacity((block.len() * 4 + 64).min(MAX_HEADER_BLOCK));
         let mut input = block;
         loop {
+            if out.len() >= MAX_HEADER_BLOCK {
+                return Err(err(format!(
+                    "header block inflates past {MAX_HEADER_BLOCK} bytes"
+                )));
+            }
             out.reserve(1024);
             let before = self.0.total_in();
             let result = self
