@@ -89,7 +89,12 @@ where
         };
         match websocket {
             true => {
-                let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    upgraded,
+                    Role::Server,
+                    Some(crate::ws::server_config()),
+                )
+                .await;
                 match tunneled {
                     true => serve_spdy(crate::ws::tunnel(ws), ports, dial).await,
                     false => serve_websocket(ws, ports, dial).await,

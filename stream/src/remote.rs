@@ -47,7 +47,12 @@ where
         };
         match websocket {
             true => {
-                let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, None).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    upgraded,
+                    Role::Server,
+                    Some(crate::ws::server_config()),
+                )
+                .await;
                 serve_websocket(ws, protocol, opts, session).await
             }
             false => serve_spdy(upgraded, protocol, opts, session).await,

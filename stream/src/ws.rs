@@ -168,6 +168,15 @@ async fn read_loop<R>(
     }
 }
 
+/// The limits a server puts on what a WebSocket client sends: clients send stdin and
+/// port-forward data in pieces of 32 KiB, and must not make the server buffer 64 MiB
+/// messages (tungstenite's default).
+pub fn server_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
 /// A byte stream carried in binary WebSocket messages, as client-go tunnels SPDY
 /// (`SPDY/3.1+portforward.k8s.io`): each message is the next piece of the stream.
 pub fn tunnel<S>(ws: WebSocketStream<S>) -> DuplexStream
@@ -205,4 +214,75 @@ where
         let _ = to_user.shutdown().await;
     });
     user
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Any sequence of WebSocket messages into a session's channels: no panic, the read
+    /// loop ends with the messages, and each channel's reader sees at most what was sent.
+    #[test]
+    fn fuzz_websocket_channels() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let seed: &[u8] = &[
+            0, 6, 0, b'h', b'e', b'l', b'l', b'o', 0, 3, 4, b'{', b'}', 2, 1, 9, 0, 2, 255, 0, 3, 0,
+        ];
+        let tokens: &[&[u8]] = &[&[0, 2, 255], &[0, 1, 4], &[3, 0], &[1, 3, 1]];
+        podrun_fuzzkit::fuzz("websocket-channels", &[seed], tokens, |input| {
+            // kind, length, payload; kind 0 binary, 1 text, 2 ping, 3 close.
+            let mut messages = Vec::new();
+            let mut rest = input;
+            while rest.len() >= 2 {
+                let (kind, len) = (rest[0], (rest[1] as usize).min(rest.len() - 2));
+                let payload = Bytes::copy_from_slice(&rest[2..2 + len]);
+                rest = &rest[2 + len..];
+                messages.push(Ok(match kind % 4 {
+                    0 => Message::Binary(payload),
+                    1 => Message::Text(String::from_utf8_lossy(&payload).into_owned().into()),
+                    2 => Message::Ping(payload),
+                    _ => Message::Close(None),
+                }));
+            }
+            let sent: usize = messages
+                .iter()
+                .map(|m| match m {
+                    Ok(Message::Binary(b)) => b.len(),
+                    Ok(Message::Text(t)) => t.len(),
+                    _ => 0,
+                })
+                .sum();
+            rt.block_on(async move {
+                let mut inbound = Vec::new();
+                let mut readers = Vec::new();
+                for _ in 0..5 {
+                    let (user, ours) = tokio::io::duplex(1024);
+                    let (_, w) = tokio::io::split(ours);
+                    inbound.push(Some(w));
+                    readers.push(tokio::spawn(async move {
+                        let mut user = user;
+                        let mut got = Vec::new();
+                        let _ = user.read_to_end(&mut got).await;
+                        got.len()
+                    }));
+                }
+                let (out, mut out_rx) = mpsc::channel(1024);
+                tokio::spawn(async move { while out_rx.recv().await.is_some() {} });
+                let (_hangup, guard) = crate::Hangup::new();
+                let stream = futures_util::stream::iter(messages);
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    read_loop(stream, inbound, out, guard),
+                )
+                .await
+                .expect("the read loop ends with its input");
+                for r in readers {
+                    assert!(r.await.unwrap() <= sent);
+                }
+            });
+        });
+    }
 }

@@ -50,6 +50,14 @@ impl Network {
         {
             return Err(bad(format!("plugin without \"type\": {p}")));
         }
+        // A type names a binary in the plugin directories, never a path elsewhere.
+        if let Some(t) = plugins
+            .iter()
+            .filter_map(|p| p["type"].as_str())
+            .find(|t| t.contains('/') || *t == "." || *t == "..")
+        {
+            return Err(bad(format!("plugin type {t:?} is not a plain binary name")));
+        }
         Ok(Network {
             name,
             cni_version,

@@ -206,3 +206,51 @@ async fn del_gets_no_prev_result_before_spec_0_4_0() {
             && !version_below("0.4.0", (0, 4))
     );
 }
+
+/// Any conflist and any ADD result: no panic; accepted networks name plugin binaries only
+/// inside the plugin directories.
+#[test]
+fn fuzz_conflists_and_results() {
+    let conflist = br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge","bridge":"b0","ipam":{"type":"host-local","ranges":[[{"subnet":"10.0.0.0/24"}]]}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+    let result = br#"{"cniVersion":"1.0.0","interfaces":[{"name":"b0"},{"name":"eth0","sandbox":"/run/netns/x"}],"ips":[{"interface":1,"address":"10.0.0.2/24","gateway":"10.0.0.1"},{"address":"fd00::2/64"}],"dns":{}}"#;
+    let tokens: &[&[u8]] = &[
+        b"\"type\":",
+        b"\"../\"",
+        b"\"interface\":",
+        b"4294967296",
+        b"-1",
+        b"\"address\":\"",
+        b"::",
+    ];
+    podrun_fuzzkit::fuzz("cni", &[conflist, result], tokens, |input| {
+        if let Ok(net) = Network::parse(input, std::path::Path::new("/x.conflist")) {
+            for p in &net.plugins {
+                let t = p["type"].as_str().unwrap();
+                assert!(!t.contains('/') && t != ".." && !t.is_empty(), "{t:?}");
+            }
+        }
+        if let Ok(value) = serde_json::from_slice::<Value>(input) {
+            let att = Attachment {
+                network: Network {
+                    name: "n".into(),
+                    cni_version: "1.0.0".into(),
+                    plugins: vec![],
+                    source: "x".into(),
+                },
+                container_id: "c".into(),
+                netns: "/run/netns/x".into(),
+                ifname: "eth0".into(),
+                args: vec![],
+                capabilities: Default::default(),
+                result: Some(value),
+            };
+            let ips = att.ips();
+            if let Some(first_v6) = ips.iter().position(|ip| ip.is_ipv6()) {
+                assert!(
+                    ips[first_v6..].iter().all(|ip| ip.is_ipv6()),
+                    "IPv4 first: {ips:?}"
+                );
+            }
+        }
+    });
+}

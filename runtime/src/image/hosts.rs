@@ -98,6 +98,15 @@ pub fn endpoints(dir: &Path, registry: &str, local: bool) -> Result<Vec<Endpoint
     let text = std::fs::read_to_string(&path).map_err(Error::io("reading", &path))?;
     let parsed: File = toml::from_str(&text)
         .map_err(|e| Error::invalid("registry config", format!("{}: {e}", path.display())))?;
+    Ok(from_file(&parsed, upstream))
+}
+
+/// The endpoints a parsed hosts.toml lists (mirrors that can pull and resolve), then its
+/// server as `upstream` makes it.
+fn from_file(
+    parsed: &File,
+    upstream: impl Fn(Option<&str>, Vec<PathBuf>, bool) -> Endpoint,
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for (url, host) in &parsed.hosts {
         let caps: Vec<&str> = host
@@ -124,12 +133,49 @@ pub fn endpoints(dir: &Path, registry: &str, local: bool) -> Result<Vec<Endpoint
         paths(parsed.ca.as_ref()),
         parsed.skip_verify.unwrap_or(false),
     ));
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Any hosts.toml: no panic, and every endpoint has a host.
+    #[test]
+    fn fuzz_hosts_toml() {
+        let seed = br#"server = "https://registry-1.docker.io"
+ca = "/etc/ca.pem"
+[host."http://127.0.0.1:5000"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+  ca = ["/a.pem", "/b.pem"]
+"#;
+        let tokens: &[&[u8]] = &[
+            b"[host.\"",
+            b"\"]",
+            b"capabilities",
+            b"= [",
+            b"http://",
+            b"\n",
+            b"skip_verify = true",
+        ];
+        podrun_fuzzkit::fuzz("hosts-toml", &[seed], tokens, |input| {
+            let Ok(text) = std::str::from_utf8(input) else {
+                return;
+            };
+            let Ok(parsed) = toml::from_str::<File>(text) else {
+                return;
+            };
+            let upstream = |server: Option<&str>, ca, skip_verify| Endpoint {
+                host: server.map_or("registry.example".to_owned(), |s| split_url(s).0),
+                plain_http: false,
+                ca,
+                skip_verify,
+            };
+            let endpoints = from_file(&parsed, upstream);
+            assert!(!endpoints.is_empty());
+        });
+    }
 
     #[test]
     fn mirrors_come_first_in_file_order_then_the_server() {

@@ -217,11 +217,7 @@ impl ImageStore {
         digest: String,
         progress: &Progress,
     ) -> Result<Image> {
-        // Every digest the manifest and config name is checked before any is used.
-        super::digest::sha256_hex("manifest config digest", &manifest.config.digest)?;
-        for layer in &manifest.layers {
-            super::digest::sha256_hex("manifest layer digest", &layer.digest)?;
-        }
+        check_manifest(manifest)?;
         // The config: small, kept as a blob named by its digest (the image id).
         let mut config_bytes = Vec::new();
         source.blob(&manifest.config, &mut config_bytes).await?;
@@ -232,24 +228,7 @@ impl ImageStore {
                 manifest.config.digest
             )));
         }
-        let config: serde_json::Value = serde_json::from_slice(&config_bytes)
-            .map_err(|e| Error::Internal(format!("{whole}: bad image config: {e}")))?;
-        let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|d| {
-                let d = d.as_str().unwrap_or_default();
-                super::digest::sha256_hex("image config rootfs.diff_ids", d).map(|_| d.to_owned())
-            })
-            .collect::<Result<_>>()?;
-        if diff_ids.len() != manifest.layers.len() {
-            return Err(Error::Internal(format!(
-                "{whole}: {} layers but {} diff ids",
-                manifest.layers.len(),
-                diff_ids.len()
-            )));
-        }
+        let (config, diff_ids) = parse_config(whole, &config_bytes, manifest.layers.len())?;
         let chains = chain_ids(&diff_ids);
         let _in_use = self.use_layers(&chains);
         progress.send_replace(
@@ -350,6 +329,42 @@ impl ImageStore {
         let _ = std::fs::remove_dir_all(&tmp);
         result
     }
+}
+
+/// Every digest a manifest names is checked before any is used.
+pub(super) fn check_manifest(manifest: &OciImageManifest) -> Result<()> {
+    super::digest::sha256_hex("manifest config digest", &manifest.config.digest)?;
+    for layer in &manifest.layers {
+        super::digest::sha256_hex("manifest layer digest", &layer.digest)?;
+    }
+    Ok(())
+}
+
+/// An image config blob: its JSON, and its layers' diff ids, each a well-formed digest and
+/// one per layer of the manifest.
+pub(super) fn parse_config(
+    whole: &str,
+    bytes: &[u8],
+    layers: usize,
+) -> Result<(serde_json::Value, Vec<String>)> {
+    let config: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Internal(format!("{whole}: bad image config: {e}")))?;
+    let diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let d = d.as_str().unwrap_or_default();
+            super::digest::sha256_hex("image config rootfs.diff_ids", d).map(|_| d.to_owned())
+        })
+        .collect::<Result<_>>()?;
+    if diff_ids.len() != layers {
+        return Err(Error::Internal(format!(
+            "{whole}: {layers} layers but {} diff ids",
+            diff_ids.len()
+        )));
+    }
+    Ok((config, diff_ids))
 }
 
 /// Where an image's blobs come from: a registry, or an OCI image layout on disk.
@@ -482,6 +497,49 @@ pub(super) fn tempdir_in(dir: &Path) -> Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Any manifest and config JSON: no panic, and whatever is accepted names only paths
+    /// inside the store.
+    #[test]
+    fn fuzz_manifests_and_configs() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":7}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":1}}]}}"#
+        );
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"User":"1000:1000"}},"rootfs":{{"type":"layers","diff_ids":["{d}","{d}"]}}}}"#
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::ImageStore::open(dir.path(), PullOptions::default()).unwrap();
+        let tokens: &[&[u8]] = &[
+            b"sha256:", b"/etc", b"..", b"\"", b"[", b"]", b"{", b"}", b",", b"null",
+        ];
+        podrun_fuzzkit::fuzz(
+            "manifest-config",
+            &[manifest.as_bytes(), config.as_bytes()],
+            tokens,
+            |input| {
+                if let Ok(m) = serde_json::from_slice::<OciImageManifest>(input) {
+                    if check_manifest(&m).is_ok() {
+                        for l in &m.layers {
+                            assert!(store.blob_path(&l.digest).unwrap().starts_with(dir.path()));
+                        }
+                    }
+                }
+                for layers in 0..3 {
+                    if let Ok((_, diff_ids)) = parse_config("x", input, layers) {
+                        for chain in chain_ids(&diff_ids) {
+                            let path = store.layer_path(&chain).unwrap();
+                            assert!(
+                                path.starts_with(dir.path().join("images/layers")),
+                                "{path:?}"
+                            );
+                        }
+                    }
+                }
+            },
+        );
+    }
 
     #[test]
     fn only_loopback_registries_are_plain_http_by_default() {

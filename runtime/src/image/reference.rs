@@ -148,6 +148,41 @@ pub fn repository(r: &Reference) -> String {
 mod tests {
     use super::*;
 
+    /// Any string: no panic; what is accepted normalizes to itself again, and its parts
+    /// are what a path in the store may be made of.
+    #[test]
+    fn fuzz_image_references() {
+        let seeds: &[&[u8]] = &[
+            b"busybox",
+            b"registry.k8s.io/pause:3.9",
+            b"127.0.0.1:5000/a/b_c__d-e:v1.2@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            b"localhost/x@sha512:00",
+        ];
+        let tokens: &[&[u8]] = &[
+            b"@sha256:",
+            b":",
+            b"/",
+            b"..",
+            b"docker.io",
+            b"library/",
+            b"\xc3\xa9",
+        ];
+        podrun_fuzzkit::fuzz("image-reference", seeds, tokens, |input| {
+            let Ok(name) = std::str::from_utf8(input) else {
+                return;
+            };
+            if let Ok(whole) = normalize(name) {
+                assert_eq!(
+                    normalize(&whole).as_deref().ok(),
+                    Some(whole.as_str()),
+                    "{name:?}"
+                );
+                let r = parse(&whole).unwrap();
+                assert!(!r.repository().contains(".."), "{whole}");
+            }
+        });
+    }
+
     #[test]
     fn short_names_are_docker_hub_and_latest() {
         assert_eq!(

@@ -435,6 +435,72 @@ impl Frame {
 mod tests {
     use super::*;
 
+    /// Any byte stream read as frames, with one header context, as a connection reads
+    /// them: no panic, no header block past the bound, and every frame re-encodes.
+    #[test]
+    fn fuzz_spdy_frames() {
+        let mut hw = HeaderWriter::new();
+        let mut seed = Vec::new();
+        for f in [
+            Frame::SynStream {
+                id: 1,
+                fin: false,
+                headers: vec![("streamtype".into(), "error".into())],
+            },
+            Frame::SynReply {
+                id: 1,
+                fin: false,
+                headers: vec![],
+            },
+            Frame::Data {
+                id: 1,
+                fin: true,
+                data: bytes::Bytes::from_static(b"hello"),
+            },
+            Frame::WindowUpdate { id: 1, delta: 5 },
+            Frame::RstStream {
+                id: 3,
+                status: RST_CANCEL,
+            },
+            Frame::Ping { id: 7 },
+            Frame::GoAway {
+                last_good: 1,
+                status: 0,
+            },
+        ] {
+            seed.extend(f.encode(&mut hw).unwrap());
+        }
+        let tokens: &[&[u8]] = &[
+            &[0x80, 3, 0, 1],
+            &[0x80, 3, 0, 2],
+            &[0xff, 0xff, 0xff],
+            &[0, 0, 0, 0],
+        ];
+        podrun_fuzzkit::fuzz("spdy-frames", &[&seed], tokens, |input| {
+            let mut hr = HeaderReader::default();
+            let mut rest = input;
+            while rest.len() >= 8 {
+                let head: [u8; 8] = rest[..8].try_into().unwrap();
+                let len = Frame::length(&head).min(rest.len() - 8);
+                let body = rest[8..8 + len].to_vec();
+                rest = &rest[8 + len..];
+                match Frame::decode(head, body, &mut hr) {
+                    Ok(Some(frame)) => {
+                        if let Frame::SynStream { headers, .. } | Frame::SynReply { headers, .. } =
+                            &frame
+                        {
+                            let size: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+                            assert!(size <= MAX_HEADER_BLOCK, "{size}");
+                        }
+                        frame.encode(&mut HeaderWriter::new()).unwrap();
+                    }
+                    Ok(None) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+    }
+
     #[test]
     fn the_dictionary_is_spdy3s() {
         let d = dictionary();
