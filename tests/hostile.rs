@@ -394,3 +394,83 @@ async fn streaming_clients_that_bomb_or_dawdle_are_cut_off() {
     bed.remove_pod(&pod.0).await;
     bed.assert_no_leaks();
 }
+
+/// An image config far larger than any real one is refused before podrund holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_image_config_is_refused() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Operator);
+    let blob = layer(
+        LayerBuilder::default().file("x", 0o644, b"x").tar(),
+        Compression::Gzip,
+    );
+    let padding = "p".repeat(9 << 20);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Env": [padding]},
+        "rootfs": {"type": "layers", "diff_ids": [blob.2.clone()]},
+    });
+    let img = TestImage {
+        layers: vec![blob],
+        config: serde_json::to_vec(&config).unwrap(),
+    };
+    registry.push("huge:1", &img).await;
+    // A first pull sets podrund's registry client up: measure after it.
+    registry
+        .push("small:1", &podrun_tests::registry::busybox_image())
+        .await;
+    pull(&node, &format!("{}/small:1", registry.addr))
+        .await
+        .unwrap();
+    let pid = node.daemon_pid().unwrap();
+    let before = peak_rss_kib(pid);
+    let err = pull(&node, &format!("{}/huge:1", registry.addr))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("config size"), "{}", err.message());
+    assert!(peak_rss_kib(pid).saturating_sub(before) < 8 * 1024);
+    node.assert_no_leaks();
+}
+
+/// A device node in a layer is kept (as containerd keeps them), but a container without
+/// privilege cannot use it: the device cgroup denies it. A setuid file runs with the
+/// container's capabilities only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_nodes_from_images_are_not_usable_in_containers() {
+    let mut bed = podrun_tests::workload::Bed::start().await;
+    let tar = LayerBuilder::default()
+        .busybox()
+        .char_device("tmp/mem", 1, 1)
+        .char_device("tmp/kmsg", 1, 11)
+        .tar();
+    let img = podrun_tests::registry::image(
+        vec![layer(tar, Compression::Gzip)],
+        serde_json::json!({"Cmd": ["sleep", "1000"]}),
+    );
+    bed.registry.push("devices:1", &img).await;
+    let name = format!("{}/devices:1", bed.registry.addr);
+    pull(&bed.node, &name).await.unwrap();
+    let pod = bed.pod("devices", "").await;
+    let mut c = bed.container("reader", &["sleep", "1000"]);
+    c.image = Some(cri::ImageSpec {
+        image: name,
+        ..Default::default()
+    });
+    let id = bed.run(&pod, c).await;
+    for dev in ["/tmp/mem", "/tmp/kmsg"] {
+        let listed = bed.out(&id, &["ls", "-l", dev]).await;
+        assert!(
+            listed.starts_with('c'),
+            "kept as a character device: {listed}"
+        );
+        let r = bed.exec(&id, &["head", "-c", "1", dev], 10).await.unwrap();
+        assert_ne!(r.exit_code, 0, "{dev} was readable");
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            stderr.contains("not permitted") || stderr.contains("denied"),
+            "{dev}: {stderr}"
+        );
+    }
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

@@ -279,6 +279,15 @@ impl LayerBuilder {
         self
     }
 
+    /// A character device node `major:minor` at `path`.
+    pub fn char_device(mut self, path: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Char, 0o666, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.0.append_data(&mut h, path, &[][..]).unwrap();
+        self
+    }
+
     /// A file with the given mode bits (setuid, setgid included) and owner.
     pub fn owned_file(mut self, path: &str, mode: u32, uid: u64, data: &[u8]) -> Self {
         let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);

@@ -220,7 +220,9 @@ impl ImageStore {
         check_manifest(manifest)?;
         // The config: small, kept as a blob named by its digest (the image id).
         let mut config_bytes = Vec::new();
-        source.blob(&manifest.config, &mut config_bytes).await?;
+        source
+            .blob(&manifest.config, Capped(&mut config_bytes))
+            .await?;
         let id = format!("sha256:{}", hex(&Sha256::digest(&config_bytes)));
         if id != manifest.config.digest {
             return Err(Error::Internal(format!(
@@ -331,13 +333,63 @@ impl ImageStore {
     }
 }
 
-/// Every digest a manifest names is checked before any is used.
+/// The largest image config podrund reads (they are a few KiB; the biggest seen in the
+/// wild are under 1 MiB).
+const MAX_CONFIG: usize = 8 << 20;
+
+/// Every digest a manifest names is checked before any is used, and every size: a layer
+/// is fetched only up to the size its manifest gives, the config only up to MAX_CONFIG.
 pub(super) fn check_manifest(manifest: &OciImageManifest) -> Result<()> {
     super::digest::sha256_hex("manifest config digest", &manifest.config.digest)?;
+    if !(0..=MAX_CONFIG as i64).contains(&manifest.config.size) {
+        return Err(Error::invalid(
+            "manifest config size",
+            format!("{} bytes (at most {MAX_CONFIG})", manifest.config.size),
+        ));
+    }
     for layer in &manifest.layers {
         super::digest::sha256_hex("manifest layer digest", &layer.digest)?;
+        if layer.size < 0 {
+            return Err(Error::invalid(
+                "manifest layer size",
+                format!("{}", layer.size),
+            ));
+        }
     }
     Ok(())
+}
+
+/// A buffer that refuses to grow past MAX_CONFIG.
+struct Capped<'a>(&'a mut Vec<u8>);
+
+impl AsyncWrite for Capped<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.0.len() + buf.len() > MAX_CONFIG {
+            let e = std::io::Error::other(format!("image config larger than {MAX_CONFIG} bytes"));
+            return std::task::Poll::Ready(Err(e));
+        }
+        this.0.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// An image config blob: its JSON, and its layers' diff ids, each a well-formed digest and
@@ -464,6 +516,17 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<'_, W> {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = &mut *self;
+        // A registry that sends more than the manifest says is cut off: its layer cannot
+        // fill the node's disk.
+        let sink = this.sink;
+        let over = sink.progress.borrow()[sink.layer]
+            .fetched
+            .saturating_add(buf.len() as u64)
+            > sink.progress.borrow()[sink.layer].size;
+        if over {
+            let e = std::io::Error::other("the registry sent more than the layer's size");
+            return std::task::Poll::Ready(Err(e));
+        }
         let written = std::pin::Pin::new(&mut this.out).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = written {
             let sink = this.sink;

@@ -74,6 +74,9 @@ pub fn unpack(blob: &Path, dest: &Path) -> Result<String> {
                 let parent = safe_join(dest, path.parent().unwrap_or(Path::new("")))?;
                 fs::create_dir_all(&parent).map_err(Error::io("creating", &parent))?;
                 whiteout(&parent.join(hidden))?;
+            } else if let Some(kind) = special_kind(entry.header().entry_type()) {
+                let node = safe_join(dest, &path)?;
+                make_node(&node, kind, entry.header())?;
             } else {
                 entry.unpack_in(dest).map_err(bad)?;
             }
@@ -111,6 +114,45 @@ fn safe_join(dest: &Path, rel: &Path) -> Result<PathBuf> {
         }
     }
     Ok(out)
+}
+
+/// Device nodes and FIFOs, which the tar crate would unpack as empty files: made as the
+/// image has them, as containerd does. What a container may do with a device is the
+/// device cgroup's decision, not the file's.
+fn special_kind(kind: tar::EntryType) -> Option<nix::sys::stat::SFlag> {
+    use nix::sys::stat::SFlag;
+    match kind {
+        tar::EntryType::Char => Some(SFlag::S_IFCHR),
+        tar::EntryType::Block => Some(SFlag::S_IFBLK),
+        tar::EntryType::Fifo => Some(SFlag::S_IFIFO),
+        _ => None,
+    }
+}
+
+fn make_node(path: &Path, kind: nix::sys::stat::SFlag, header: &tar::Header) -> Result<()> {
+    let bad = |e: io::Error| Error::io("reading a layer entry", path)(e);
+    let mode = header.mode().map_err(bad)? & 0o7777;
+    let dev = nix::sys::stat::makedev(
+        header.device_major().map_err(bad)?.unwrap_or(0) as u64,
+        header.device_minor().map_err(bad)?.unwrap_or(0) as u64,
+    );
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(Error::io("creating", parent))?;
+    }
+    let _ = fs::remove_file(path);
+    nix::sys::stat::mknod(
+        path,
+        kind,
+        nix::sys::stat::Mode::from_bits_truncate(mode),
+        dev,
+    )
+    .map_err(Error::sys(format!("mknod {}", path.display())))?;
+    let (uid, gid) = (header.uid().map_err(bad)?, header.gid().map_err(bad)?);
+    nix::unistd::chown(path, Some((uid as u32).into()), Some((gid as u32).into()))
+        .map_err(Error::sys(format!("chown {}", path.display())))?;
+    // mknod's mode went through the umask.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(Error::io("chmod", path))
 }
 
 fn whiteout(path: &Path) -> Result<()> {
