@@ -15,5 +15,6 @@ pub mod spec;
 pub mod stats;
 pub mod store;
 pub mod stream;
+pub mod userns;
 
 pub use error::{Error, Kind, Result};

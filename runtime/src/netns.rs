@@ -51,7 +51,7 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf> {
 /// Sets `lo` up in the calling thread's network namespace (what `ip link set lo up` does,
 /// with one ioctl instead of an exec). The kernel gives `lo` 127.0.0.1/8 and ::1 as it
 /// comes up.
-fn loopback_up() -> nix::Result<()> {
+pub(crate) fn loopback_up() -> nix::Result<()> {
     use std::os::fd::AsRawFd;
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
@@ -96,7 +96,7 @@ pub fn is_pinned(path: &Path) -> bool {
 
 /// Makes `dir` a shared mount point, as `ip netns add` does, so that pins made here are
 /// seen in mount namespaces created later (containers, other daemons).
-fn ensure_shared_dir(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_shared_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
     let shared = || {
         mount(

@@ -116,7 +116,9 @@ fn close_dirs(config: &Config) -> Result<()> {
         (config.root.join("containers"), 0o700),
         (config.root.join("pods"), 0o700),
         (config.state.clone(), 0o711),
-        (config.state.join("containers"), 0o700),
+        // Traversable, not listable: a user-namespaced container's runtime reaches its
+        // rootfs as the pod's root; every other container's own directory is 0700.
+        (config.state.join("containers"), 0o711),
         (config.state.join("pods"), 0o711),
     ];
     for (dir, mode) in dirs {
@@ -133,6 +135,9 @@ impl Node {
     pub fn runtime_handlers(&self) -> Vec<podrun_proto::cri::RuntimeHandler> {
         self.handlers
             .get_or_init(|| {
+                // podrund makes the user namespace and the idmapped layers itself, so
+                // every handler can, where the kernel and the store's file system can.
+                let userns = &crate::userns::supported(&self.config.root.join("images"));
                 ["", "runc", "crun"]
                     .into_iter()
                     .filter_map(|name| {
@@ -141,7 +146,7 @@ impl Node {
                             name: name.to_owned(),
                             features: Some(podrun_proto::cri::RuntimeHandlerFeatures {
                                 recursive_read_only_mounts: supports_rro(&binary),
-                                user_namespaces: false,
+                                user_namespaces: *userns,
                             }),
                         })
                     })

@@ -89,6 +89,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         ));
     }
     let seccomp_localhost = super::seccomp::localhost(sc)?;
+    check_userns(&pod, sc)?;
     let pid_target = target_pid(&node, &config)?;
     let runtime = node.oci_runtime(&pod.runtime_handler)?;
     if config.mounts.iter().any(|m| m.recursive_read_only)
@@ -168,6 +169,15 @@ async fn make(
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
     }
+    // The bundle and rootfs mount point: closed to host users, but for a user-namespaced
+    // container's runtime, which reaches its rootfs as the pod's root (its setuid files are
+    // the pod root's, not the host's).
+    let mode = if pod.userns.is_some() { 0o711 } else { 0o700 };
+    std::fs::set_permissions(
+        &dirs.state,
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )
+    .map_err(Error::io("setting the mode of", &dirs.state))?;
     persist(dirs, record)?;
     let phase = std::time::Instant::now();
     let layers: Vec<PathBuf> = image
@@ -176,7 +186,10 @@ async fn make(
         .rev()
         .map(|l| node.images.layer_path(l))
         .collect::<Result<_>>()?;
-    mount_rootfs(dirs, &layers, &record.rootfs)?;
+    match &pod.userns {
+        Some(u) => mount_idmapped_rootfs(dirs, &layers, &record.rootfs, u)?,
+        None => mount_rootfs(dirs, &layers, &record.rootfs)?,
+    }
     let t_rootfs = phase.elapsed();
     let phase = std::time::Instant::now();
     let sc = record
@@ -210,6 +223,7 @@ async fn make(
             .as_ref()
             .map(|l| l.sysctls.clone())
             .unwrap_or_default(),
+        userns: pod.userns.as_ref().map(|u| (u.uids, u.gids)),
     };
     let mut annotations: BTreeMap<String, String> =
         record.config.annotations.clone().into_iter().collect();
@@ -334,6 +348,30 @@ fn check_propagation(i: usize, m: &cri::Mount) -> Result<()> {
     ))
 }
 
+/// A container's user-namespace options, when it gives them, must be its pod's (as
+/// containerd requires): its processes join the pod's user namespace.
+fn check_userns(
+    pod: &sandbox::Record,
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+) -> Result<()> {
+    let field = "config.linux.security_context.namespace_options.userns_options";
+    let Some(options) = sc
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|o| o.userns_options.as_ref())
+    else {
+        return Ok(());
+    };
+    let wanted = crate::userns::requested(Some(options), field)?;
+    let has = pod.userns.as_ref().map(|u| (u.uids, u.gids));
+    if wanted != has {
+        return Err(Error::invalid(
+            field,
+            format!("{wanted:?} differs from the pod's user namespace {has:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A recursive read-only mount must be read-only and private (a propagated mount could
 /// not stay read-only), as containerd and CRI-O require.
 fn check_recursive_read_only(i: usize, m: &cri::Mount) -> Result<()> {
@@ -430,6 +468,46 @@ fn mount_rootfs(dirs: &Dirs, layers: &[PathBuf], target: &Path) -> Result<()> {
         "mounting the rootfs overlay on {}",
         target.display()
     )))
+}
+
+/// A user-namespaced container's rootfs: each layer idmapped through the pod's user
+/// namespace (so the image's root-owned files are the pod root's), an overlay on them
+/// with an upper and work dir owned by the pod's root on the host; the staging mounts of
+/// the layers are detached once the overlay holds them.
+fn mount_idmapped_rootfs(
+    dirs: &Dirs,
+    layers: &[PathBuf],
+    target: &Path,
+    userns: &crate::userns::UserNs,
+) -> Result<()> {
+    let fd = crate::userns::open(&userns.pin)?;
+    let staging = dirs.state.join("layers");
+    let mut mapped = Vec::new();
+    let result = (|| {
+        for (i, layer) in layers.iter().enumerate() {
+            let at = staging.join(i.to_string());
+            std::fs::create_dir_all(&at).map_err(Error::io("creating", &at))?;
+            crate::userns::mount_idmapped(layer, &at, &fd)?;
+            mapped.push(at);
+        }
+        for d in [dirs.root.join("upper"), dirs.root.join("work")] {
+            std::fs::create_dir_all(&d).map_err(Error::io("creating", &d))?;
+            nix::unistd::chown(
+                &d,
+                Some(userns.uids.host_id.into()),
+                Some(userns.gids.host_id.into()),
+            )
+            .map_err(Error::sys(format!("chown {}", d.display())))?;
+        }
+        mount_rootfs(dirs, &mapped, target)
+    })();
+    // Never a recursive delete here: a staging dir still mounted is an image layer.
+    for at in &mapped {
+        let _ = umount2(at, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(at);
+    }
+    let _ = std::fs::remove_dir(&staging);
+    result
 }
 
 /// Unmounts the rootfs and removes the container's dirs (record last).

@@ -159,7 +159,7 @@ impl RuntimeService for Cri {
             if req.get_ref().verbose {
                 let c = &self.node.config;
                 let config = serde_json::json!({
-                    "root": c.root, "state": c.state, "listen": c.listen,
+                    "root": c.root, "state": c.state, "stateDir": c.state, "listen": c.listen,
                     "cniConfDir": c.cni_conf_dir, "cniBinDirs": c.cni_bin_dirs,
                     "shim": self.node.binaries.shim, "pause": self.node.binaries.pause,
                     "criApi": podrun_proto::CRI_API_RELEASE,

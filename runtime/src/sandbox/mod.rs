@@ -88,6 +88,9 @@ pub struct Record {
     pub shm: Option<PathBuf>,
     /// True once Stop released every resource the pod held.
     pub stopped: bool,
+    /// The pod's own user namespace (userns_options mode POD), pinned.
+    #[serde(default)]
+    pub userns: Option<crate::userns::UserNs>,
 }
 
 impl Record {

@@ -150,6 +150,19 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
             Some(attachment(net, id, path, &config))
         }
     };
+    let field = "config.linux.security_context.namespace_options.userns_options";
+    let requested = crate::userns::requested(user_namespace(&config), field)?;
+    if requested.is_some() && host_network {
+        return Err(Error::invalid(
+            field,
+            "a user namespace needs the pod's own network",
+        ));
+    }
+    let userns = requested.map(|(uids, gids)| crate::userns::UserNs {
+        uids,
+        gids,
+        pin: node.config.state.join("userns").join(id),
+    });
     let created_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
@@ -174,8 +187,22 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
         shm: (namespace_mode(&config, |o| o.ipc) != cri::NamespaceMode::Node)
             .then(|| dirs.state.join("shm")),
         stopped: false,
+        userns,
         config,
     })
+}
+
+/// The pod's user-namespace options, if it gives any.
+pub(crate) fn user_namespace(config: &cri::PodSandboxConfig) -> Option<&cri::UserNamespace> {
+    config
+        .linux
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .namespace_options
+        .as_ref()?
+        .userns_options
+        .as_ref()
 }
 
 fn attachment(
@@ -253,7 +280,11 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        blocking(move || netns::create(&dir, &name).map(drop))
+        let userns = record.userns.clone();
+        blocking(move || match userns {
+            Some(u) => crate::userns::create(&u, &dir, &name).map(drop),
+            None => netns::create(&dir, &name).map(drop),
+        })
     });
     let (cgroup, shm) = (record.cgroup.clone(), record.shm.clone());
     let cgroup_shm = blocking(move || {

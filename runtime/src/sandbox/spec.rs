@@ -16,6 +16,10 @@ pub fn pause_spec(record: &Record) -> Spec {
         path,
     };
     let mut namespaces = Vec::new();
+    // Joined first: the namespaces pause makes then belong to the pod's user namespace.
+    if let Some(u) = &record.userns {
+        namespaces.push(ns("user", Some(u.pin.display().to_string())));
+    }
     if let Some(netns) = &record.netns {
         namespaces.push(ns("network", Some(netns.display().to_string())));
         // hostNetwork pods keep the node's UTS namespace, and so its hostname.
@@ -87,6 +91,7 @@ mod tests {
             ips: vec![],
             shm: None,
             stopped: false,
+            userns: None,
         }
     }
 

@@ -77,6 +77,9 @@ pub(super) async fn teardown(node: &Node, record: &mut Record) -> Result<()> {
     if let (Some(path), true) = (&record.netns, network_released) {
         note(netns::remove(path));
     }
+    if let Some(u) = &record.userns {
+        note(crate::userns::remove(&u.pin));
+    }
     let cgroup_path = record.cgroup.clone();
     note(
         tokio::task::spawn_blocking(move || cgroup::remove(&cgroup_path))

@@ -13,6 +13,7 @@ fn pod() -> Pod {
             "0".to_owned(),
         )]
         .into(),
+        userns: None,
     }
 }
 
