@@ -304,3 +304,161 @@ impl Drop for Unmount {
         let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+fn userns(mode: cri::NamespaceMode, maps: &[(u32, u32, u32)]) -> cri::NamespaceOption {
+    let ids: Vec<cri::IdMapping> = maps
+        .iter()
+        .map(|&(container_id, host_id, length)| cri::IdMapping {
+            container_id,
+            host_id,
+            length,
+        })
+        .collect();
+    cri::NamespaceOption {
+        userns_options: Some(cri::UserNamespace {
+            mode: mode as i32,
+            uids: ids.clone(),
+            gids: ids,
+        }),
+        ..Default::default()
+    }
+}
+
+/// A user-namespaced pod, as kubelet asks for one (`hostUsers: false`): its processes are
+/// root inside and host uid 1000.. outside, the image's files belong to its root, what it
+/// writes lands on the host as the mapped owner, its network is its own to manage; bad
+/// mappings are refused; nothing is left behind.
+async fn user_namespaced_pod(handler: &str) {
+    let mut bed = Bed::start().await;
+    let status = bed
+        .rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .runtime_handlers
+            .iter()
+            .any(|h| h.name == handler && h.features.unwrap().user_namespaces),
+        "{handler:?} reports user namespaces: {:?}",
+        status.runtime_handlers
+    );
+    let options = userns(cri::NamespaceMode::Pod, &[(0, 200_000, 65536)]);
+    let mut config = bed.node.pod_config("userns");
+    config.log_directory = bed.node.dir.join("logs/userns").display().to_string();
+    config.linux.get_or_insert_default().security_context =
+        Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(options.clone()),
+            ..Default::default()
+        });
+    let pod_id = bed
+        .rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    bed.node.remember(&pod_id);
+    let pod = (pod_id.clone(), config);
+    let c = with_context(
+        bed.container("inside", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(options.clone()),
+            ..Default::default()
+        },
+    );
+    let id = bed.run(&pod, c).await;
+    let map = bed.out(&id, &["cat", "/proc/self/uid_map"]).await;
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "200000", "65536"]
+    );
+    assert_eq!(bed.out(&id, &["id", "-u"]).await.trim(), "0");
+    let owner = bed.out(&id, &["ls", "-ln", "/bin/busybox"]).await;
+    assert_eq!(
+        owner.split_whitespace().nth(2),
+        Some("0"),
+        "the image's root owns it: {owner}"
+    );
+    bed.out(&id, &["sh", "-c", "echo x > /written"]).await;
+    let upper = bed
+        .node
+        .dir
+        .join("root/containers")
+        .join(&id)
+        .join("upper/written");
+    let meta = std::fs::metadata(&upper).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        200_000,
+        "host owner of what it wrote"
+    );
+    // Its root may manage its own network (the netns is the user namespace's).
+    bed.out(&id, &["hostname"]).await;
+    let pause = podrun_tests::processes_mentioning("podrun-pause");
+    // pause drops to uid 65535, which is host uid 265535 here.
+    let outside = pause.iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t265535\t")))
+    });
+    assert!(outside, "pause runs as a mapped host uid");
+
+    // A container must take the pod's mappings; a pod must map its root, once.
+    let other = with_context(
+        bed.container("other", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(userns(cri::NamespaceMode::Pod, &[(0, 300_000, 65536)])),
+            ..Default::default()
+        },
+    );
+    refused(&mut bed, &pod, other, "userns_options").await;
+    for (name, bad) in [
+        (
+            "two",
+            userns(cri::NamespaceMode::Pod, &[(0, 1000, 10), (10, 5000, 10)]),
+        ),
+        ("no-root", userns(cri::NamespaceMode::Pod, &[(1, 1000, 10)])),
+        ("container", userns(cri::NamespaceMode::Container, &[])),
+    ] {
+        let mut config = bed.node.pod_config(name);
+        config.linux.get_or_insert_default().security_context =
+            Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(bad),
+                ..Default::default()
+            });
+        let err = bed
+            .rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err:?}");
+        assert!(
+            err.message().contains("userns_options"),
+            "{}",
+            err.message()
+        );
+    }
+    bed.remove_pod(&pod_id).await;
+    assert!(
+        std::fs::read_dir(bed.node.dir.join("state/userns")).map_or(true, |d| d.count() == 0),
+        "the user namespace pin is gone"
+    );
+    bed.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespaced_pods_with_crun() {
+    user_namespaced_pod("crun").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_namespaced_pods_with_runc() {
+    user_namespaced_pod("runc").await;
+}
