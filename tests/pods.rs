@@ -481,11 +481,25 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         .unwrap();
     // RPCs of later issues say who they are.
     let err = client
-        .container_stats(cri::ContainerStatsRequest::default())
+        .update_container_resources(cri::UpdateContainerResourcesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("ContainerStats"));
+    assert!(err.message().contains("UpdateContainerResources"));
+    // Stats of nothing, or of what does not exist.
+    let err = client
+        .container_stats(cri::ContainerStatsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("container_id"), "{}", err.message());
+    let err = client
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: "f00d".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
     // Containers of unknown pods or ids are NotFound.
     let err = client
         .exec_sync(cri::ExecSyncRequest {

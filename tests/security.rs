@@ -82,6 +82,14 @@ async fn security_contexts(handler: &str) {
         },
     );
     let privileged = bed.run(&pod, privileged).await;
+    let dir = bed.node.dir.join("state/containers").join(&privileged);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "a container's rootfs is closed to host users"
+    );
     let status = bed.out(&privileged, &["cat", "/proc/self/status"]).await;
     assert_eq!(
         mask(&status, "CapBnd"),
