@@ -683,3 +683,71 @@ async fn containers_removed_right_after_start_are_gone() {
     bed.remove_pod(&pod.0).await;
     bed.assert_no_leaks();
 }
+
+/// RuntimeClass handlers from podrund's configuration: a handler name mapped to a runtime
+/// binary runs pods with it, the default handler can be one of them, Status lists them all
+/// with their features, and an unknown handler is refused naming the known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_runtime_handlers_run_pods_and_are_listed() {
+    let mut bed = Bed::start_with(&[
+        "--runtime-handler",
+        "fast=/usr/bin/crun",
+        "--runtime-handler",
+        "classic=runc",
+        "--default-runtime-handler",
+        "classic",
+    ])
+    .await;
+    let status = bed
+        .rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "classic", "crun", "fast", "runc"]);
+    assert!(status
+        .runtime_handlers
+        .iter()
+        .all(|h| h.features.unwrap().recursive_read_only_mounts));
+    for (handler, runtime) in [("fast", "/usr/bin/crun"), ("", "runc")] {
+        let pod = bed.pod(&format!("rc-{}", handler.len()), handler).await;
+        let id = bed.run(&pod, bed.container("c", &["sleep", "1000"])).await;
+        let info = bed
+            .rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info;
+        let used: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        assert!(
+            used["runtime"].as_str().unwrap().ends_with(runtime),
+            "{handler:?} ran with {}",
+            used["runtime"]
+        );
+        bed.remove_pod(&pod.0).await;
+    }
+    let err = bed
+        .rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bed.node.pod_config("rc-unknown")),
+            runtime_handler: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("fast"),
+        "names the known handlers: {}",
+        err.message()
+    );
+    bed.assert_no_leaks();
+}

@@ -23,6 +23,10 @@ pub struct File {
     pub streaming_address: Option<String>,
     pub streaming_token_ttl: Option<u64>,
     pub registry_timeout: Option<u64>,
+    /// RuntimeClass handlers: name -> OCI runtime binary (a path, or a name on PATH).
+    pub runtime_handler: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// The handler pods that name none (`""`) run with.
+    pub default_runtime_handler: Option<String>,
 }
 
 impl File {
@@ -52,6 +56,16 @@ impl File {
             streaming_address: over.streaming_address.or(self.streaming_address),
             streaming_token_ttl: over.streaming_token_ttl.or(self.streaming_token_ttl),
             registry_timeout: over.registry_timeout.or(self.registry_timeout),
+            runtime_handler: match (self.runtime_handler, over.runtime_handler) {
+                (Some(mut ours), Some(theirs)) => {
+                    ours.extend(theirs);
+                    Some(ours)
+                }
+                (ours, theirs) => theirs.or(ours),
+            },
+            default_runtime_handler: over
+                .default_runtime_handler
+                .or(self.default_runtime_handler),
         }
     }
 }
@@ -79,6 +93,10 @@ pub struct Config {
     /// Seconds a registry may take to accept a connection, or to send the next bytes of
     /// an answer, before the pull fails.
     pub registry_timeout: u64,
+    /// RuntimeClass handler name -> OCI runtime binary; `runc` and `crun` are always there.
+    pub runtime_handlers: std::collections::BTreeMap<String, PathBuf>,
+    /// The handler for pods that name none; None: crun where it can run here, else runc.
+    pub default_runtime_handler: Option<String>,
 }
 
 impl From<File> for Config {
@@ -100,6 +118,12 @@ impl From<File> for Config {
             streaming_address: f.streaming_address.unwrap_or_else(|| "127.0.0.1:0".into()),
             streaming_token_ttl: f.streaming_token_ttl.unwrap_or(60),
             registry_timeout: f.registry_timeout.unwrap_or(60).max(1),
+            runtime_handlers: [("runc", "runc"), ("crun", "crun")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))
+                .chain(f.runtime_handler.unwrap_or_default())
+                .collect(),
+            default_runtime_handler: f.default_runtime_handler,
         }
     }
 }
@@ -125,6 +149,23 @@ mod tests {
             c.cni_bin_dirs,
             vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
+    }
+
+    #[test]
+    fn runtime_handlers_add_to_runc_and_crun_and_flags_add_to_the_file() {
+        let file: File = toml::from_str(
+            "default-runtime-handler = \"fast\"\n[runtime-handler]\nfast = \"/usr/bin/crun\"\nrunc = \"/opt/runc\"",
+        )
+        .unwrap();
+        let flags = File {
+            runtime_handler: Some([("other".to_owned(), PathBuf::from("runc"))].into()),
+            ..File::default()
+        };
+        let c = Config::from(file.overlay(flags));
+        let names: Vec<&str> = c.runtime_handlers.keys().map(String::as_str).collect();
+        assert_eq!(names, ["crun", "fast", "other", "runc"]);
+        assert_eq!(c.runtime_handlers["runc"], PathBuf::from("/opt/runc"));
+        assert_eq!(c.default_runtime_handler.as_deref(), Some("fast"));
     }
 
     #[test]

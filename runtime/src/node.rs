@@ -33,6 +33,16 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: Config) -> Result<Node> {
+        if let Some(name) = config
+            .default_runtime_handler
+            .as_ref()
+            .filter(|n| !config.runtime_handlers.contains_key(*n))
+        {
+            return Err(crate::error::Error::invalid(
+                "default-runtime-handler",
+                format!("{name:?} is not a configured runtime handler"),
+            ));
+        }
         close_dirs(&config)?;
         let cni = Arc::new(ProcessExec {
             bin_dirs: config.cni_bin_dirs.clone(),
@@ -85,20 +95,42 @@ impl Node {
         .map_err(|e| crate::error::Error::Internal(format!("{what} task failed: {e}")))?
     }
 
-    /// The OCI runtime binary for a runtime handler: "" is the default; "runc" and "crun"
-    /// name those binaries on PATH.
+    /// The OCI runtime binary for a runtime handler: "" is the default handler (the
+    /// configured one, else crun where it can run here, else runc); other names are the
+    /// configured handlers (`runc` and `crun` always).
     pub fn oci_runtime(&self, handler: &str) -> crate::error::Result<PathBuf> {
         use crate::error::Error;
-        match handler {
-            "" => self
-                .default_runtime
-                .clone()
-                .map_err(Error::FailedPrecondition),
-            "runc" | "crun" => find_binary(handler, None).map_err(Error::FailedPrecondition),
-            other => Err(Error::invalid(
+        let handler = match (handler, &self.config.default_runtime_handler) {
+            ("", None) => {
+                return self
+                    .default_runtime
+                    .clone()
+                    .map_err(Error::FailedPrecondition)
+            }
+            ("", Some(default)) => default.as_str(),
+            (name, _) => name,
+        };
+        let Some(binary) = self.config.runtime_handlers.get(handler) else {
+            let known: Vec<&str> = self
+                .config
+                .runtime_handlers
+                .keys()
+                .map(String::as_str)
+                .collect();
+            return Err(Error::invalid(
                 "runtime_handler",
-                format!("unknown handler {other:?} (known: runc, crun)"),
-            )),
+                format!("unknown handler {handler:?} (known: {})", known.join(", ")),
+            ));
+        };
+        match binary.is_absolute() {
+            true if binary.is_file() => Ok(binary.clone()),
+            true => Err(Error::FailedPrecondition(format!(
+                "handler {handler:?}: {} does not exist",
+                binary.display()
+            ))),
+            false => {
+                find_binary(&binary.to_string_lossy(), None).map_err(Error::FailedPrecondition)
+            }
         }
     }
 }
@@ -129,8 +161,8 @@ fn close_dirs(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The handlers podrund serves ("" is the default, then "runc" and "crun" where installed)
-/// and their features, as Status reports them.
+/// The handlers podrund serves ("" is the default, then each configured one whose runtime
+/// is installed) and their features, as Status reports them.
 impl Node {
     pub fn runtime_handlers(&self) -> Vec<podrun_proto::cri::RuntimeHandler> {
         self.handlers
@@ -138,8 +170,8 @@ impl Node {
                 // podrund makes the user namespace and the idmapped layers itself, so
                 // every handler can, where the kernel and the store's file system can.
                 let userns = &crate::userns::supported(&self.config.root.join("images"));
-                ["", "runc", "crun"]
-                    .into_iter()
+                std::iter::once("")
+                    .chain(self.config.runtime_handlers.keys().map(String::as_str))
                     .filter_map(|name| {
                         let binary = self.oci_runtime(name).ok()?;
                         Some(podrun_proto::cri::RuntimeHandler {

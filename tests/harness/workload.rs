@@ -35,8 +35,15 @@ pub struct Bed {
 
 impl Bed {
     pub async fn start() -> Bed {
+        Bed::start_with(&[]).await
+    }
+
+    /// A bed whose podrund gets more flags.
+    pub async fn start_with(flags: &[&str]) -> Bed {
         let registry = Registry::start();
-        let node = TestNode::start(Chain::Operator);
+        let mut node = TestNode::prepare(Chain::Operator);
+        node.extra_args = flags.iter().map(|f| f.to_string()).collect();
+        node.spawn_daemon();
         registry.push("busybox:1", &busybox_image()).await;
         let busybox = format!("{}/busybox:1", registry.addr);
         pull(&node, &busybox).await;

@@ -48,6 +48,22 @@ struct Flags {
     /// before the pull fails [default: 60].
     #[arg(long)]
     registry_timeout: Option<u64>,
+    /// A RuntimeClass handler: NAME=RUNTIME (an OCI runtime binary, a path or a name on
+    /// PATH); repeat for several. runc and crun are always there.
+    #[arg(long, value_parser = handler_arg)]
+    runtime_handler: Vec<(String, PathBuf)>,
+    /// The handler pods that name none run with [default: crun where it can run, else runc].
+    #[arg(long)]
+    default_runtime_handler: Option<String>,
+}
+
+fn handler_arg(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, runtime)) if !name.is_empty() && !runtime.is_empty() => {
+            Ok((name.to_owned(), runtime.into()))
+        }
+        _ => Err(format!("{s:?}: expected NAME=RUNTIME")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -56,18 +72,23 @@ fn main() -> Result<()> {
         Some(path) => File::load(path, true)?,
         None => File::load(DEFAULT_CONFIG.as_ref(), false)?,
     };
-    let config = Config::from(file.overlay(File {
-        listen: flags.listen,
-        root: flags.root,
-        state: flags.state,
-        cni_conf_dir: flags.cni_conf_dir,
-        cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
-        log_level: flags.log_level,
-        registry_config_path: flags.registry_config_path,
-        streaming_address: flags.streaming_address,
-        streaming_token_ttl: flags.streaming_token_ttl,
-        registry_timeout: flags.registry_timeout,
-    }));
+    let config = Config::from(
+        file.overlay(File {
+            listen: flags.listen,
+            root: flags.root,
+            state: flags.state,
+            cni_conf_dir: flags.cni_conf_dir,
+            cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
+            log_level: flags.log_level,
+            registry_config_path: flags.registry_config_path,
+            streaming_address: flags.streaming_address,
+            streaming_token_ttl: flags.streaming_token_ttl,
+            registry_timeout: flags.registry_timeout,
+            runtime_handler: (!flags.runtime_handler.is_empty())
+                .then(|| flags.runtime_handler.into_iter().collect()),
+            default_runtime_handler: flags.default_runtime_handler,
+        }),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(log_filter(&config.log_level))
