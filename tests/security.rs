@@ -67,7 +67,18 @@ async fn refused(
 
 async fn security_contexts(handler: &str) {
     let mut bed = Bed::start().await;
-    let pod = bed.pod("secctx", handler).await;
+    // A privileged container needs a privileged pod.
+    let plain_pod = bed.pod("plain", handler).await;
+    let privileged_in_plain = with_context(
+        bed.container("privileged", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        },
+    );
+    refused(&mut bed, &plain_pod, privileged_in_plain, "privileged").await;
+    bed.remove_pod(&plain_pod.0).await;
+    let pod = bed.pod_with("secctx", handler, true).await;
     // What podrund (root, like this test) holds: this host's kernel withholds some.
     let own = mask(
         &std::fs::read_to_string("/proc/self/status").unwrap(),
@@ -101,6 +112,18 @@ async fn security_contexts(handler: &str) {
         status.lines().any(|l| l == "Seccomp:\t0"),
         "no seccomp when privileged"
     );
+    // The node's devices are there (/dev/loop-control, say).
+    let devices = bed.out(&privileged, &["ls", "/dev"]).await;
+    for dev in std::fs::read_dir("/dev").unwrap().flatten() {
+        use std::os::unix::fs::FileTypeExt;
+        let name = dev.file_name().to_string_lossy().into_owned();
+        if dev.file_type().unwrap().is_char_device() && name == "loop-control" {
+            assert!(
+                devices.split_whitespace().any(|d| d == name),
+                "{name} in {devices}"
+            );
+        }
+    }
 
     let all = with_context(
         bed.container("all-caps", &["sleep", "1000"]),

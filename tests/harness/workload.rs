@@ -58,7 +58,24 @@ impl Bed {
     }
 
     pub async fn pod(&mut self, name: &str, handler: &str) -> (String, cri::PodSandboxConfig) {
+        self.pod_with(name, handler, false).await
+    }
+
+    /// A pod whose sandbox config says privileged (as kubelet makes for privileged
+    /// containers) or not.
+    pub async fn pod_with(
+        &mut self,
+        name: &str,
+        handler: &str,
+        privileged: bool,
+    ) -> (String, cri::PodSandboxConfig) {
         let mut config = self.node.pod_config(name);
+        config
+            .linux
+            .get_or_insert_default()
+            .security_context
+            .get_or_insert_default()
+            .privileged = privileged;
         config.log_directory = self.node.dir.join("logs").join(name).display().to_string();
         let req = cri::RunPodSandboxRequest {
             config: Some(config.clone()),

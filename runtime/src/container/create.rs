@@ -90,6 +90,19 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     }
     let seccomp_localhost = super::seccomp::localhost(sc)?;
     check_userns(&pod, sc)?;
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let pod_privileged = pod
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .is_some_and(|s| s.privileged);
+    if privileged && !pod_privileged {
+        return Err(Error::invalid(
+            "config.linux.security_context.privileged",
+            "a privileged container needs a privileged pod (its sandbox config says privileged)",
+        ));
+    }
     let pid_target = target_pid(&node, &config)?;
     let runtime = node.oci_runtime(&pod.runtime_handler)?;
     if config.mounts.iter().any(|m| m.recursive_read_only)
@@ -246,6 +259,10 @@ async fn make(
         pid_target,
         own_caps: own_capabilities(),
         seccomp_localhost,
+        host_devices: match sc.is_some_and(|s| s.privileged) {
+            true => host_devices(),
+            false => Vec::new(),
+        },
     };
     store::write_volatile(&dirs.state.join("config.json"), &spec::build(&input))?;
     let stdout = match record.log_path.as_str() {
@@ -413,6 +430,52 @@ fn validate_log_path(log_path: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The node's devices, for a privileged container (as containerd gives them): every
+/// character and block device under /dev, but the per-session and per-container ones.
+fn host_devices() -> Vec<serde_json::Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const SKIP: &[&str] = &[
+        "pts",
+        "shm",
+        "fd",
+        "mqueue",
+        ".lxc",
+        ".lxd-mounts",
+        ".udev",
+        "console",
+    ];
+    fn walk(dir: &Path, out: &mut Vec<serde_json::Value>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            let name = e.file_name();
+            if SKIP.iter().any(|s| name == *s) {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let kind = match meta.file_type() {
+                t if t.is_dir() => {
+                    walk(&path, out);
+                    continue;
+                }
+                t if t.is_char_device() => "c",
+                t if t.is_block_device() => "b",
+                _ => continue,
+            };
+            let rdev = meta.rdev();
+            out.push(serde_json::json!({
+                "path": path, "type": kind,
+                "major": nix::sys::stat::major(rdev), "minor": nix::sys::stat::minor(rdev),
+                "fileMode": meta.mode() & 0o777, "uid": meta.uid(), "gid": meta.gid(),
+            }));
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/dev"), &mut out);
+    out
 }
 
 /// The capabilities podrund itself holds (its effective set): all that a privileged or

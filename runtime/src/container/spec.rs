@@ -136,6 +136,8 @@ pub struct Input<'a> {
     pub own_caps: Vec<&'static str>,
     /// The Localhost seccomp profile, read and checked by the caller.
     pub seccomp_localhost: Option<Value>,
+    /// For a privileged container: the node's devices (OCI `linux.devices` entries).
+    pub host_devices: Vec<Value>,
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -379,6 +381,9 @@ pub fn build(input: &Input) -> Value {
         Some(paths) if !paths.is_empty() => json!(paths),
         _ => json!(default),
     };
+    if !input.host_devices.is_empty() {
+        linux_spec["devices"] = json!(input.host_devices);
+    }
     if !privileged {
         linux_spec["maskedPaths"] = or_default(sc.map(|s| &s.masked_paths), MASKED);
         linux_spec["readonlyPaths"] = or_default(sc.map(|s| &s.readonly_paths), READONLY);

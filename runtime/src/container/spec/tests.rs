@@ -30,6 +30,7 @@ fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -
         pid_target: None,
         own_caps: ALL_CAPS.to_vec(),
         seccomp_localhost: None,
+        host_devices: Vec::new(),
     }
 }
 
