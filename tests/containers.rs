@@ -751,3 +751,72 @@ async fn configured_runtime_handlers_run_pods_and_are_listed() {
     );
     bed.assert_no_leaks();
 }
+
+/// The memory limit of a container's cgroup, read on the host (v1 or v2).
+fn memory_limit(bed: &Bed, pod: &str, id: &str) -> String {
+    let rel = format!(
+        "{}/{pod}/{id}",
+        bed.node.cgroup_parent.trim_start_matches('/')
+    );
+    for (dir, file) in [
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+        ("/sys/fs/cgroup", "memory.max"),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(PathBuf::from(dir).join(&rel).join(file)) {
+            return v.trim().to_owned();
+        }
+    }
+    panic!("no memory cgroup for {rel}");
+}
+
+/// UpdateContainerResources (kubelet's in-place resize): the running container's cgroup
+/// gets the new limits, ContainerStatus reports them, and an exited container is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_resources_are_updated_in_place() {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("resize", "").await;
+    let mut c = bed.container("app", &["sleep", "1000"]);
+    c.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = bed.run(&pod, c).await;
+    assert_eq!(memory_limit(&bed, &pod.0, &id), (64u64 << 20).to_string());
+    let bigger = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        ..Default::default()
+    };
+    bed.rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(bigger.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(memory_limit(&bed, &pod.0, &id), (128u64 << 20).to_string());
+    let reported = bed.status(&id).await.resources.unwrap().linux.unwrap();
+    assert_eq!(
+        (reported.memory_limit_in_bytes, reported.cpu_quota),
+        (128 << 20, 50_000)
+    );
+    let done = bed.run(&pod, bed.container("done", &["true"])).await;
+    bed.wait_exit(&done).await;
+    let err = bed
+        .rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: done,
+            linux: Some(bigger),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

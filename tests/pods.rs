@@ -481,11 +481,11 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         .unwrap();
     // RPCs of later issues say who they are.
     let err = client
-        .update_container_resources(cri::UpdateContainerResourcesRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("UpdateContainerResources"));
+    assert!(err.message().contains("CheckpointContainer"));
     // Stats of nothing, or of what does not exist.
     let err = client
         .container_stats(cri::ContainerStatsRequest::default())

@@ -15,6 +15,7 @@ pub(crate) mod lifecycle;
 mod seccomp;
 pub mod spec;
 mod status;
+mod update;
 pub mod user;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use create::create;
 pub use exec::exec_sync;
 pub use lifecycle::{recover, remove, remove_all_of_pod, reopen_log, start, stop, stop_all_of_pod};
 pub use status::{list, status};
+pub use update::update;
 
 const RECORD_VERSION: u32 = 1;
 

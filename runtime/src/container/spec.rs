@@ -263,6 +263,32 @@ fn seccomp(input: &Input, caps: &Value, privileged: bool) -> Option<Value> {
     }
 }
 
+/// CRI container resources as an OCI `LinuxResources` (CPU and memory): what a container
+/// is created with, and what UpdateContainerResources hands the runtime's `update`.
+pub fn oci_resources(resources: &cri::LinuxContainerResources) -> Value {
+    let mut cpu = serde_json::Map::new();
+    if resources.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(resources.cpu_shares));
+    }
+    if resources.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(resources.cpu_quota));
+    }
+    if resources.cpu_period > 0 {
+        cpu.insert("period".into(), json!(resources.cpu_period));
+    }
+    if !resources.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(resources.cpuset_cpus));
+    }
+    if !resources.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(resources.cpuset_mems));
+    }
+    let mut res = json!({"cpu": cpu});
+    if resources.memory_limit_in_bytes > 0 {
+        res["memory"] = json!({"limit": resources.memory_limit_in_bytes});
+    }
+    res
+}
+
 pub fn build(input: &Input) -> Value {
     let config = input.config;
     let linux = config.linux.clone().unwrap_or_default();
@@ -334,26 +360,8 @@ pub fn build(input: &Input) -> Value {
     mounts.extend(cri_mounts(config));
 
     let resources = linux.resources.clone().unwrap_or_default();
-    let mut cpu = serde_json::Map::new();
-    if resources.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(resources.cpu_shares));
-    }
-    if resources.cpu_quota > 0 {
-        cpu.insert("quota".into(), json!(resources.cpu_quota));
-    }
-    if resources.cpu_period > 0 {
-        cpu.insert("period".into(), json!(resources.cpu_period));
-    }
-    if !resources.cpuset_cpus.is_empty() {
-        cpu.insert("cpus".into(), json!(resources.cpuset_cpus));
-    }
-    if !resources.cpuset_mems.is_empty() {
-        cpu.insert("mems".into(), json!(resources.cpuset_mems));
-    }
-    let mut res = json!({"devices": [{"allow": privileged, "access": "rwm"}], "cpu": cpu});
-    if resources.memory_limit_in_bytes > 0 {
-        res["memory"] = json!({"limit": resources.memory_limit_in_bytes});
-    }
+    let mut res = oci_resources(&resources);
+    res["devices"] = json!([{"allow": privileged, "access": "rwm"}]);
     let oom = resources.oom_score_adj.max(input.oom_floor).min(1000);
 
     let no_new_privs = sc.is_some_and(|s| s.no_new_privs);

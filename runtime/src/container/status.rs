@@ -47,6 +47,10 @@ pub async fn status(
         annotations: r.config.annotations.clone(),
         mounts: mounts(&r),
         log_path: r.log_path.clone(),
+        resources: Some(cri::ContainerResources {
+            linux: r.config.linux.as_ref().and_then(|l| l.resources.clone()),
+            windows: None,
+        }),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
                 uid: r.user.uid.into(),

@@ -391,6 +391,18 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn update_container_resources(
+        &self,
+        req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let node = self.node.clone();
+        handle("UpdateContainerResources", async move {
+            container::update(node, req.into_inner()).await?;
+            Ok(cri::UpdateContainerResourcesResponse {})
+        })
+        .await
+    }
+
     async fn container_stats(
         &self,
         req: Request<cri::ContainerStatsRequest>,
@@ -434,7 +446,6 @@ impl RuntimeService for Cri {
     unimplemented_rpcs! {
         stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        update_container_resources(cri::UpdateContainerResourcesRequest) -> cri::UpdateContainerResourcesResponse = "UpdateContainerResources";
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
         stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";

@@ -322,6 +322,28 @@ impl Shim {
             .map_err(self.err("CloseIO"))
     }
 
+    /// Has the OCI runtime apply `resources` (an OCI LinuxResources) to task `id`.
+    pub async fn update_resources(&self, id: &str, resources: &serde_json::Value) -> Result<()> {
+        let value = serde_json::to_vec(resources).map_err(|e| Error::Internal(e.to_string()))?;
+        let req = api::UpdateTaskRequest {
+            id: id.to_owned(),
+            resources: containerd_shim_protos::protobuf::MessageField::some(
+                containerd_shim_protos::protobuf::well_known_types::any::Any {
+                    type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        .into(),
+                    value,
+                    ..Default::default()
+                },
+            ),
+            ..Default::default()
+        };
+        self.client
+            .update(ctx(), &req)
+            .await
+            .map(drop)
+            .map_err(self.err("Update"))
+    }
+
     async fn update_annotations(&self, id: &str, annotations: &[(&str, &str)]) -> Result<()> {
         let mut req = api::UpdateTaskRequest {
             id: id.to_owned(),
