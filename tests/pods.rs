@@ -755,6 +755,32 @@ async fn version_status_and_runtime_config_answer_as_cri_clients_expect() {
         .into_inner();
     assert!(condition(&s, "RuntimeReady").status && condition(&s, "NetworkReady").status);
     assert!(s.info.contains_key("config"));
+    // kubelet's calls at start and on pod syncs are answered.
+    client
+        .update_runtime_config(cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig {
+                    pod_cidr: "10.244.7.0/24".into(),
+                }),
+            }),
+        })
+        .await
+        .unwrap();
+    let s = client
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(config["podCIDR"], "10.244.7.0/24");
+    let err = client
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "f00d".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
     // Without a CNI config the network is not ready, with a reason, and pods cannot start.
     std::fs::remove_file(node.dir.join("cni/10-test.conflist")).unwrap();
     let s = client

@@ -27,6 +27,9 @@ pub struct Node {
     pub streaming: crate::stream::Streaming,
     /// The previous CPU sample of each cgroup, for usage_nano_cores.
     pub samples: crate::stats::Samples,
+    /// The node's pod CIDR, as kubelet last gave it (UpdateRuntimeConfig). The CNI
+    /// configuration decides addresses; this is reported in verbose Status.
+    pub pod_cidr: std::sync::Mutex<String>,
     /// What each runtime handler can do, found out on first use.
     handlers: std::sync::OnceLock<Vec<podrun_proto::cri::RuntimeHandler>>,
 }
@@ -68,6 +71,7 @@ impl Node {
             )?,
             samples: Default::default(),
             handlers: Default::default(),
+            pod_cidr: Default::default(),
             config,
         })
     }

@@ -163,6 +163,7 @@ impl RuntimeService for Cri {
                     "cniConfDir": c.cni_conf_dir, "cniBinDirs": c.cni_bin_dirs,
                     "shim": self.node.binaries.shim, "pause": self.node.binaries.pause,
                     "criApi": podrun_proto::CRI_API_RELEASE,
+                    "podCIDR": *self.node.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()),
                 });
                 info.insert("config".to_owned(), config.to_string());
             }
@@ -391,6 +392,42 @@ impl RuntimeService for Cri {
         .await
     }
 
+    /// kubelet gives the node's pod CIDR at start; the CNI configuration (the operator's)
+    /// decides pod addresses, so podrun records it and reports it in verbose Status.
+    async fn update_runtime_config(
+        &self,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        handle("UpdateRuntimeConfig", async {
+            let cidr = req
+                .into_inner()
+                .runtime_config
+                .and_then(|c| c.network_config)
+                .map(|n| n.pod_cidr)
+                .unwrap_or_default();
+            if !cidr.is_empty() {
+                tracing::info!(pod_cidr = %cidr, "kubelet set the pod CIDR");
+                *self.node.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()) = cidr;
+            }
+            Ok(cri::UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+
+    /// kubelet sizes a pod's cgroup itself (the pod's cgroup parent is its own); this call
+    /// tells the runtime, for plugins that act on it. podrun has none yet (NRI is a later
+    /// issue): it checks the pod exists and answers.
+    async fn update_pod_sandbox_resources(
+        &self,
+        req: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        handle("UpdatePodSandboxResources", async {
+            self.node.sandboxes.get(&req.get_ref().pod_sandbox_id)?;
+            Ok(cri::UpdatePodSandboxResourcesResponse {})
+        })
+        .await
+    }
+
     async fn update_container_resources(
         &self,
         req: Request<cri::UpdateContainerResourcesRequest>,
@@ -448,13 +485,11 @@ impl RuntimeService for Cri {
         stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
         stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
         stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
-        update_runtime_config(cri::UpdateRuntimeConfigRequest) -> cri::UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";
         get_container_events(cri::GetEventsRequest) -> Self::GetContainerEventsStream = "GetContainerEvents";
         list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
-        update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest) -> cri::UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
     }
 }
 
