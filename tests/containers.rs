@@ -820,3 +820,60 @@ async fn container_resources_are_updated_in_place() {
     bed.remove_pod(&pod.0).await;
     bed.assert_no_leaks();
 }
+
+/// GetContainerEvents as kubelet's evented PLEG reads it: every change of a container and
+/// of its pod, in order, each with the pod's status and its containers' statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_events_follow_each_change_with_statuses() {
+    use cri::ContainerEventType::*;
+    let mut bed = Bed::start().await;
+    let mut stream = bed
+        .rt
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let pod = bed.pod("events", "").await;
+    let id = bed
+        .run(&pod, bed.container("short", &["sh", "-c", "sleep 0.5"]))
+        .await;
+    bed.wait_exit(&id).await;
+    bed.remove_pod(&pod.0).await;
+    let mut seen = Vec::new();
+    while seen.len() < 8 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push(event);
+    }
+    let kinds: Vec<(bool, i32)> = seen
+        .iter()
+        .map(|e| (e.container_id == pod.0, e.container_event_type))
+        .collect();
+    let want = [
+        (true, ContainerCreatedEvent as i32),
+        (true, ContainerStartedEvent as i32),
+        (false, ContainerCreatedEvent as i32),
+        (false, ContainerStartedEvent as i32),
+        (false, ContainerStoppedEvent as i32),
+        (true, ContainerStoppedEvent as i32),
+        (false, ContainerDeletedEvent as i32),
+        (true, ContainerDeletedEvent as i32),
+    ];
+    assert_eq!(
+        kinds, want,
+        "pod (true) and container (false) events in order"
+    );
+    let stopped = &seen[4];
+    assert_eq!(stopped.pod_sandbox_status.as_ref().unwrap().id, pod.0);
+    let status = stopped
+        .containers_statuses
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap();
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    assert!(seen.iter().all(|e| e.created_at > 0));
+    bed.assert_no_leaks();
+}

@@ -7,6 +7,7 @@ pub mod config;
 pub mod container;
 pub mod cri;
 pub mod error;
+pub mod events;
 pub mod image;
 pub mod netns;
 pub mod node;

@@ -27,6 +27,8 @@ pub struct Node {
     pub streaming: crate::stream::Streaming,
     /// The previous CPU sample of each cgroup, for usage_nano_cores.
     pub samples: crate::stats::Samples,
+    /// Container and pod events, for GetContainerEvents.
+    pub events: crate::events::Events,
     /// The node's pod CIDR, as kubelet last gave it (UpdateRuntimeConfig). The CNI
     /// configuration decides addresses; this is reported in verbose Status.
     pub pod_cidr: std::sync::Mutex<String>,
@@ -72,6 +74,7 @@ impl Node {
             samples: Default::default(),
             handlers: Default::default(),
             pod_cidr: Default::default(),
+            events: Default::default(),
             config,
         })
     }

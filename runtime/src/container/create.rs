@@ -152,7 +152,9 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         };
         match make(&node, &dirs, &pod, &image, &mut record, pid_target, seccomp_localhost).await {
             Ok(()) => {
+                let pod_id = record.pod_id.clone();
                 node.containers.insert(record);
+                node.publish_event(&pod_id, &id, podrun_proto::cri::ContainerEventType::ContainerCreatedEvent);
                 Ok(id)
             }
             Err(cause) => {

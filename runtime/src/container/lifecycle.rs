@@ -38,6 +38,11 @@ pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<(
     persist(&Dirs::new(&node.config, &r.id), &r)?;
     c.publish(&r);
     drop(r);
+    node.publish_event(
+        &c.pod_id,
+        &c.id,
+        cri::ContainerEventType::ContainerStartedEvent,
+    );
     tokio::spawn(monitor(node, c));
     Ok(())
 }
@@ -130,7 +135,13 @@ async fn record_exit(node: &Node, c: &Container, code: i32, at: i64) {
         tracing::error!(container = %r.id, error = %e, "recording the exit");
     }
     c.publish(&r);
-    tracing::info!(container = %r.id, code, reason = %r.reason, "container exited");
+    drop(r);
+    node.publish_event(
+        &c.pod_id,
+        &c.id,
+        cri::ContainerEventType::ContainerStoppedEvent,
+    );
+    tracing::info!(container = %c.id, code, "container exited");
 }
 
 /// The stop signal, then SIGKILL after `timeout` seconds (0: at once). Idempotent.
@@ -235,6 +246,11 @@ pub(crate) async fn remove_one(node: &Node, c: &Container) -> Result<()> {
         .await
         .map_err(|e| Error::Internal(format!("removing container files: {e}")))??;
     node.containers.forget(&r.id);
+    node.publish_event(
+        &r.pod_id,
+        &r.id,
+        cri::ContainerEventType::ContainerDeletedEvent,
+    );
     Ok(())
 }
 

@@ -31,6 +31,7 @@ use crate::store;
 pub use create::create;
 pub use exec::exec_sync;
 pub use lifecycle::{recover, remove, remove_all_of_pod, reopen_log, start, stop, stop_all_of_pod};
+pub(crate) use status::cri_status;
 pub use status::{list, status};
 pub use update::update;
 

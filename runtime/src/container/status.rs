@@ -27,7 +27,24 @@ pub async fn status(
     req: cri::ContainerStatusRequest,
 ) -> Result<cri::ContainerStatusResponse> {
     let r = node.containers.get(&req.container_id)?.view();
-    let status = cri::ContainerStatus {
+    let status = cri_status(&r);
+    let mut info = HashMap::new();
+    if req.verbose {
+        let v = serde_json::json!({
+            "pid": r.pid, "sandboxID": r.pod_id, "runtime": r.runtime, "bundle": r.bundle,
+            "rootfs": r.rootfs, "config": r.config,
+        });
+        info.insert("info".to_owned(), v.to_string());
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(status),
+        info,
+    })
+}
+
+/// A container's CRI status, from its record.
+pub(crate) fn cri_status(r: &Record) -> cri::ContainerStatus {
+    cri::ContainerStatus {
         id: r.id.clone(),
         metadata: r.config.metadata.clone(),
         state: cri_state(r.state) as i32,
@@ -45,7 +62,7 @@ pub async fn status(
         message: r.message.clone(),
         labels: r.config.labels.clone(),
         annotations: r.config.annotations.clone(),
-        mounts: mounts(&r),
+        mounts: mounts(r),
         log_path: r.log_path.clone(),
         resources: Some(cri::ContainerResources {
             linux: r.config.linux.as_ref().and_then(|l| l.resources.clone()),
@@ -59,19 +76,7 @@ pub async fn status(
             }),
         }),
         ..Default::default()
-    };
-    let mut info = HashMap::new();
-    if req.verbose {
-        let v = serde_json::json!({
-            "pid": r.pid, "sandboxID": r.pod_id, "runtime": r.runtime, "bundle": r.bundle,
-            "rootfs": r.rootfs, "config": r.config,
-        });
-        info.insert("info".to_owned(), v.to_string());
     }
-    Ok(cri::ContainerStatusResponse {
-        status: Some(status),
-        info,
-    })
 }
 
 pub async fn list(

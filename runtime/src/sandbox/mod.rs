@@ -35,6 +35,7 @@ use crate::store::{self, ProcessId};
 pub use recover::recover;
 pub use remove::remove;
 pub use run::run;
+pub(crate) use status::cri_status;
 pub use status::{list, status};
 pub use stop::stop;
 

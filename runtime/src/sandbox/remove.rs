@@ -26,6 +26,8 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
             pod.publish(&record);
             stopped?;
             remove_dirs(&PodDirs::new(&node.config, &record.id))?;
+            let deleted = cri::ContainerEventType::ContainerDeletedEvent;
+            node.publish_event(&record.id, &record.id, deleted);
             node.sandboxes.forget(&record.id, &record.key());
             Ok(())
         })

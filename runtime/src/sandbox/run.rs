@@ -99,6 +99,8 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
         Ok(()) => {
             tracing::debug!(pod = %id, total_ms = started.elapsed().as_millis() as u64, "RunPodSandbox done");
             node.sandboxes.insert(record);
+            node.publish_event(&id, &id, cri::ContainerEventType::ContainerCreatedEvent);
+            node.publish_event(&id, &id, cri::ContainerEventType::ContainerStartedEvent);
             Ok(id)
         }
         Err(cause) => {

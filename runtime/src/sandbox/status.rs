@@ -31,37 +31,7 @@ pub async fn status(
     let pod = node.sandboxes.get(&req.pod_sandbox_id)?;
     let mut r = pod.view();
     refresh(&mut r);
-    let namespace_options = r
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone())
-        .unwrap_or_default();
-    let network = (!r.stopped).then(|| cri::PodSandboxNetworkStatus {
-        ip: r.ips.first().cloned().unwrap_or_default(),
-        additional_ips: r
-            .ips
-            .iter()
-            .skip(1)
-            .map(|ip| cri::PodIp { ip: ip.clone() })
-            .collect(),
-    });
-    let status = cri::PodSandboxStatus {
-        id: r.id.clone(),
-        metadata: Some(r.metadata()),
-        state: cri_state(r.state) as i32,
-        created_at: r.created_at,
-        network,
-        linux: Some(cri::LinuxPodSandboxStatus {
-            namespaces: Some(cri::Namespace {
-                options: Some(namespace_options),
-            }),
-        }),
-        labels: r.config.labels.clone(),
-        annotations: r.config.annotations.clone(),
-        runtime_handler: r.runtime_handler.clone(),
-    };
+    let status = cri_status(&r);
     let mut info = HashMap::new();
     if req.verbose {
         let verbose = json!({
@@ -81,6 +51,41 @@ pub async fn status(
         info,
         ..Default::default()
     })
+}
+
+/// A pod's CRI status, from its record.
+pub(crate) fn cri_status(r: &Record) -> cri::PodSandboxStatus {
+    let namespace_options = r
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let network = (!r.stopped).then(|| cri::PodSandboxNetworkStatus {
+        ip: r.ips.first().cloned().unwrap_or_default(),
+        additional_ips: r
+            .ips
+            .iter()
+            .skip(1)
+            .map(|ip| cri::PodIp { ip: ip.clone() })
+            .collect(),
+    });
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(r.metadata()),
+        state: cri_state(r.state) as i32,
+        created_at: r.created_at,
+        network,
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(namespace_options),
+            }),
+        }),
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+        runtime_handler: r.runtime_handler.clone(),
+    }
 }
 
 pub async fn list(

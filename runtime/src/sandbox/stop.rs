@@ -26,8 +26,13 @@ pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()
     let n = node.clone();
     node.detached("StopPodSandbox", async move {
         let mut record = pod.record.lock().await;
+        let was_stopped = record.stopped;
         let result = stop_locked(&n, &mut record).await;
         pod.publish(&record);
+        if record.stopped && !was_stopped {
+            let stopped = podrun_proto::cri::ContainerEventType::ContainerStoppedEvent;
+            n.publish_event(&record.id, &record.id, stopped);
+        }
         result
     })
     .await
