@@ -151,6 +151,9 @@ pub fn fuzz(name: &str, seeds: &[&[u8]], tokens: &[&[u8]], check: impl Fn(&[u8])
         true => vec![Vec::new()],
         false => seeds.iter().map(|s| s.to_vec()).collect(),
     };
+    // Targets in one test binary take turns: the panic hook is the process's.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let deadline = Instant::now() + budget();
     let mut executions = 0u64;
     let mut current = corpus[0].clone();

@@ -156,7 +156,8 @@ fn close_dirs(config: &Config) -> Result<()> {
         (config.root.join("pods"), 0o700),
         (config.state.clone(), 0o711),
         // Traversable, not listable: a user-namespaced container's runtime reaches its
-        // rootfs as the pod's root; every other container's own directory is 0700.
+        // rootfs as the pod's root; each container's own directory is 0700, owned by root
+        // or by the pod's root.
         (config.state.join("containers"), 0o711),
         (config.state.join("pods"), 0o711),
     ];

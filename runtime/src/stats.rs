@@ -233,8 +233,9 @@ fn pod_stats(
         .iter()
         .map(|c| container_stats(node, hierarchies, &pod.cgroup, &c.view(), now))
         .collect();
+    // Through pause while it lives (a dead one's pid may be someone else's).
     let network = match (&pod.netns, &pod.pause) {
-        (Some(_), Some(pause)) => network(pause.pid, now),
+        (Some(_), Some(pause)) if pause.is_alive() => network(pause.pid, now),
         _ => None,
     };
     cri::PodSandboxStats {
@@ -305,8 +306,16 @@ fn disk_usage(dir: &Path) -> (u64, u64) {
         acc.0 += meta.blocks() * 512;
         acc.1 += 1;
         if meta.is_dir() {
-            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
-                walk(&e.path(), dev, acc);
+            // Listed, and the directory closed, before going down: a deep tree made by a
+            // container cannot use up podrund's file descriptors.
+            let entries: Vec<_> = std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            for e in entries {
+                walk(&e, dev, acc);
             }
         }
     }

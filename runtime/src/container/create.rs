@@ -121,6 +121,8 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     let node_ = node.clone();
     node_.detached("CreateContainer", async move {
         let _reserved = guard;
+        // RemoveImage keeps these layers until the container is recorded as using them.
+        let _layers = node.images.use_layers(&image.layers);
         let id = store::new_id()?;
         let dirs = Dirs::new(&node.config, &id);
         let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
@@ -184,15 +186,21 @@ async fn make(
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
     }
-    // The bundle and rootfs mount point: closed to host users, but for a user-namespaced
-    // container's runtime, which reaches its rootfs as the pod's root (its setuid files are
-    // the pod root's, not the host's).
-    let mode = if pod.userns.is_some() { 0o711 } else { 0o700 };
+    // The bundle and rootfs mount point: closed to host users (a user-namespaced
+    // container's runtime reaches its rootfs as the pod's root, who owns it).
     std::fs::set_permissions(
         &dirs.state,
-        std::os::unix::fs::PermissionsExt::from_mode(mode),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .map_err(Error::io("setting the mode of", &dirs.state))?;
+    if let Some(u) = &pod.userns {
+        nix::unistd::chown(
+            &dirs.state,
+            Some(u.uids.host_id.into()),
+            Some(u.gids.host_id.into()),
+        )
+        .map_err(Error::sys(format!("chown {}", dirs.state.display())))?;
+    }
     persist(dirs, record)?;
     let phase = std::time::Instant::now();
     let layers: Vec<PathBuf> = image
@@ -238,7 +246,7 @@ async fn make(
             .as_ref()
             .map(|l| l.sysctls.clone())
             .unwrap_or_default(),
-        userns: pod.userns.as_ref().map(|u| (u.uids, u.gids)),
+        userns: pod.userns.clone(),
     };
     let mut annotations: BTreeMap<String, String> =
         record.config.annotations.clone().into_iter().collect();
@@ -577,10 +585,21 @@ fn mount_idmapped_rootfs(
 
 /// Unmounts the rootfs and removes the container's dirs (record last).
 pub(super) fn teardown_files(dirs: &Dirs) -> Result<()> {
-    let rootfs = dirs.state.join("rootfs");
-    match umount2(&rootfs, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(e) => return Err(Error::sys(format!("unmounting {}", rootfs.display()))(e)),
+    // Everything mounted under the state dir (the rootfs; staging mounts of idmapped
+    // layers a crash left), deepest first, before anything is deleted: a recursive delete
+    // must never reach into an image layer or a volume.
+    for point in mounts_under(&dirs.state) {
+        match umount2(&point, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(e) => return Err(Error::sys(format!("unmounting {}", point.display()))(e)),
+        }
+    }
+    if let Some(still) = mounts_under(&dirs.state).first() {
+        return Err(Error::Internal(format!(
+            "{} is still mounted; not removing {}",
+            still.display(),
+            dirs.state.display()
+        )));
     }
     for d in [&dirs.state, &dirs.root] {
         match std::fs::remove_dir_all(d) {
@@ -591,6 +610,20 @@ pub(super) fn teardown_files(dirs: &Dirs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mount points at or below `dir`, deepest first.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
 }
 
 /// "SIGTERM", "TERM", "15" -> 15.

@@ -107,8 +107,8 @@ pub struct Pod {
     pub hostname: String,
     /// The pod's namespaced sysctls (CRI puts them on the pod).
     pub sysctls: std::collections::HashMap<String, String>,
-    /// The pod's user namespace mappings (uids, gids), when it has its own.
-    pub userns: Option<(crate::userns::Mapping, crate::userns::Mapping)>,
+    /// The pod's user namespace, when it has its own.
+    pub userns: Option<crate::userns::UserNs>,
 }
 
 /// The user the process runs as, resolved against the image's /etc/passwd and /etc/group.
@@ -327,8 +327,8 @@ pub fn build(input: &Input) -> Value {
     if pod.shm.is_some() {
         namespaces.push(json!({"type": "ipc", "path": ns_path("ipc")}));
     }
-    if pod.userns.is_some() {
-        namespaces.push(json!({"type": "user", "path": ns_path("user")}));
+    if let Some(u) = &pod.userns {
+        namespaces.push(json!({"type": "user", "path": u.pin}));
     }
     if let Some(netns) = &pod.netns {
         namespaces.push(json!({"type": "network", "path": netns}));
@@ -371,9 +371,9 @@ pub fn build(input: &Input) -> Value {
         "resources": res,
         "sysctl": pod.sysctls,
     });
-    if let Some((uids, gids)) = &pod.userns {
-        linux_spec["uidMappings"] = json!([uids.oci()]);
-        linux_spec["gidMappings"] = json!([gids.oci()]);
+    if let Some(u) = &pod.userns {
+        linux_spec["uidMappings"] = json!([u.uids.oci()]);
+        linux_spec["gidMappings"] = json!([u.gids.oci()]);
     }
     // A volume's propagation needs the rootfs to propagate at least as much (containerd's
     // rule): the runtime's default makes the whole tree private.

@@ -170,7 +170,13 @@ impl RuntimeService for Cri {
             Ok(cri::StatusResponse {
                 status: Some(cri::RuntimeStatus { conditions }),
                 info,
-                runtime_handlers: self.node.runtime_handlers(),
+                // Found out once, with a child process or two: not on an async worker.
+                runtime_handlers: {
+                    let node = self.node.clone();
+                    tokio::task::spawn_blocking(move || node.runtime_handlers())
+                        .await
+                        .unwrap_or_default()
+                },
                 features: Some(cri::RuntimeFeatures {
                     supplemental_groups_policy: true,
                     user_namespaces_host_network: false,

@@ -159,10 +159,12 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
     };
     let field = "config.linux.security_context.namespace_options.userns_options";
     let requested = crate::userns::requested(user_namespace(&config), field)?;
-    if requested.is_some() && host_network {
+    let host_pid_or_ipc = namespace_mode(&config, |o| o.pid) == cri::NamespaceMode::Node
+        || namespace_mode(&config, |o| o.ipc) == cri::NamespaceMode::Node;
+    if requested.is_some() && (host_network || host_pid_or_ipc) {
         return Err(Error::invalid(
             field,
-            "a user namespace needs the pod's own network",
+            "a user namespace needs the pod's own network, pid and ipc namespaces",
         ));
     }
     let userns = requested.map(|(uids, gids)| crate::userns::UserNs {

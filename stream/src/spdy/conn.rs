@@ -26,8 +26,9 @@ const MAX_FRAME_IN: usize = 1 << 20;
 /// Streams one connection may have open at once; more are refused.
 const MAX_STREAMS: usize = 256;
 /// How long a stream's user may leave its pipe full before the stream is dropped, so
-/// that one stalled reader holds up the connection's other streams only that long.
-const STALL: Duration = Duration::from_secs(10);
+/// that one stalled reader holds up the connection's other streams only that long. Long
+/// enough for a slow consumer (`kubectl exec -i ... sh -c 'sleep 20; cat' < big`).
+const STALL: Duration = Duration::from_secs(60);
 /// How long opening a stream waits for the peer's SYN_REPLY.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,6 +60,7 @@ struct State {
 pub struct Connection {
     out: mpsc::Sender<Out>,
     state: Arc<Mutex<State>>,
+    stall: Duration,
     /// Fires when the peer is gone.
     pub hangup: crate::Hangup,
 }
@@ -67,6 +69,18 @@ impl Connection {
     /// Runs a connection over `io`. A client numbers its streams odd, a server even. Streams
     /// the peer opens arrive on the receiver.
     pub fn start<T>(io: T, client: bool) -> (Connection, mpsc::Receiver<Stream>)
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Connection::start_with_stall(io, client, STALL)
+    }
+
+    /// `start`, with the time a stalled stream reader is given before its stream is dropped.
+    pub fn start_with_stall<T>(
+        io: T,
+        client: bool,
+        stall: Duration,
+    ) -> (Connection, mpsc::Receiver<Stream>)
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -80,7 +94,12 @@ impl Connection {
             ..Default::default()
         }));
         let (hangup, guard) = crate::Hangup::new();
-        let conn = Connection { out, state, hangup };
+        let conn = Connection {
+            out,
+            state,
+            hangup,
+            stall,
+        };
         tokio::spawn(write_loop(wr, out_rx));
         tokio::spawn(conn.clone().read_loop(rd, accept_tx, guard));
         (conn, accept_rx)
@@ -218,7 +237,9 @@ impl Connection {
                     if valid {
                         st.last_peer_id = id;
                     }
-                    (valid, st.inbound.len().max(st.pumps.len()) >= MAX_STREAMS)
+                    // A stream is open while its user may still write: its pump runs.
+                    st.pumps.retain(|_, p| !p.is_finished());
+                    (valid, st.pumps.len() >= MAX_STREAMS)
                 };
                 if !valid {
                     tracing::debug!(id, "SPDY stream id reused or out of order; closing");
@@ -264,7 +285,7 @@ impl Connection {
                 if let Some(mut w) = writer {
                     // A user that stopped reading loses what comes after, and once its
                     // pipe has been full for STALL the stream is dropped.
-                    match tokio::time::timeout(STALL, w.write_all(&data)).await {
+                    match tokio::time::timeout(self.stall, w.write_all(&data)).await {
                         Ok(Ok(())) if !fin => {
                             self.state().inbound.insert(id, w);
                         }
@@ -382,9 +403,11 @@ mod tests {
         mpsc::Receiver<Stream>,
     ) {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let (server, incoming) = Connection::start(b, false);
+        let (server, incoming) = Connection::start_with_stall(b, false, TEST_STALL);
         (a, HeaderWriter::new(), server, incoming)
     }
+
+    const TEST_STALL: Duration = Duration::from_secs(2);
 
     fn syn(id: u32, value: &str) -> Frame {
         Frame::SynStream {
@@ -429,6 +452,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streams_that_ended_do_not_count_against_the_limit() {
+        let (mut peer, mut hw, _server, mut incoming) = hostile_peer().await;
+        let mut buf = vec![0u8; 1 << 16];
+        for i in 0..(MAX_STREAMS as u32 + 50) {
+            let id = 2 * i + 1;
+            peer.write_all(&syn(id, "data").encode(&mut hw).unwrap())
+                .await
+                .unwrap();
+            let stream = tokio::time::timeout(Duration::from_secs(5), incoming.recv())
+                .await
+                .unwrap_or_else(|_| panic!("stream {i} was not accepted"))
+                .unwrap();
+            drop(stream); // its user is done: the pump sends FIN and ends
+                          // Read what the server sent (SYN_REPLY, FIN) so its writes never block.
+            let _ = tokio::time::timeout(Duration::from_millis(20), peer.read(&mut buf)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn a_stalled_reader_is_dropped_and_the_other_streams_go_on() {
         let (mut peer, mut hw, _server, mut incoming) = hostile_peer().await;
         peer.write_all(&syn(1, "stdin").encode(&mut hw).unwrap())
@@ -459,7 +501,7 @@ mod tests {
             .await
             .unwrap();
         let mut buf = [0u8; 10];
-        tokio::time::timeout(STALL * 2, live.io.read_exact(&mut buf))
+        tokio::time::timeout(TEST_STALL * 5, live.io.read_exact(&mut buf))
             .await
             .expect("the live stream gets its data once the stalled one is dropped")
             .unwrap();

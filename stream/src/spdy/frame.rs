@@ -275,15 +275,24 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The most headers a block may carry once NUL-separated values are split out.
+const MAX_HEADERS: usize = 256;
+
 fn parse_block(raw: &[u8]) -> std::io::Result<Headers> {
     let mut c = Cursor(raw);
     let count = c.number()?;
     let mut headers = Vec::with_capacity(count.min(64));
+    let mut size = 0usize;
     for _ in 0..count {
         let k = c.text()?;
         let v = c.text()?;
-        // Several values of one name travel NUL-separated.
+        // Several values of one name travel NUL-separated; each copy of the name counts,
+        // so a block of NULs cannot multiply into more than the bound.
         for v in v.split('\0') {
+            size += k.len() + v.len();
+            if headers.len() >= MAX_HEADERS || size > MAX_HEADER_BLOCK {
+                return Err(err("header block holds too many or too large headers"));
+            }
             headers.push((k.clone(), v.to_owned()));
         }
     }
@@ -434,6 +443,15 @@ impl Frame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_separated_values_cannot_multiply_a_block() {
+        let mut hw = HeaderWriter::new();
+        let value = "\0".repeat(60_000);
+        let block = hw.encode(&vec![("k".repeat(1000), value)]).unwrap();
+        let err = HeaderReader::default().decode(&block).unwrap_err();
+        assert!(err.to_string().contains("too many"), "{err}");
+    }
 
     /// Any byte stream read as frames, with one header context, as a connection reads
     /// them: no panic, no header block past the bound, and every frame re-encodes.

@@ -216,7 +216,15 @@ unsafe fn child(
     if unshare_flags & libc::CLONE_NEWPID != 0 {
         // Only a child enters the new pid namespace: it becomes pause; this process says
         // which pid it has and goes.
-        let pid = libc::fork();
+        // A raw fork (clone with SIGCHLD): libc's fork would take locks here.
+        let pid = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t;
         if pid < 0 {
             fail(8);
         }

@@ -259,7 +259,13 @@ impl Shim {
 /// The built-in pause stands in for a sandbox's own process when that process is the usual
 /// pause (`/pause` with no arguments): it does the same and costs no OCI runtime run.
 pub(super) fn builtin_pause_fits(spec: &Spec) -> bool {
-    spec.process.as_ref().is_some_and(|p| p.args == ["/pause"])
+    // A user namespace to make (no path: containerd's sandboxes) is the OCI runtime's job.
+    let new_userns = spec.linux.as_ref().is_some_and(|l| {
+        l.namespaces
+            .iter()
+            .any(|n| n.kind == "user" && n.path.is_none())
+    });
+    spec.process.as_ref().is_some_and(|p| p.args == ["/pause"]) && !new_userns
 }
 
 /// The annotation the bundle's spec gets when the built-in pause serves the sandbox.

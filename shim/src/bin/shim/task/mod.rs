@@ -126,9 +126,10 @@ pub struct Shim {
     events: Publisher,
     /// Signalled whenever a process starts or an exec goes away.
     started: Notify,
-    /// Held while a task is being deleted: a second Delete of it (podrund's RemoveContainer
-    /// racing its own clean-up after the exit) waits, then finds the task gone, instead of
-    /// running the OCI runtime's delete twice at once (crun then fails on its state dir).
+    /// Held while a task is being deleted (one at a time, for the whole shim): a second
+    /// Delete of a task (podrund's RemoveContainer racing its own clean-up after the exit)
+    /// waits, then finds the task gone, instead of running the OCI runtime's delete twice at
+    /// once (crun then fails on its state dir).
     deleting: tokio::sync::Mutex<()>,
 }
 
