@@ -395,14 +395,56 @@ async fn user_namespaced_pod(handler: &str) {
         .pod_sandbox_id;
     bed.node.remember(&pod_id);
     let pod = (pod_id.clone(), config);
-    let c = with_context(
+    // A volume as kubelet gives it to such a pod: with the pod's id mappings.
+    let volume = bed.node.dir.join("userns-volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("owned"), "by host root").unwrap();
+    let mapping = cri::IdMapping {
+        container_id: 0,
+        host_id: 200_000,
+        length: 65536,
+    };
+    let mount = |mapping: cri::IdMapping| cri::Mount {
+        container_path: "/vol".into(),
+        host_path: volume.display().to_string(),
+        uid_mappings: vec![mapping],
+        gid_mappings: vec![mapping],
+        ..Default::default()
+    };
+    let mut c = with_context(
         bed.container("inside", &["sleep", "1000"]),
         cri::LinuxContainerSecurityContext {
             namespace_options: Some(options.clone()),
             ..Default::default()
         },
     );
+    c.mounts = vec![mount(mapping)];
     let id = bed.run(&pod, c).await;
+    let owner = bed.out(&id, &["ls", "-ln", "/vol/owned"]).await;
+    assert_eq!(
+        owner.split_whitespace().nth(2),
+        Some("0"),
+        "idmapped volume: {owner}"
+    );
+    bed.out(&id, &["sh", "-c", "echo hi > /vol/new"]).await;
+    let meta = std::fs::metadata(volume.join("new")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        0,
+        "written through the idmap as host root"
+    );
+    let mut wrong = with_context(
+        bed.container("wrong-volume", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            namespace_options: Some(options.clone()),
+            ..Default::default()
+        },
+    );
+    wrong.mounts = vec![mount(cri::IdMapping {
+        host_id: 300_000,
+        ..mapping
+    })];
+    refused(&mut bed, &pod, wrong, "uid_mappings").await;
     let map = bed.out(&id, &["cat", "/proc/self/uid_map"]).await;
     assert_eq!(
         map.split_whitespace().collect::<Vec<_>>(),

@@ -67,6 +67,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         if m.recursive_read_only {
             check_recursive_read_only(i, m)?;
         }
+        check_volume_mappings(i, m, &pod)?;
         check_propagation(i, m)?;
         if !m.container_path.starts_with('/') {
             return Err(Error::InvalidArgument {
@@ -257,9 +258,16 @@ async fn make(
     annotations.insert(crate::spec::CONTAINER_TYPE.into(), "container".into());
     annotations.insert(crate::spec::SANDBOX_ID.into(), pod.id.clone());
     record.user = user.clone();
+    // Volumes kubelet asks to idmap (a user-namespaced pod's) reach the runtime through
+    // idmapped mounts of their sources, staged until the runtime has mounted them.
+    let mut spec_config = record.config.clone();
+    let staged = match &pod.userns {
+        Some(u) => stage_idmapped_volumes(dirs, &mut spec_config, u)?,
+        None => Vec::new(),
+    };
     let input = spec::Input {
         id: &record.id,
-        config: &record.config,
+        config: &spec_config,
         image: &image.config,
         pod: &pod_view,
         rootfs: record.rootfs.clone(),
@@ -292,9 +300,13 @@ async fn make(
         false => String::new(),
     };
     let shim = sandbox::shim::Shim::connect(&pod.id, &pod.shim_socket).await?;
-    record.pid = shim
-        .create(&record.id, &dirs.state, &stdin, &stdout)
-        .await?;
+    let created = shim.create(&record.id, &dirs.state, &stdin, &stdout).await;
+    // The container's mount namespace holds its own copies now.
+    for at in staged {
+        let _ = umount2(&at, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_file(&at).or_else(|_| std::fs::remove_dir(&at));
+    }
+    record.pid = created?;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     tracing::debug!(
         container = %record.id, rootfs_ms = ms(t_rootfs), bundle_ms = ms(t_bundle), oci_create_ms = ms(phase.elapsed()),
@@ -397,6 +409,69 @@ fn check_userns(
         ));
     }
     Ok(())
+}
+
+/// A volume's id mappings (kubelet gives a user-namespaced pod's volumes its mappings)
+/// must be the pod's: podrun idmaps the volume through the pod's user namespace.
+fn check_volume_mappings(i: usize, m: &cri::Mount, pod: &sandbox::Record) -> Result<()> {
+    if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+        return Ok(());
+    }
+    let field = "config.mounts.uid_mappings";
+    let Some(u) = &pod.userns else {
+        return Err(Error::invalid(
+            field,
+            format!("mounts[{i}]: id mappings on a volume of a pod without its own user namespace"),
+        ));
+    };
+    let same = |given: &[cri::IdMapping], ours: &crate::userns::Mapping| matches!(given, [g] if (g.container_id, g.host_id, g.length) == (ours.container_id, ours.host_id, ours.length));
+    if !same(&m.uid_mappings, &u.uids) || !same(&m.gid_mappings, &u.gids) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "mounts[{i}]: a volume's id mappings must be its pod's ({:?}, {:?})",
+                u.uids, u.gids
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts each volume of `config` that has id mappings, idmapped through the pod's user
+/// namespace, at `<state>/volumes/<n>`, and points the volume there; returns the staging
+/// mounts, to detach once the runtime has mounted them.
+fn stage_idmapped_volumes(
+    dirs: &Dirs,
+    config: &mut cri::ContainerConfig,
+    userns: &crate::userns::UserNs,
+) -> Result<Vec<PathBuf>> {
+    let mut staged = Vec::new();
+    let mapped = |m: &cri::Mount| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+    if !config.mounts.iter().any(mapped) {
+        return Ok(staged);
+    }
+    let fd = crate::userns::open(&userns.pin)?;
+    let base = dirs.state.join("volumes");
+    std::fs::create_dir_all(&base).map_err(Error::io("creating", &base))?;
+    for (i, m) in config
+        .mounts
+        .iter_mut()
+        .enumerate()
+        .filter(|(_, m)| mapped(m))
+    {
+        let source = PathBuf::from(&m.host_path);
+        let at = base.join(i.to_string());
+        // The staging point is of the source's kind: a directory, or a file.
+        match source.is_dir() {
+            true => std::fs::create_dir(&at),
+            false => std::fs::File::create(&at).map(drop),
+        }
+        .map_err(Error::io("creating", &at))?;
+        crate::userns::mount_idmapped(&source, &at, &fd)?;
+        m.host_path = at.display().to_string();
+        staged.push(at);
+    }
+    Ok(staged)
 }
 
 /// A recursive read-only mount must be read-only and private (a propagated mount could
