@@ -84,12 +84,7 @@ pub async fn list_containers(
     let f = req.filter.unwrap_or_default();
     blocking(move || {
         let hierarchies = cgroup::hierarchies()?;
-        let pods: HashMap<String, sandbox::Record> = node
-            .sandboxes
-            .all()
-            .iter()
-            .map(|p| (p.id.clone(), p.view()))
-            .collect();
+        let pods = pods_by_id(&node);
         let now = now_nanos();
         let stats = node
             .containers
@@ -130,12 +125,7 @@ pub async fn list_pods(
     let f = req.filter.unwrap_or_default();
     blocking(move || {
         let hierarchies = cgroup::hierarchies()?;
-        let pods: HashMap<String, sandbox::Record> = node
-            .sandboxes
-            .all()
-            .iter()
-            .map(|p| (p.id.clone(), p.view()))
-            .collect();
+        let pods = pods_by_id(&node);
         let now = now_nanos();
         let stats = pods
             .values()
@@ -147,6 +137,15 @@ pub async fn list_pods(
         Ok(cri::ListPodSandboxStatsResponse { stats })
     })
     .await
+}
+
+/// Every pod's record, by id.
+fn pods_by_id(node: &Node) -> HashMap<String, sandbox::Record> {
+    node.sandboxes
+        .all()
+        .iter()
+        .map(|p| (p.id.clone(), p.view()))
+        .collect()
 }
 
 /// Drops the CPU samples of pods and containers that no longer exist.
