@@ -165,6 +165,81 @@ async fn container_and_pod_stats_report_cpu_memory_disk_processes_and_network() 
         .stats;
     assert_eq!(listed.len(), 1);
 
+    // The cri-api v0.36 streams list the same as the List calls.
+    let mut pods = bed
+        .rt
+        .stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let page = pods.message().await.unwrap().unwrap();
+    assert!(page.pod_sandboxes.iter().any(|p| p.id == pod.0));
+    assert!(pods.message().await.unwrap().is_none(), "one page");
+    let mut containers = bed
+        .rt
+        .stream_containers(cri::StreamContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod.0.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<String> = containers
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    let mut want = vec![busy.clone(), idle.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    let mut stats = bed
+        .rt
+        .stream_container_stats(cri::StreamContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stats
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .container_stats
+            .len(),
+        2
+    );
+    let mut pod_stats = bed
+        .rt
+        .stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        pod_stats
+            .message()
+            .await
+            .unwrap()
+            .unwrap()
+            .pod_sandbox_stats
+            .len(),
+        1
+    );
+    let mut images = podrun_proto::client::image(&bed.node.socket)
+        .await
+        .unwrap()
+        .stream_images(cri::StreamImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(images.message().await.unwrap().unwrap().images.len(), 1);
+
     bed.remove_pod(&pod.0).await;
     let err = bed
         .rt

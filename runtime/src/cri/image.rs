@@ -1,8 +1,6 @@
 //! The CRI ImageService over the image store.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::SystemTime;
 
 use podrun_proto::cri;
@@ -69,20 +67,20 @@ impl ImageService for Cri {
         &self,
         req: Request<cri::ListImagesRequest>,
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let images = self.images(req.into_inner().filter);
         handle("ListImages", async {
-            let wanted = req
-                .into_inner()
-                .filter
-                .and_then(|f| f.image)
-                .map(|s| s.image)
-                .filter(|s| !s.is_empty());
-            let images = match wanted {
-                Some(name) => self.node.images.find(&name).into_iter().collect(),
-                None => self.node.images.list(),
-            };
-            Ok(cri::ListImagesResponse {
-                images: images.iter().map(to_cri).collect(),
-            })
+            Ok(cri::ListImagesResponse { images })
+        })
+        .await
+    }
+
+    async fn stream_images(
+        &self,
+        req: Request<cri::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let images = self.images(req.into_inner().filter);
+        super::pages("StreamImages", async { Ok(images) }, |images| {
+            cri::StreamImagesResponse { images }
         })
         .await
     }
@@ -177,9 +175,20 @@ impl ImageService for Cri {
         })
         .await
     }
+}
 
-    unimplemented_rpcs! {
-        stream_images(cri::StreamImagesRequest) -> Self::StreamImagesStream = "StreamImages";
+impl Cri {
+    /// The images `filter` names (all when it names none).
+    fn images(&self, filter: Option<cri::ImageFilter>) -> Vec<cri::Image> {
+        let wanted = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = match wanted {
+            Some(name) => self.node.images.find(&name).into_iter().collect(),
+            None => self.node.images.list(),
+        };
+        images.iter().map(to_cri).collect()
     }
 }
 

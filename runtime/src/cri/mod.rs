@@ -102,6 +102,29 @@ impl Cri {
     }
 }
 
+/// Items per message of the cri-api v0.36 `Stream*` list RPCs.
+const PAGE: usize = 256;
+
+/// A list as a stream of pages of at most PAGE items (the `Stream*` RPCs exist so that a
+/// long list need not fit in one message); an empty list is one empty page.
+async fn pages<T: Send + 'static, R: Send + 'static>(
+    method: &'static str,
+    list: impl Future<Output = Result<Vec<T>, Error>>,
+    page: fn(Vec<T>) -> R,
+) -> Result<Response<Stream<R>>, Status> {
+    let items = handle(method, list).await?.into_inner();
+    let mut out = Vec::new();
+    let mut items = items.into_iter().peekable();
+    loop {
+        let chunk: Vec<T> = items.by_ref().take(PAGE).collect();
+        out.push(Ok(page(chunk)));
+        if items.peek().is_none() {
+            break;
+        }
+    }
+    Ok(Response::new(Box::pin(tokio_stream::iter(out))))
+}
+
 pub(crate) type Stream<T> =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -122,7 +145,7 @@ macro_rules! unimplemented_rpcs {
     };
 }
 
-// After the macro, which it uses.
+// After the helpers above, which it uses.
 mod image;
 
 #[tonic::async_trait]
@@ -400,6 +423,66 @@ impl RuntimeService for Cri {
 
     /// kubelet gives the node's pod CIDR at start; the CNI configuration (the operator's)
     /// decides pod addresses, so podrun records it and reports it in verbose Status.
+    async fn stream_pod_sandboxes(
+        &self,
+        req: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = async {
+            let req = cri::ListPodSandboxRequest { filter };
+            Ok(sandbox::list(self.node.clone(), req).await?.items)
+        };
+        pages("StreamPodSandboxes", list, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })
+        .await
+    }
+
+    async fn stream_containers(
+        &self,
+        req: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = async {
+            let req = cri::ListContainersRequest { filter };
+            Ok(container::list(self.node.clone(), req).await?.containers)
+        };
+        pages("StreamContainers", list, |containers| {
+            cri::StreamContainersResponse { containers }
+        })
+        .await
+    }
+
+    async fn stream_container_stats(
+        &self,
+        req: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = async {
+            let req = cri::ListContainerStatsRequest { filter };
+            Ok(stats::list_containers(self.node.clone(), req).await?.stats)
+        };
+        pages("StreamContainerStats", list, |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        })
+        .await
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        req: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let filter = req.into_inner().filter;
+        let list = async {
+            let req = cri::ListPodSandboxStatsRequest { filter };
+            Ok(stats::list_pods(self.node.clone(), req).await?.stats)
+        };
+        pages("StreamPodSandboxStats", list, |pod_sandbox_stats| {
+            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })
+        .await
+    }
+
     async fn update_runtime_config(
         &self,
         req: Request<cri::UpdateRuntimeConfigRequest>,
@@ -498,10 +581,6 @@ impl RuntimeService for Cri {
     }
 
     unimplemented_rpcs! {
-        stream_pod_sandboxes(cri::StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
-        stream_containers(cri::StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        stream_container_stats(cri::StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
-        stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";
         list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
