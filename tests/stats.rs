@@ -240,6 +240,60 @@ async fn container_and_pod_stats_report_cpu_memory_disk_processes_and_network() 
         .into_inner();
     assert_eq!(images.message().await.unwrap().unwrap().images.len(), 1);
 
+    // The same figures as cAdvisor metrics, for kubelet's /metrics/cadvisor.
+    let descriptors = bed
+        .rt
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let keys = |name: &str| {
+        descriptors
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no descriptor {name}"))
+            .label_keys
+            .len()
+    };
+    let metrics = bed
+        .rt
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let ours = metrics
+        .iter()
+        .find(|m| m.pod_sandbox_id == pod.0)
+        .expect("the pod");
+    let rx = ours
+        .metrics
+        .iter()
+        .find(|m| {
+            m.name == "container_network_receive_bytes_total"
+                && m.label_values.last().map(String::as_str) == Some("eth0")
+        })
+        .expect("eth0's received bytes");
+    assert!(v(&rx.value) >= 10_000);
+    assert_eq!(rx.label_values.len(), keys(&rx.name));
+    let busy_metrics = ours
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == busy)
+        .expect("the busy container");
+    let ws = busy_metrics
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .unwrap();
+    assert!(v(&ws.value) > 0);
+    assert_eq!(ws.label_values.len(), keys(&ws.name));
+    assert!(busy_metrics
+        .metrics
+        .iter()
+        .any(|m| m.name == "container_fs_usage_bytes" && v(&m.value) >= 8 << 20));
+
     bed.remove_pod(&pod.0).await;
     let err = bed
         .rt

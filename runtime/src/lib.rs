@@ -9,6 +9,7 @@ pub mod cri;
 pub mod error;
 pub mod events;
 pub mod image;
+pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod sandbox;

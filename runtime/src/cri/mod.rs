@@ -483,6 +483,41 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        handle("ListMetricDescriptors", async {
+            Ok(crate::metrics::descriptors())
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        let node = self.node.clone();
+        handle("ListPodSandboxMetrics", async move {
+            let pod_metrics = crate::metrics::pod_metrics(node).await?;
+            Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
+        })
+        .await
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        let list = crate::metrics::pod_metrics(self.node.clone());
+        pages("StreamPodSandboxMetrics", list, |pod_sandbox_metrics| {
+            cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }
+        })
+        .await
+    }
+
     async fn update_runtime_config(
         &self,
         req: Request<cri::UpdateRuntimeConfigRequest>,
@@ -582,9 +617,6 @@ impl RuntimeService for Cri {
 
     unimplemented_rpcs! {
         checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";
-        list_metric_descriptors(cri::ListMetricDescriptorsRequest) -> cri::ListMetricDescriptorsResponse = "ListMetricDescriptors";
-        list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest) -> cri::ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
-        stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
     }
 }
 
