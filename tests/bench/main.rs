@@ -186,6 +186,8 @@ struct Runs {
     busy: u64,
     wall: f64,
     failures: usize,
+    /// ListContainerStats with every sequential pod up (kubelet calls it every 10 s).
+    stats: Vec<f64>,
 }
 
 /// Measures every runtime. Sequential starts are interleaved, one pod per runtime in
@@ -251,6 +253,23 @@ async fn measure_all(
             r.pss.push(m.iter().map(|x| x.1).sum::<u64>() as f64);
         }
         r.busy = memory(t.daemon).0;
+        for _ in 0..5 {
+            let start = Instant::now();
+            let listed = rt
+                .list_container_stats(cri::ListContainerStatsRequest::default())
+                .await
+                .with_context(|| format!("{}: ListContainerStats", t.name))?
+                .into_inner()
+                .stats;
+            r.stats.push(ms(start.elapsed()));
+            anyhow::ensure!(
+                listed.len() >= r.pods.len(),
+                "{}: {} stats for {} pods",
+                t.name,
+                listed.len(),
+                r.pods.len()
+            );
+        }
         r.down = teardown(rt, &r.pods).await?;
     }
 
@@ -298,6 +317,7 @@ impl Runs {
             ("ready_p50_ms", p(&self.ready, 0.5)),
             ("ready_p95_ms", p(&self.ready, 0.95)),
             ("ready_max_ms", p(&self.ready, 1.0)),
+            ("list_container_stats_p50_ms", p(&self.stats, 0.5)),
             ("concurrent_wall_ms", self.wall),
             ("concurrent_failures", self.failures as f64),
             ("teardown_p50_ms", p(&self.down, 0.5)),
