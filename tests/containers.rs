@@ -752,17 +752,18 @@ async fn configured_runtime_handlers_run_pods_and_are_listed() {
     bed.assert_no_leaks();
 }
 
-/// The memory limit of a container's cgroup, read on the host (v1 or v2).
+/// The memory limit of a pod's (`id` "") or a container's cgroup, read on the host.
 fn memory_limit(bed: &Bed, pod: &str, id: &str) -> String {
     let rel = format!(
         "{}/{pod}/{id}",
         bed.node.cgroup_parent.trim_start_matches('/')
     );
+    let rel = rel.trim_end_matches('/');
     for (dir, file) in [
         ("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
         ("/sys/fs/cgroup", "memory.max"),
     ] {
-        if let Ok(v) = std::fs::read_to_string(PathBuf::from(dir).join(&rel).join(file)) {
+        if let Ok(v) = std::fs::read_to_string(PathBuf::from(dir).join(rel).join(file)) {
             return v.trim().to_owned();
         }
     }
@@ -805,6 +806,21 @@ async fn container_resources_are_updated_in_place() {
         (reported.memory_limit_in_bytes, reported.cpu_quota),
         (128 << 20, 50_000)
     );
+    // The pod's totals reach the pod's own cgroup.
+    bed.rt
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.0.clone(),
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 512 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 150_000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(memory_limit(&bed, &pod.0, ""), (512u64 << 20).to_string());
     let done = bed.run(&pod, bed.container("done", &["true"])).await;
     bed.wait_exit(&done).await;
     let err = bed

@@ -305,3 +305,123 @@ async fn container_and_pod_stats_report_cpu_memory_disk_processes_and_network() 
     assert_eq!(err.code(), tonic::Code::NotFound);
     bed.assert_no_leaks();
 }
+
+/// The figures move as the workload does: a memory hog's working set grows by what it
+/// holds, and bytes one pod sends another appear in both pods' network stats (the
+/// sender's tx, the receiver's rx).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_follow_a_memory_hog_and_traffic_between_pods() {
+    let mut bed = Bed::start().await;
+    let a = bed.pod("fetcher", "").await;
+    let b = bed.pod("web", "").await;
+    let hog = bed.run(&a, bed.container("hog", &["sleep", "1000"])).await;
+    let server = bed
+        .run(
+            &b,
+            bed.container(
+                "server",
+                &["sh", "-c", "dd if=/dev/zero of=/tmp/big bs=1024 count=512 2>/dev/null && httpd -f -p 8080 -h /tmp"],
+            ),
+        )
+        .await;
+    let working_set = |s: cri::ContainerStats| v(&s.memory.unwrap().working_set_bytes);
+    let stats = |id: &str| cri::ContainerStatsRequest {
+        container_id: id.to_owned(),
+    };
+    let before = working_set(
+        bed.rt
+            .container_stats(stats(&hog))
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap(),
+    );
+    bed.out(
+        &hog,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=40 2>/dev/null",
+        ],
+    )
+    .await;
+    let after = working_set(
+        bed.rt
+            .container_stats(stats(&hog))
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap(),
+    );
+    assert!(
+        after >= before + (35 << 20),
+        "working set {before} -> {after}"
+    );
+
+    let pod_ip = bed
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: b.0.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    let net =
+        |s: cri::PodSandboxStats| s.linux.unwrap().network.unwrap().default_interface.unwrap();
+    let pod_stats = |id: &str| cri::PodSandboxStatsRequest {
+        pod_sandbox_id: id.to_owned(),
+    };
+    let rx = |s: cri::PodSandboxStats| v(&net(s).rx_bytes);
+    let tx = |s: cri::PodSandboxStats| v(&net(s).tx_bytes);
+    let stats_of = |bed: &mut Bed, id: String| {
+        let mut rt = bed.rt.clone();
+        async move {
+            rt.pod_sandbox_stats(pod_stats(&id))
+                .await
+                .unwrap()
+                .into_inner()
+                .stats
+                .unwrap()
+        }
+    };
+    let (a_rx0, b_tx0) = (
+        rx(stats_of(&mut bed, a.0.clone()).await),
+        tx(stats_of(&mut bed, b.0.clone()).await),
+    );
+    // A fetches 512 KiB from B's web server: once wget is done, every byte has left B and
+    // reached A.
+    let url = format!("http://{pod_ip}:8080/big");
+    let mut last = None;
+    for _ in 0..50 {
+        let r = bed
+            .exec(&hog, &["wget", "-qO", "/dev/null", &url], 10)
+            .await
+            .unwrap();
+        if r.exit_code == 0 {
+            last = None;
+            break;
+        }
+        last = Some(String::from_utf8_lossy(&r.stderr).into_owned());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, None, "the server answers");
+    let a_rx = rx(stats_of(&mut bed, a.0.clone()).await) - a_rx0;
+    let b_tx = tx(stats_of(&mut bed, b.0.clone()).await) - b_tx0;
+    assert!(a_rx >= 512 * 1024, "the fetching pod's rx grew by {a_rx}");
+    assert!(b_tx >= 512 * 1024, "the serving pod's tx grew by {b_tx}");
+    assert_eq!(
+        bed.status(&server).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    bed.remove_pod(&a.0).await;
+    bed.remove_pod(&b.0).await;
+    bed.assert_no_leaks();
+}

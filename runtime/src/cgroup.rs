@@ -190,6 +190,114 @@ pub fn exists(path: &str) -> bool {
     dirs(path).is_ok_and(|d| d.iter().any(|d| d.exists()))
 }
 
+/// Sets CPU, memory and cpuset limits on `path` (and so on everything below it): each in
+/// the v1 hierarchy that has its controller, else in the unified one where it is enabled.
+/// Zero and empty values are left as they are.
+pub fn set_resources(
+    hierarchies: &[Hierarchy],
+    path: &str,
+    r: &podrun_proto::cri::LinuxContainerResources,
+) -> Result<()> {
+    validate(path)?;
+    let rel = path.trim_start_matches('/');
+    let v1 = |c: &str| {
+        hierarchies
+            .iter()
+            .find(|h| h.controllers.iter().any(|x| x == c))
+            .map(|h| h.mount.join(rel))
+    };
+    let v2 = |c: &str| {
+        hierarchies.iter().find(|h| h.v2).and_then(|h| {
+            let enabled =
+                fs::read_to_string(h.mount.join("cgroup.controllers")).unwrap_or_default();
+            enabled
+                .split_whitespace()
+                .any(|x| x == c)
+                .then(|| h.mount.join(rel))
+        })
+    };
+    let mut writes: Vec<(PathBuf, String)> = Vec::new();
+    let mut set =
+        |controller: &str, v1_file: &str, v1_value: String, v2_file: &str, v2_value: String| {
+            if let Some(dir) = v1(controller) {
+                writes.push((dir.join(v1_file), v1_value));
+            } else if let Some(dir) = v2(controller) {
+                writes.push((dir.join(v2_file), v2_value));
+            }
+        };
+    if r.cpu_shares > 0 {
+        // cgroup v2's weight, as runc converts shares.
+        let weight = 1 + ((r.cpu_shares.clamp(2, 262144) - 2) * 9999) / 262142;
+        set(
+            "cpu",
+            "cpu.shares",
+            r.cpu_shares.to_string(),
+            "cpu.weight",
+            weight.to_string(),
+        );
+    }
+    if r.cpu_period > 0 {
+        let quota = if r.cpu_quota > 0 {
+            r.cpu_quota.to_string()
+        } else {
+            "max".into()
+        };
+        set(
+            "cpu",
+            "cpu.cfs_period_us",
+            r.cpu_period.to_string(),
+            "cpu.max",
+            format!("{quota} {}", r.cpu_period),
+        );
+    }
+    if r.cpu_quota > 0 {
+        let period = if r.cpu_period > 0 {
+            r.cpu_period
+        } else {
+            100_000
+        };
+        set(
+            "cpu",
+            "cpu.cfs_quota_us",
+            r.cpu_quota.to_string(),
+            "cpu.max",
+            format!("{} {period}", r.cpu_quota),
+        );
+    }
+    if r.memory_limit_in_bytes > 0 {
+        let limit = r.memory_limit_in_bytes.to_string();
+        set(
+            "memory",
+            "memory.limit_in_bytes",
+            limit.clone(),
+            "memory.max",
+            limit,
+        );
+    }
+    if !r.cpuset_cpus.is_empty() {
+        set(
+            "cpuset",
+            "cpuset.cpus",
+            r.cpuset_cpus.clone(),
+            "cpuset.cpus",
+            r.cpuset_cpus.clone(),
+        );
+    }
+    if !r.cpuset_mems.is_empty() {
+        set(
+            "cpuset",
+            "cpuset.mems",
+            r.cpuset_mems.clone(),
+            "cpuset.mems",
+            r.cpuset_mems.clone(),
+        );
+    }
+    for (file, value) in writes {
+        fs::write(&file, &value).map_err(Error::io("writing", &file))?;
+    }
+    Ok(())
+}
+
 /// What a cgroup (and everything below it) has used, each figure from the hierarchy that
 /// has its controller: a v1 one where mounted, else the unified one.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -538,15 +538,24 @@ impl RuntimeService for Cri {
         .await
     }
 
-    /// kubelet sizes a pod's cgroup itself (the pod's cgroup parent is its own); this call
-    /// tells the runtime, for plugins that act on it. podrun has none yet (NRI is a later
-    /// issue): it checks the pod exists and answers.
+    /// The pod's new totals (its containers' and its overhead, as kubelet sums them)
+    /// applied to the pod's own cgroup, which holds pause and every container.
     async fn update_pod_sandbox_resources(
         &self,
         req: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
-        handle("UpdatePodSandboxResources", async {
-            self.node.sandboxes.get(&req.get_ref().pod_sandbox_id)?;
+        let node = self.node.clone();
+        handle("UpdatePodSandboxResources", async move {
+            let req = req.into_inner();
+            let pod = node.sandboxes.get(&req.pod_sandbox_id)?.view();
+            if let Some(resources) = req.resources {
+                tokio::task::spawn_blocking(move || {
+                    let hierarchies = crate::cgroup::hierarchies()?;
+                    crate::cgroup::set_resources(&hierarchies, &pod.cgroup, &resources)
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            }
             Ok(cri::UpdatePodSandboxResourcesResponse {})
         })
         .await
