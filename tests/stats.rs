@@ -30,6 +30,20 @@ async fn list(bed: &mut Bed, filter: cri::ContainerStatsFilter) -> Vec<cri::Cont
     stats
 }
 
+/// The pod's IP, as PodSandboxStatus reports it.
+async fn pod_ip(bed: &mut Bed, id: &str) -> String {
+    let status = bed
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    status.status.unwrap().network.unwrap().ip
+}
+
 fn v(x: &Option<cri::UInt64Value>) -> u64 {
     x.as_ref().map_or(0, |v| v.value)
 }
@@ -111,22 +125,7 @@ async fn container_and_pod_stats_report_cpu_memory_disk_processes_and_network() 
     assert_eq!(one.attributes.unwrap().id, busy);
 
     // The pod: its cgroup holds pause and both containers; its eth0 counts what it received.
-    let ip: std::net::IpAddr = bed
-        .rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.0.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip
-        .parse()
-        .unwrap();
+    let ip: std::net::IpAddr = pod_ip(&mut bed, &pod.0).await.parse().unwrap();
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     for _ in 0..10 {
         sock.send_to(&[7u8; 1000], (ip, 9)).unwrap();
@@ -360,20 +359,7 @@ async fn stats_follow_a_memory_hog_and_traffic_between_pods() {
         "working set {before} -> {after}"
     );
 
-    let pod_ip = bed
-        .rt
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: b.0.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
+    let pod_ip = pod_ip(&mut bed, &b.0).await;
     let net =
         |s: cri::PodSandboxStats| s.linux.unwrap().network.unwrap().default_interface.unwrap();
     let pod_stats = |id: &str| cri::PodSandboxStatsRequest {

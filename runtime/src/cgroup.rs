@@ -200,12 +200,6 @@ pub fn set_resources(
 ) -> Result<()> {
     validate(path)?;
     let rel = path.trim_start_matches('/');
-    let v1 = |c: &str| {
-        hierarchies
-            .iter()
-            .find(|h| h.controllers.iter().any(|x| x == c))
-            .map(|h| h.mount.join(rel))
-    };
     let v2 = |c: &str| {
         hierarchies.iter().find(|h| h.v2).and_then(|h| {
             let enabled =
@@ -216,86 +210,80 @@ pub fn set_resources(
                 .then(|| h.mount.join(rel))
         })
     };
-    let mut writes: Vec<(PathBuf, String)> = Vec::new();
-    let mut set =
-        |controller: &str, v1_file: &str, v1_value: String, v2_file: &str, v2_value: String| {
-            if let Some(dir) = v1(controller) {
-                writes.push((dir.join(v1_file), v1_value));
-            } else if let Some(dir) = v2(controller) {
-                writes.push((dir.join(v2_file), v2_value));
-            }
-        };
+    // (controller, its v1 files, its v2 files)
+    let mut settings: Vec<(&str, Files, Files)> = Vec::new();
     if r.cpu_shares > 0 {
         // cgroup v2's weight, as runc converts shares.
         let weight = 1 + ((r.cpu_shares.clamp(2, 262144) - 2) * 9999) / 262142;
-        set(
+        settings.push((
             "cpu",
-            "cpu.shares",
-            r.cpu_shares.to_string(),
-            "cpu.weight",
-            weight.to_string(),
-        );
+            vec![("cpu.shares", r.cpu_shares.to_string())],
+            vec![("cpu.weight", weight.to_string())],
+        ));
     }
-    if r.cpu_period > 0 {
-        let quota = if r.cpu_quota > 0 {
-            r.cpu_quota.to_string()
-        } else {
-            "max".into()
-        };
-        set(
-            "cpu",
-            "cpu.cfs_period_us",
-            r.cpu_period.to_string(),
-            "cpu.max",
-            format!("{quota} {}", r.cpu_period),
-        );
-    }
-    if r.cpu_quota > 0 {
+    if r.cpu_period > 0 || r.cpu_quota > 0 {
         let period = if r.cpu_period > 0 {
             r.cpu_period
         } else {
             100_000
         };
-        set(
-            "cpu",
-            "cpu.cfs_quota_us",
-            r.cpu_quota.to_string(),
-            "cpu.max",
-            format!("{} {period}", r.cpu_quota),
-        );
+        let quota = if r.cpu_quota > 0 {
+            r.cpu_quota.to_string()
+        } else {
+            "max".into()
+        };
+        let mut v1 = Vec::new();
+        if r.cpu_period > 0 {
+            v1.push(("cpu.cfs_period_us", period.to_string()));
+        }
+        if r.cpu_quota > 0 {
+            v1.push(("cpu.cfs_quota_us", quota.clone()));
+        }
+        settings.push(("cpu", v1, vec![("cpu.max", format!("{quota} {period}"))]));
     }
     if r.memory_limit_in_bytes > 0 {
         let limit = r.memory_limit_in_bytes.to_string();
-        set(
+        settings.push((
             "memory",
-            "memory.limit_in_bytes",
-            limit.clone(),
-            "memory.max",
-            limit,
-        );
+            vec![("memory.limit_in_bytes", limit.clone())],
+            vec![("memory.max", limit)],
+        ));
     }
-    if !r.cpuset_cpus.is_empty() {
-        set(
-            "cpuset",
-            "cpuset.cpus",
-            r.cpuset_cpus.clone(),
-            "cpuset.cpus",
-            r.cpuset_cpus.clone(),
-        );
+    for (file, value) in [
+        ("cpuset.cpus", &r.cpuset_cpus),
+        ("cpuset.mems", &r.cpuset_mems),
+    ] {
+        if !value.is_empty() {
+            settings.push((
+                "cpuset",
+                vec![(file, value.clone())],
+                vec![(file, value.clone())],
+            ));
+        }
     }
-    if !r.cpuset_mems.is_empty() {
-        set(
-            "cpuset",
-            "cpuset.mems",
-            r.cpuset_mems.clone(),
-            "cpuset.mems",
-            r.cpuset_mems.clone(),
-        );
-    }
-    for (file, value) in writes {
-        fs::write(&file, &value).map_err(Error::io("writing", &file))?;
+    for (controller, v1_files, v2_files) in settings {
+        let (dir, files) = match (v1_dir(hierarchies, controller, rel), v2(controller)) {
+            (Some(dir), _) => (dir, v1_files),
+            (None, Some(dir)) => (dir, v2_files),
+            (None, None) => continue,
+        };
+        for (file, value) in files {
+            let file = dir.join(file);
+            fs::write(&file, &value).map_err(Error::io("writing", &file))?;
+        }
     }
     Ok(())
+}
+
+/// Files of a cgroup and what to write in them.
+type Files = Vec<(&'static str, String)>;
+
+/// `rel` in the v1 hierarchy that has `controller`, if one is mounted.
+fn v1_dir(hierarchies: &[Hierarchy], controller: &str, rel: &str) -> Option<PathBuf> {
+    hierarchies
+        .iter()
+        .find(|h| h.controllers.iter().any(|x| x == controller))
+        .map(|h| h.mount.join(rel))
 }
 
 /// What a cgroup (and everything below it) has used, each figure from the hierarchy that
@@ -328,12 +316,7 @@ pub fn usage(hierarchies: &[Hierarchy], path: &str) -> Usage {
         return Usage::default();
     }
     let rel = path.trim_start_matches('/');
-    let v1 = |c: &str| {
-        hierarchies
-            .iter()
-            .find(|h| h.controllers.iter().any(|x| x == c))
-            .map(|h| h.mount.join(rel))
-    };
+    let v1 = |c: &str| v1_dir(hierarchies, c, rel);
     let v2 = hierarchies.iter().find(|h| h.v2).map(|h| h.mount.join(rel));
     let read = |dir: &Path, file: &str| fs::read_to_string(dir.join(file)).ok();
     let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());

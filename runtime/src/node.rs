@@ -107,27 +107,11 @@ impl Node {
     /// configured handlers (`runc` and `crun` always).
     pub fn oci_runtime(&self, handler: &str) -> crate::error::Result<PathBuf> {
         use crate::error::Error;
-        let handler = match (handler, &self.config.default_runtime_handler) {
-            ("", None) => {
-                return self
-                    .default_runtime
-                    .clone()
-                    .map_err(Error::FailedPrecondition)
-            }
-            ("", Some(default)) => default.as_str(),
-            (name, _) => name,
-        };
-        let Some(binary) = self.config.runtime_handlers.get(handler) else {
-            let known: Vec<&str> = self
-                .config
-                .runtime_handlers
-                .keys()
-                .map(String::as_str)
-                .collect();
-            return Err(Error::invalid(
-                "runtime_handler",
-                format!("unknown handler {handler:?} (known: {})", known.join(", ")),
-            ));
+        let Some((handler, binary)) = self.handler(handler)? else {
+            return self
+                .default_runtime
+                .clone()
+                .map_err(Error::FailedPrecondition);
         };
         match binary.is_absolute() {
             true if binary.is_file() => Ok(binary.clone()),
@@ -193,6 +177,35 @@ impl Node {
                     .collect()
             })
             .clone()
+    }
+
+    /// The configured handler `name` stands for and its runtime, without touching the
+    /// file system; None for the automatic default. An unknown name is InvalidArgument
+    /// naming the known ones.
+    pub fn handler<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> crate::error::Result<Option<(&'a str, &'a PathBuf)>> {
+        let name = match (name, &self.config.default_runtime_handler) {
+            ("", None) => return Ok(None),
+            ("", Some(default)) => default.as_str(),
+            (name, _) => name,
+        };
+        match self.config.runtime_handlers.get_key_value(name) {
+            Some((name, binary)) => Ok(Some((name.as_str(), binary))),
+            None => {
+                let known: Vec<&str> = self
+                    .config
+                    .runtime_handlers
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                Err(crate::error::Error::invalid(
+                    "runtime_handler",
+                    format!("unknown handler {name:?} (known: {})", known.join(", ")),
+                ))
+            }
+        }
     }
 
     /// Does the handler `name` support recursive read-only mounts?

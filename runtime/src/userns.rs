@@ -110,10 +110,9 @@ unsafe fn helper_fail(out: libc::c_int, step: u8) -> ! {
     libc::_exit(1)
 }
 
-/// A helper process in new user and network namespaces, waiting until dropped.
+/// A helper process in new user and network namespaces, waiting until dropped (killed).
 struct Helper {
     pid: nix::unistd::Pid,
-    go: Option<OwnedFd>,
 }
 
 impl Helper {
@@ -121,10 +120,7 @@ impl Helper {
     fn start(with_net: bool) -> Result<Helper> {
         let (ready_rd, ready_wr) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::sys("pipe"))?;
-        let (go_rd, go_wr) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(Error::sys("pipe"))?;
         let flags = libc::CLONE_NEWUSER | if with_net { libc::CLONE_NEWNET } else { 0 };
-        let ends = (ready_rd.as_raw_fd(), go_wr.as_raw_fd());
         // SAFETY: the child of a fork in a multithreaded process runs only async-signal-
         // safe system calls on data prepared before the fork (no allocation, no locks),
         // then _exits.
@@ -138,9 +134,6 @@ impl Helper {
         if pid == 0 {
             // SAFETY: see above.
             unsafe {
-                // The parent's ends: the child must not hold them open.
-                libc::close(ends.0);
-                libc::close(ends.1);
                 let out = ready_wr.as_raw_fd();
                 if libc::unshare(flags) != 0 {
                     helper_fail(out, 1);
@@ -150,16 +143,15 @@ impl Helper {
                 }
                 let ok = [0u8];
                 libc::write(out, ok.as_ptr().cast(), 1);
-                let mut byte = [0u8];
-                libc::read(go_rd.as_raw_fd(), byte.as_mut_ptr().cast(), 1);
-                libc::_exit(0);
+                // Until the parent has pinned the namespaces and kills it.
+                loop {
+                    libc::pause();
+                }
             }
         }
         drop(ready_wr);
-        drop(go_rd);
         let helper = Helper {
             pid: nix::unistd::Pid::from_raw(pid),
-            go: Some(go_wr),
         };
         let mut answer = [0u8; 5];
         let n = nix::unistd::read(&ready_rd, &mut answer)
@@ -195,7 +187,6 @@ impl Helper {
 impl Drop for Helper {
     /// The pins hold the namespaces: the helper is done.
     fn drop(&mut self) {
-        drop(self.go.take());
         let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(self.pid, None);
     }

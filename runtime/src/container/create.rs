@@ -567,18 +567,23 @@ fn host_devices() -> Vec<serde_json::Value> {
 /// `ALL` container can get, since no child of podrund can gain more. A host whose bounding
 /// set lacks one (CAP_SYS_RESOURCE, on some) runs such containers without it.
 fn own_capabilities() -> Vec<&'static str> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(u64::MAX);
-    spec::ALL_CAPS
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| effective & (1 << bit) != 0)
-        .map(|(_, name)| *name)
-        .collect()
+    // They do not change: read once, not on every CreateContainer.
+    static OWN: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let effective = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(u64::MAX);
+        spec::ALL_CAPS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| effective & (1 << bit) != 0)
+            .map(|(_, name)| *name)
+            .collect()
+    })
+    .clone()
 }
 
 /// The oom_score_adj of podrund itself: without CAP_SYS_RESOURCE no child may go lower.

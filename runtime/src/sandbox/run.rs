@@ -29,11 +29,9 @@ pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<Stri
         .config
         .ok_or_else(|| Error::invalid("config", "is required"))?;
     validate(&config)?;
-    // An unknown handler is refused before anything is made (its runtime is found again
+    // An unknown handler is refused before anything is made (its runtime is looked for
     // when a container is created: it may be installed in between).
-    if let Err(e @ Error::InvalidArgument { .. }) = node.oci_runtime(&req.runtime_handler) {
-        return Err(e);
-    }
+    node.handler(&req.runtime_handler)?;
     let key = PodKey::of(config.metadata.as_ref().unwrap_or(&Default::default()));
     let guard = node.sandboxes.key_lock(&key).lock_owned().await;
     if let Some(id) = node.sandboxes.find_by_key(&key) {

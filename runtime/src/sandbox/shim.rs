@@ -337,11 +337,7 @@ impl Shim {
             ),
             ..Default::default()
         };
-        self.client
-            .update(ctx(), &req)
-            .await
-            .map(drop)
-            .map_err(self.err("Update"))
+        self.update(req).await
     }
 
     async fn update_annotations(&self, id: &str, annotations: &[(&str, &str)]) -> Result<()> {
@@ -352,6 +348,10 @@ impl Shim {
         for (k, v) in annotations {
             req.annotations.insert((*k).into(), (*v).into());
         }
+        self.update(req).await
+    }
+
+    async fn update(&self, req: api::UpdateTaskRequest) -> Result<()> {
         self.client
             .update(ctx(), &req)
             .await
