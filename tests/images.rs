@@ -591,3 +591,79 @@ async fn an_image_in_use_by_a_container_is_not_removed() {
     );
     bed.assert_no_leaks();
 }
+
+/// A client's deadline (grpc-timeout) that expires mid-pull answers DEADLINE_EXCEEDED, as
+/// critest and kubelet expect; the pull itself finishes for the next caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_deadline_answers_deadline_exceeded_and_the_pull_completes() {
+    let registry = Registry::start();
+    let node = TestNode::start(Chain::Operator);
+    let mut c = images(&node).await;
+    let img = busybox_image();
+    registry.push("busybox:1", &img).await;
+    let name = format!("{}/busybox:1", registry.addr);
+
+    // tonic's client would enforce the deadline itself: send the header as Go clients do.
+    let req = cri::PullImageRequest {
+        image: spec(&name),
+        ..Default::default()
+    };
+    let (code, message) = grpc_with_timeout(&node.socket, "PullImage", req, "1m").await;
+    assert_eq!(code, tonic::Code::DeadlineExceeded as i32, "{message}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while status(&mut c, &name).await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never finished"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(pull(&mut c, &name).await.unwrap(), img.id());
+}
+
+/// One unary ImageService call over a bare HTTP/2 connection with a `grpc-timeout`
+/// header; answers grpc-status and grpc-message.
+async fn grpc_with_timeout(
+    socket: &Path,
+    method: &str,
+    req: impl prost::Message,
+    timeout: &str,
+) -> (i32, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let msg = req.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend((msg.len() as u32).to_be_bytes());
+    body.extend(msg);
+    let request =
+        hyper::Request::post(format!("http://localhost/runtime.v1.ImageService/{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("grpc-timeout", timeout)
+            .body(http_body_util::Full::new(hyper::body::Bytes::from(body)))
+            .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    let mut headers = response.headers().clone();
+    let collected = response.into_body().collect().await.unwrap();
+    if let Some(trailers) = collected.trailers() {
+        headers.extend(trailers.clone());
+    }
+    let get = |k: &str| {
+        headers
+            .get(k)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        get("grpc-status").parse().expect("grpc-status"),
+        get("grpc-message"),
+    )
+}

@@ -1,15 +1,18 @@
 //! Serving the CRI on a unix socket.
 
+use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use podrun_proto::cri::image_service_server::ImageServiceServer;
 use podrun_proto::cri::runtime_service_server::RuntimeServiceServer;
 use podrun_proto::podrun::v1::images_server::ImagesServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tonic::Status;
+use tower::Service;
 
 use super::Cri;
 use crate::error::{Error, Result};
@@ -28,13 +31,13 @@ pub async fn serve(
     tracing::info!(socket = %path.display(), recovered, containers, "podrund serving CRI");
     let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
     let cri = Cri { node: node.clone() };
-    let result = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20))
-        .add_service(ImageServiceServer::new(cri.clone()))
-        .add_service(ImagesServer::new(cri))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("serving {}: {e}", path.display())));
+    let routes = tonic::service::Routes::new(
+        RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20),
+    )
+    .add_service(ImageServiceServer::new(cri.clone()))
+    .add_service(ImagesServer::new(cri))
+    .prepare();
+    let result = accept(listener, routes, shutdown).await;
     let _ = std::fs::remove_file(&path);
     streaming.abort();
     // Let pod operations already under way finish (their clients may be gone).
@@ -43,6 +46,91 @@ pub async fn serve(
         tracing::error!("pod operations still running after 120s; exiting anyway");
     }
     result
+}
+
+/// Serves HTTP/2 gRPC on each accepted connection until `shutdown`, then lets the
+/// connections finish what they are doing (at most 5 s: event streams never end).
+///
+/// Not tonic's own server: it answers an expired `grpc-timeout` with CANCELLED, where
+/// clients (and critest) expect DEADLINE_EXCEEDED.
+async fn accept(
+    listener: UnixListener,
+    routes: tonic::service::Routes,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "CRI accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let routes = routes.clone();
+        let service = hyper::service::service_fn(move |req| with_deadline(routes.clone(), req));
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "CRI connection ended");
+            }
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("CRI connections still open at shutdown; closing them");
+    }
+    Ok(())
+}
+
+/// Runs one call, bounded by the client's `grpc-timeout` when it sent one. Dropping the
+/// call's future cancels it, as a client's RST_STREAM does.
+async fn with_deadline(
+    mut routes: tonic::service::Routes,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> std::result::Result<hyper::Response<tonic::body::Body>, Infallible> {
+    let deadline = req
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout);
+    let call = routes.call(req);
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    match tokio::time::timeout(deadline, call).await {
+        Ok(response) => response,
+        Err(_) => Ok(Status::deadline_exceeded("the call's grpc-timeout expired").into_http()),
+    }
+}
+
+/// The `grpc-timeout` header: at most 8 digits and a unit (gRPC over HTTP/2).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let unit = value.chars().last()?;
+    let digits = &value[..value.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 async fn bind(path: &Path) -> Result<UnixListener> {
@@ -64,4 +152,24 @@ async fn bind(path: &Path) -> Result<UnixListener> {
     nix::unistd::chown(path, Some(0.into()), Some(0.into()))
         .map_err(Error::sys(format!("chown {}", path.display())))?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units_and_malformed_values() {
+        assert_eq!(grpc_timeout("1m"), Some(Duration::from_millis(1)));
+        assert_eq!(grpc_timeout("999u"), Some(Duration::from_micros(999)));
+        assert_eq!(grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(grpc_timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "5", "123456789S", "-1S", "1s", "1.5S", "1é"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }
