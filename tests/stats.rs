@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::io::AsyncBufReadExt;
+
 use podrun_proto::cri;
 use podrun_tests::workload::Bed;
 
@@ -409,5 +411,127 @@ async fn stats_follow_a_memory_hog_and_traffic_between_pods() {
     );
     bed.remove_pod(&a.0).await;
     bed.remove_pod(&b.0).await;
+    bed.assert_no_leaks();
+}
+
+/// podctl against the node's socket; it must succeed.
+fn podctl(bed: &Bed, args: &[&str]) -> String {
+    let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
+        .arg("-r")
+        .arg(&bed.node.socket)
+        .args(args)
+        .output()
+        .expect("running podctl");
+    assert!(
+        out.status.success(),
+        "podctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The column `name` of the table row whose first cell starts `id`'s prefix.
+fn cell(table: &str, id: &str, name: &str) -> String {
+    let mut lines = table.lines();
+    let header = lines.next().expect("a header");
+    let at = header
+        .find(name)
+        .unwrap_or_else(|| panic!("{name} in {header}"));
+    let row = lines
+        .find(|l| id.starts_with(l.split_whitespace().next().unwrap_or("-")))
+        .unwrap_or_else(|| panic!("a row for {id} in\n{table}"));
+    row[at..].split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_spinner_uses_one_core_and_podctl_shows_stats_watches_and_events() {
+    let mut bed = Bed::start().await;
+    // Events from the start: every container of this test, in order.
+    let mut events = tokio::process::Command::new(podrun_tests::bin_dir().join("podctl"))
+        .arg("-r")
+        .arg(&bed.node.socket)
+        .args(["events", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pod = bed.pod("spin", "").await;
+    let spinner = bed
+        .run(
+            &pod,
+            bed.container("spinner", &["sh", "-c", "while :; do :; done"]),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // kubelet's rate: one busy-looping thread uses one core, not more, and about all of it
+    // (on 2 cores, whatever else runs beside the test).
+    let by_id = cri::ContainerStatsFilter {
+        id: spinner.clone(),
+        ..Default::default()
+    };
+    list(&mut bed, by_id.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rate = v(&list(&mut bed, by_id).await[0].cpu.unwrap().usage_nano_cores);
+    assert!(
+        (600_000_000..=1_050_000_000).contains(&rate),
+        "usage_nano_cores of a spinner: {rate}"
+    );
+
+    // podctl stats: the same figure as a percentage; statsp: the pod, its processes.
+    let table = podctl(&bed, &["stats", "--id", &spinner[..12]]);
+    let cpu: f64 = cell(&table, &spinner, "CPU %").parse().unwrap();
+    assert!((60.0..=105.0).contains(&cpu), "CPU % {cpu}:\n{table}");
+    assert_eq!(cell(&table, &spinner, "NAME"), "spinner");
+    let table = podctl(&bed, &["statsp", "--label", "test=spin"]);
+    assert_eq!(table.lines().count(), 2, "one pod:\n{table}");
+    let pids: u64 = cell(&table, &pod.0, "PIDS").parse().unwrap();
+    assert!(pids >= 2, "pause and the spinner's shell:\n{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&podctl(&bed, &["stats", "-p", &pod.0, "-o", "json"])).unwrap();
+    assert_eq!(json["stats"][0]["attributes"]["id"], spinner.as_str());
+
+    // -w: a fresh table every --seconds until stopped.
+    let mut watch = tokio::process::Command::new(podrun_tests::bin_dir().join("podctl"))
+        .arg("-r")
+        .arg(&bed.node.socket)
+        .args(["statsp", "-w", "-s", "1"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    watch.start_kill().unwrap();
+    let out = watch.wait_with_output().await.unwrap();
+    let tables = String::from_utf8_lossy(&out.stdout)
+        .matches("POD ID")
+        .count();
+    assert!((2..=3).contains(&tables), "{tables} tables in 3.5 s");
+
+    // events: created, started, stopped, deleted, each with the pod it belongs to.
+    bed.remove_pod(&pod.0).await;
+    let stdout = events.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"))
+            .unwrap()
+            .expect("podctl events ended");
+        let e: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if e["container_id"] == spinner.as_str() {
+            assert_eq!(e["pod_sandbox_status"]["id"], pod.0.as_str());
+            seen.push(e["container_event_type"].as_i64().unwrap());
+        }
+    }
+    let kinds = [
+        cri::ContainerEventType::ContainerCreatedEvent,
+        cri::ContainerEventType::ContainerStartedEvent,
+        cri::ContainerEventType::ContainerStoppedEvent,
+        cri::ContainerEventType::ContainerDeletedEvent,
+    ];
+    assert_eq!(seen, kinds.map(|k| k as i64));
+    events.kill().await.unwrap();
     bed.assert_no_leaks();
 }

@@ -4,6 +4,7 @@
 
 mod netcheck;
 mod pull;
+mod stats;
 mod stream;
 mod term;
 mod work;
@@ -81,6 +82,8 @@ enum Command {
     Netcheck(netcheck::Args),
     #[command(flatten)]
     Work(work::Command),
+    #[command(flatten)]
+    Stats(stats::Command),
 }
 
 fn main() -> Result<()> {
@@ -96,6 +99,7 @@ fn main() -> Result<()> {
         Command::Work(work::Command::Exec {
             interactive, tty, ..
         }) if *interactive || *tty => Duration::MAX,
+        Command::Stats(c) if c.endless() => Duration::MAX,
         _ => Duration::from_secs(cli.timeout),
     };
     runtime.block_on(async {
@@ -230,6 +234,7 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
         }
         Command::Netcheck(args) => netcheck::run(endpoint, args).await?,
         Command::Work(command) => work::run(endpoint, command).await?,
+        Command::Stats(command) => stats::run(endpoint, command).await?,
     }
     Ok(())
 }
