@@ -290,6 +290,16 @@ async fn container_and_pod_stats_report_cpu_memory_disk_processes_and_network() 
         .unwrap();
     assert!(v(&ws.value) > 0);
     assert_eq!(ws.label_values.len(), keys(&ws.name));
+    // The name label tells pod and container apart where kubelet adds no labels itself.
+    let uid = &pod.1.metadata.as_ref().unwrap().uid;
+    assert_eq!(
+        ws.label_values[1],
+        format!("k8s_busy_stats_podrun-test_{uid}_0")
+    );
+    assert_eq!(
+        rx.label_values[1],
+        format!("k8s_POD_stats_podrun-test_{uid}_0")
+    );
     assert!(busy_metrics
         .metrics
         .iter()
@@ -414,22 +424,6 @@ async fn stats_follow_a_memory_hog_and_traffic_between_pods() {
     bed.assert_no_leaks();
 }
 
-/// podctl against the node's socket; it must succeed.
-fn podctl(bed: &Bed, args: &[&str]) -> String {
-    let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
-        .arg("-r")
-        .arg(&bed.node.socket)
-        .args(args)
-        .output()
-        .expect("running podctl");
-    assert!(
-        out.status.success(),
-        "podctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// The column `name` of the table row whose first cell starts `id`'s prefix.
 fn cell(table: &str, id: &str, name: &str) -> String {
     let mut lines = table.lines();
@@ -479,16 +473,16 @@ async fn a_cpu_spinner_uses_one_core_and_podctl_shows_stats_watches_and_events()
     );
 
     // podctl stats: the same figure as a percentage; statsp: the pod, its processes.
-    let table = podctl(&bed, &["stats", "--id", &spinner[..12]]);
+    let table = bed.node.podctl(&["stats", "--id", &spinner[..12]]);
     let cpu: f64 = cell(&table, &spinner, "CPU %").parse().unwrap();
     assert!((60.0..=105.0).contains(&cpu), "CPU % {cpu}:\n{table}");
     assert_eq!(cell(&table, &spinner, "NAME"), "spinner");
-    let table = podctl(&bed, &["statsp", "--label", "test=spin"]);
+    let table = bed.node.podctl(&["statsp", "--label", "test=spin"]);
     assert_eq!(table.lines().count(), 2, "one pod:\n{table}");
     let pids: u64 = cell(&table, &pod.0, "PIDS").parse().unwrap();
     assert!(pids >= 2, "pause and the spinner's shell:\n{table}");
     let json: serde_json::Value =
-        serde_json::from_str(&podctl(&bed, &["stats", "-p", &pod.0, "-o", "json"])).unwrap();
+        serde_json::from_str(&bed.node.podctl(&["stats", "-p", &pod.0, "-o", "json"])).unwrap();
     assert_eq!(json["stats"][0]["attributes"]["id"], spinner.as_str());
 
     // -w: a fresh table every --seconds until stopped.

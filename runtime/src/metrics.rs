@@ -2,9 +2,11 @@
 //! `/metrics/cadvisor` when it takes pod and container stats from the runtime
 //! (`PodAndContainerStatsFromCRI`), made from the same figures as the stats RPCs.
 //!
-//! Label keys are cAdvisor's own (`id`: the cgroup, `name`: the container or pod id,
-//! `image`, and `interface` for network figures); kubelet adds `namespace`, `pod` and
-//! `container` itself.
+//! Label keys are CRI-O's, after cAdvisor's: `id` (the container or pod id), `name` (the
+//! dockershim-style `k8s_<container>_<pod>_<namespace>_<uid>_<attempt>`, `POD` for the pod's
+//! own figures, which is all a kubelet that does not add labels of its own has to tell pods
+//! apart), `image`, and `interface` for network figures. Newer kubelets add `namespace`,
+//! `pod` and `container` themselves, so they are not keys here.
 
 use podrun_proto::cri;
 
@@ -198,7 +200,19 @@ pub async fn pod_metrics(node: std::sync::Arc<Node>) -> Result<Vec<cri::PodSandb
                 .map(|a| a.id.clone())
                 .unwrap_or_default();
             let linux = pod.linux.clone().unwrap_or_default();
-            let labels = [id.as_str(), id.as_str(), ""];
+            let meta = pod
+                .attributes
+                .as_ref()
+                .and_then(|a| a.metadata.clone())
+                .unwrap_or_default();
+            let name = |container: &str, attempt: u32| {
+                format!(
+                    "k8s_{container}_{}_{}_{}_{attempt}",
+                    meta.name, meta.namespace, meta.uid
+                )
+            };
+            let pod_name = name("POD", meta.attempt);
+            let labels = [id.as_str(), pod_name.as_str(), ""];
             let mut metrics = Vec::new();
             usage(
                 linux.cpu.as_ref(),
@@ -213,7 +227,7 @@ pub async fn pod_metrics(node: std::sync::Arc<Node>) -> Result<Vec<cri::PodSandb
             }
             if let Some(net) = &linux.network {
                 for i in &net.interfaces {
-                    let labels = [id.as_str(), id.as_str(), "", i.name.as_str()];
+                    let labels = [id.as_str(), pod_name.as_str(), "", i.name.as_str()];
                     for (name, value) in [
                         ("container_network_receive_bytes_total", v(&i.rx_bytes)),
                         ("container_network_transmit_bytes_total", v(&i.tx_bytes)),
@@ -230,13 +244,12 @@ pub async fn pod_metrics(node: std::sync::Arc<Node>) -> Result<Vec<cri::PodSandb
                 .containers
                 .iter()
                 .map(|c| {
-                    let cid = c
-                        .attributes
-                        .as_ref()
-                        .map(|a| a.id.clone())
-                        .unwrap_or_default();
+                    let a = c.attributes.clone().unwrap_or_default();
+                    let cid = a.id;
+                    let m = a.metadata.unwrap_or_default();
                     let image = images.get(&cid).cloned().unwrap_or_default();
-                    let labels = [cid.as_str(), cid.as_str(), image.as_str()];
+                    let container_name = name(&m.name, m.attempt);
+                    let labels = [cid.as_str(), container_name.as_str(), image.as_str()];
                     let mut metrics = Vec::new();
                     usage(c.cpu.as_ref(), c.memory.as_ref(), &labels, &mut metrics);
                     if let Some(fs) = &c.writable_layer {

@@ -4,6 +4,7 @@
 
 pub mod bed;
 pub mod containerd;
+pub mod kube;
 pub mod netns;
 pub mod registry;
 pub mod workload;
@@ -531,7 +532,7 @@ pub fn cgroup_hierarchies() -> Vec<PathBuf> {
 }
 
 /// Removes a cgroup and everything below it, deepest first (after killing its processes).
-fn remove_cgroup_tree(dir: &Path) {
+pub fn remove_cgroup_tree(dir: &Path) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.path().is_dir() {
             remove_cgroup_tree(&e.path());
