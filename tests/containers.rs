@@ -893,3 +893,93 @@ async fn container_events_follow_each_change_with_statuses() {
     assert!(seen.iter().all(|e| e.created_at > 0));
     bed.assert_no_leaks();
 }
+
+/// `podctl doctor`: after podrund lost the records of a running pod (killed, records
+/// deleted), it finds every kind of orphan, at start and on demand, without touching a
+/// healthy pod; `--fix` removes them all, and an independent count agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_finds_every_orphan_of_a_forgotten_pod_and_fix_removes_them() {
+    let mut bed = Bed::start().await;
+    let doctor = |bed: &Bed, args: &[&str]| {
+        let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
+            .arg("-r")
+            .arg(&bed.node.socket)
+            .arg("doctor")
+            .args(args)
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), json)
+    };
+    let kinds = [
+        "netns",
+        "veths",
+        "ip_reservations",
+        "mounts",
+        "cgroups",
+        "processes",
+        "runtime_state",
+        "state_files",
+    ];
+    let healthy = bed.pod("healthy", "").await;
+    let keep = bed
+        .run(&healthy, bed.container("keep", &["sleep", "1000"]))
+        .await;
+    let forgotten = bed.pod("forgotten", "").await;
+    let lost = bed
+        .run(&forgotten, bed.container("lost", &["sleep", "1000"]))
+        .await;
+    let (code, clean) = doctor(&bed, &["--json"]);
+    assert_eq!(code, Some(0), "a healthy node: {clean:#}");
+    for k in kinds {
+        assert_eq!(clean["found"][k], serde_json::json!([]), "{k}");
+    }
+
+    // podrund dies and the forgotten pod's records go with it.
+    bed.node.kill_daemon();
+    let root = bed.node.dir.join("root");
+    std::fs::remove_dir_all(root.join("pods").join(&forgotten.0)).unwrap();
+    std::fs::remove_dir_all(root.join("containers").join(&lost)).unwrap();
+    bed.node.spawn_daemon();
+    bed.rt = bed.node.client().await;
+
+    let status = bed
+        .rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let at_start: serde_json::Value = serde_json::from_str(&status.info["auditAtStart"]).unwrap();
+    let (code, found) = doctor(&bed, &["--json"]);
+    assert_eq!(code, Some(1));
+    let found = &found["found"];
+    for k in kinds {
+        let list = found[k].as_array().unwrap();
+        assert!(!list.is_empty(), "no {k} found: {found:#}");
+        assert_eq!(at_start[k], found[k], "{k}: the audit at start agrees");
+        for item in list {
+            let item = item.as_str().unwrap();
+            assert!(
+                !item.contains(&healthy.0) && !item.contains(&keep),
+                "the healthy pod is not an orphan: {item}"
+            );
+        }
+    }
+    assert!(found["ip_reservations"][0]
+        .as_str()
+        .unwrap()
+        .contains(&forgotten.0));
+
+    let (code, fixed) = doctor(&bed, &["--fix", "--json"]);
+    assert_eq!(code, Some(0), "{fixed:#}");
+    assert_eq!(fixed["failed"], serde_json::json!([]));
+    for k in kinds {
+        assert_eq!(fixed["left"][k], serde_json::json!([]), "{k} left");
+    }
+    // The healthy pod still works; once it is removed, nothing at all is left.
+    assert_eq!(bed.out(&keep, &["echo", "alive"]).await.trim(), "alive");
+    bed.remove_pod(&healthy.0).await;
+    eprintln!("{found:#}");
+    bed.assert_no_leaks();
+}

@@ -6,6 +6,7 @@ pub mod cni;
 pub mod config;
 pub mod container;
 pub mod cri;
+pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod image;

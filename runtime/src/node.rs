@@ -32,6 +32,8 @@ pub struct Node {
     /// The node's pod CIDR, as kubelet last gave it (UpdateRuntimeConfig). The CNI
     /// configuration decides addresses; this is reported in verbose Status.
     pub pod_cidr: std::sync::Mutex<String>,
+    /// What the leak audit found when podrund started (verbose Status shows it).
+    pub audit_at_start: std::sync::Mutex<crate::doctor::Report>,
     /// What each runtime handler can do, found out on first use.
     handlers: std::sync::OnceLock<Vec<podrun_proto::cri::RuntimeHandler>>,
 }
@@ -74,6 +76,7 @@ impl Node {
             samples: Default::default(),
             handlers: Default::default(),
             pod_cidr: Default::default(),
+            audit_at_start: Default::default(),
             events: Default::default(),
             config,
         })

@@ -189,6 +189,15 @@ impl RuntimeService for Cri {
                     "podCIDR": *self.node.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()),
                 });
                 info.insert("config".to_owned(), config.to_string());
+                let audit = serde_json::to_string(
+                    &*self
+                        .node
+                        .audit_at_start
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()),
+                )
+                .unwrap_or_default();
+                info.insert("auditAtStart".to_owned(), audit);
             }
             Ok(cri::StatusResponse {
                 status: Some(cri::RuntimeStatus { conditions }),

@@ -102,3 +102,49 @@ impl Images for Cri {
         .await
     }
 }
+
+fn to_report(r: crate::doctor::Report) -> api::AuditReport {
+    api::AuditReport {
+        netns: r.netns,
+        veths: r.veths,
+        ip_reservations: r.ip_reservations,
+        mounts: r.mounts,
+        cgroups: r.cgroups,
+        processes: r.processes,
+        runtime_state: r.runtime_state,
+        state_files: r.state_files,
+        missing: r.missing,
+    }
+}
+
+#[tonic::async_trait]
+impl api::doctor_server::Doctor for Cri {
+    async fn audit(
+        &self,
+        req: Request<api::AuditRequest>,
+    ) -> Result<Response<api::AuditResponse>, Status> {
+        let node = self.node.clone();
+        handle("podrun.Audit", async move {
+            // No pod is half-made or half-removed while the audit looks (or fixes).
+            let _quiet = node.inflight.write().await;
+            let n = node.clone();
+            let found = tokio::task::spawn_blocking(move || crate::doctor::audit(&n))
+                .await
+                .map_err(|e| Error::Internal(format!("audit: {e}")))?;
+            let mut response = api::AuditResponse {
+                found: Some(to_report(crate::doctor::Report::of(&found))),
+                ..Default::default()
+            };
+            if req.get_ref().fix {
+                response.failed = crate::doctor::fix(&node, &found).await;
+                let n = node.clone();
+                let left = tokio::task::spawn_blocking(move || crate::doctor::audit(&n))
+                    .await
+                    .map_err(|e| Error::Internal(format!("audit: {e}")))?;
+                response.left = Some(to_report(crate::doctor::Report::of(&left)));
+            }
+            Ok(response)
+        })
+        .await
+    }
+}

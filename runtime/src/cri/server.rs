@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use podrun_proto::cri::image_service_server::ImageServiceServer;
 use podrun_proto::cri::runtime_service_server::RuntimeServiceServer;
+use podrun_proto::podrun::v1::doctor_server::DoctorServer;
 use podrun_proto::podrun::v1::images_server::ImagesServer;
 use tokio::net::UnixListener;
 use tonic::Status;
@@ -28,6 +29,14 @@ pub async fn serve(
     let listener = bind(&path).await?;
     let recovered = crate::sandbox::recover(&node).await?;
     let containers = crate::container::recover(&node).await?;
+    let findings = crate::doctor::audit(&node);
+    for f in &findings {
+        tracing::warn!(finding = ?f, "leak audit at start (podctl doctor --fix removes orphans)");
+    }
+    *node
+        .audit_at_start
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = crate::doctor::Report::of(&findings);
     tracing::info!(socket = %path.display(), recovered, containers, "podrund serving CRI");
     let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
     let cri = Cri { node: node.clone() };
@@ -35,7 +44,8 @@ pub async fn serve(
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20),
     )
     .add_service(ImageServiceServer::new(cri.clone()))
-    .add_service(ImagesServer::new(cri))
+    .add_service(ImagesServer::new(cri.clone()))
+    .add_service(DoctorServer::new(cri))
     .prepare();
     let result = accept(listener, routes, shutdown).await;
     let _ = std::fs::remove_file(&path);

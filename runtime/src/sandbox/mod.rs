@@ -42,6 +42,8 @@ pub use stop::stop;
 /// The format version of [`Record`].
 const RECORD_VERSION: u32 = 1;
 
+pub(crate) use run::DEFAULT_CGROUP_PARENT;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
     Creating,

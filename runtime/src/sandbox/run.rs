@@ -20,7 +20,7 @@ use crate::node::Node;
 use crate::{cgroup, netns, store};
 
 /// The cgroup parent for pods whose config names none.
-const DEFAULT_CGROUP_PARENT: &str = "/podrun";
+pub(crate) const DEFAULT_CGROUP_PARENT: &str = "/podrun";
 /// The time rollback gets, whatever was left of the request's.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -2,6 +2,7 @@
 //! Pod config files are the JSON or YAML that crictl reads (PodSandboxConfig with
 //! snake_case field names), so one file works with both tools.
 
+mod doctor;
 mod netcheck;
 mod pull;
 mod stats;
@@ -80,6 +81,8 @@ enum Command {
     Inspectp { id: String },
     /// Check the pod network: pod to pod, node to pod, no NAT; prints each packet path.
     Netcheck(netcheck::Args),
+    /// Audit the node for what podrund made and no longer owns (exit 1 when found).
+    Doctor(doctor::Args),
     #[command(flatten)]
     Work(work::Command),
     #[command(flatten)]
@@ -233,6 +236,7 @@ async fn run(endpoint: &Path, command: Command) -> Result<()> {
             print_json(&json!({"status": s.status, "info": info_json(&s.info)}))?;
         }
         Command::Netcheck(args) => netcheck::run(endpoint, args).await?,
+        Command::Doctor(args) => std::process::exit(doctor::run(endpoint, args).await?),
         Command::Work(command) => work::run(endpoint, command).await?,
         Command::Stats(command) => stats::run(endpoint, command).await?,
     }
