@@ -983,3 +983,89 @@ async fn doctor_finds_every_orphan_of_a_forgotten_pod_and_fix_removes_them() {
     eprintln!("{found:#}");
     bed.assert_no_leaks();
 }
+
+/// A reboot: /run is wiped (netns pins, podrund's state dir, the OCI runtime's state), every
+/// process and cgroup is gone, the records and IP reservations on disk remain. podrund's
+/// start releases the pod's IP with the cached CNI result, reports the pod NotReady with the
+/// reason and its container exited; doctor finds nothing; Remove cleans up the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_podrund_releases_the_ips_of_pods_that_died_with_it() {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("rebooted", "").await;
+    let c = bed
+        .run(&pod, bed.container("app", &["sleep", "1000"]))
+        .await;
+    let ipam = bed.node.ipam_dir.clone();
+    assert_eq!(podrun_tests::ip_reservations(&ipam).len(), 1);
+    let (_, info) = podrun_tests::pod_info(&mut bed.rt, &pod.0).await.unwrap();
+    let pause = info["pausePid"].as_i64().unwrap() as i32;
+
+    bed.node.kill_daemon();
+    let state = bed.node.dir.join("state");
+    let mut pids = podrun_tests::processes_mentioning(&state.display().to_string());
+    pids.push(pause);
+    for pid in pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for h in podrun_tests::cgroup_hierarchies() {
+        let parent = h.join(bed.node.cgroup_parent.trim_start_matches('/'));
+        podrun_tests::remove_cgroup_tree(&parent.join(&pod.0));
+    }
+    let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&state.display().to_string()) || m.contains(&pod.0))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    std::fs::remove_file(format!("/run/netns/podrun-{}", pod.0)).unwrap();
+    std::fs::remove_dir_all(&state).unwrap();
+    for root in ["/run/crun", "/run/runc"] {
+        let _ = std::fs::remove_dir_all(std::path::Path::new(root).join(&c));
+    }
+
+    // (A pod's pause, the init of its pid namespace, takes a while to die.)
+    podrun_tests::wait_until(Duration::from_secs(30), || {
+        !std::path::Path::new(&format!("/proc/{pause}")).exists()
+    })
+    .expect("the pause process dies");
+    bed.node.spawn_daemon();
+    bed.rt = bed.node.client().await;
+    let status = bed
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.0.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status.unwrap().state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    // podrund answers once it recovered, and released the dead pod.
+    assert_eq!(
+        podrun_tests::ip_reservations(&ipam),
+        Vec::<String>::new(),
+        "the IP is released at start; podrund's log:\n{}",
+        bed.node.log()
+    );
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let reason = info["notReadyReason"].as_str().unwrap();
+    assert!(reason.contains("reboot"), "{reason}");
+    assert_eq!(
+        bed.status(&c).await.state,
+        cri::ContainerState::ContainerExited as i32
+    );
+    let doctor = bed.node.podctl(&["doctor"]);
+    assert!(doctor.contains("the node is clean"), "{doctor}");
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

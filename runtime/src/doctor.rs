@@ -387,11 +387,20 @@ fn in_cgroups(pid: i32, cgroups: &[String]) -> bool {
         })
 }
 
-/// Whether a file in `dir` names `path` (the OCI runtimes record the bundle).
+/// Whether a regular file in `dir` names `path` (the OCI runtimes record the bundle).
+/// Only regular files, and only their first MiB: runc keeps a FIFO there (`exec.fifo`),
+/// whose open would block until the container starts.
 fn mentions(dir: &Path, path: &Path) -> bool {
+    use std::io::Read;
     let needle = path.display().to_string();
     entries(dir).iter().any(|(_, f)| {
-        fs::read(f).is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(&needle))
+        let regular = fs::symlink_metadata(f).is_ok_and(|m| m.is_file());
+        let mut text = Vec::new();
+        regular
+            && fs::File::open(f)
+                .and_then(|file| file.take(1 << 20).read_to_end(&mut text))
+                .is_ok()
+            && String::from_utf8_lossy(&text).contains(&needle)
     })
 }
 
@@ -568,5 +577,18 @@ mod tests {
         );
         assert_eq!(r.cgroups, [format!("/podrun/{id}")]);
         assert!(is_id(&id) && !is_id("abc") && !is_id(&"g".repeat(64)));
+    }
+
+    #[test]
+    fn runtime_state_with_a_fifo_is_read_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&dir.path().join("exec.fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(!mentions(dir.path(), Path::new("/run/podrun")));
+        fs::write(
+            dir.path().join("state.json"),
+            r#"{"bundle":"/run/podrun/containers/x"}"#,
+        )
+        .unwrap();
+        assert!(mentions(dir.path(), Path::new("/run/podrun")));
     }
 }

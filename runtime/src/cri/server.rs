@@ -29,7 +29,17 @@ pub async fn serve(
     let listener = bind(&path).await?;
     let recovered = crate::sandbox::recover(&node).await?;
     let containers = crate::container::recover(&node).await?;
-    let findings = crate::doctor::audit(&node);
+    let released = crate::sandbox::release_dead(&node).await;
+    // Bounded: a start must not hang on what the audit reads.
+    let n = node.clone();
+    let audit = tokio::task::spawn_blocking(move || crate::doctor::audit(&n));
+    let findings = match tokio::time::timeout(Duration::from_secs(10), audit).await {
+        Ok(Ok(findings)) => findings,
+        _ => {
+            tracing::error!("the leak audit at start did not finish in 10 s; skipped");
+            Vec::new()
+        }
+    };
     for f in &findings {
         tracing::warn!(finding = ?f, "leak audit at start (podctl doctor --fix removes orphans)");
     }
@@ -37,7 +47,7 @@ pub async fn serve(
         .audit_at_start
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = crate::doctor::Report::of(&findings);
-    tracing::info!(socket = %path.display(), recovered, containers, "podrund serving CRI");
+    tracing::info!(socket = %path.display(), recovered, containers, released, "podrund serving CRI");
     let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
     let cri = Cri { node: node.clone() };
     let routes = tonic::service::Routes::new(

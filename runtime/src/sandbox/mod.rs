@@ -32,7 +32,7 @@ use crate::cni::Attachment;
 use crate::error::{Error, Result};
 use crate::store::{self, ProcessId};
 
-pub use recover::recover;
+pub use recover::{recover, release_dead};
 pub use remove::remove;
 pub use run::run;
 pub(crate) use status::cri_status;
@@ -94,6 +94,9 @@ pub struct Record {
     /// The pod's own user namespace (userns_options mode POD), pinned.
     #[serde(default)]
     pub userns: Option<crate::userns::UserNs>,
+    /// Why podrund found the pod not ready when it started (verbose status shows it).
+    #[serde(default)]
+    pub reason: String,
 }
 
 impl Record {

@@ -57,6 +57,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
 /// Degrades the record to NotReady unless its pause and shim are alive and answering.
 async fn check(dirs: PodDirs, mut record: Record) -> Record {
     let alive = |p: &Option<store::ProcessId>| p.as_ref().is_some_and(|p| p.is_alive());
+    let netns_gone = record.netns.as_ref().is_some_and(|p| !p.exists());
     let ready = record.state == State::Ready && alive(&record.pause) && alive(&record.shim) && {
         let answered = tokio::time::timeout(RECONNECT_TIMEOUT, reconnect(&record)).await;
         match answered {
@@ -74,11 +75,48 @@ async fn check(dirs: PodDirs, mut record: Record) -> Record {
     if !ready && record.state != State::NotReady {
         tracing::warn!(pod = %record.id, state = ?record.state, "pod found not ready on restart");
         record.state = State::NotReady;
+        record.reason = match (alive(&record.pause), netns_gone) {
+            (false, true) => {
+                "its pause process and netns were gone when podrund started (a reboot?)"
+            }
+            (false, false) => "its pause process was gone when podrund started",
+            (true, _) => "its shim did not answer when podrund started",
+        }
+        .to_owned();
         if let Err(e) = persist(&dirs, &record) {
             tracing::error!(pod = %record.id, error = %e, "cannot record NotReady; continuing");
         }
     }
     record
+}
+
+/// Stops, at start, every pod whose pause died while podrund was away (after a reboot,
+/// all of them): CNI DEL with the cached result releases its IP even though the netns is
+/// gone, and its mounts, cgroups and pin go, as StopPodSandbox would. kubelet then finds it
+/// stopped; the record stays until RemovePodSandbox. Run after the containers recovered.
+pub async fn release_dead(node: &Arc<Node>) -> usize {
+    let dead: Vec<String> = node
+        .sandboxes
+        .all()
+        .iter()
+        .map(|p| p.view())
+        .filter(|r| {
+            r.state == State::NotReady && !r.stopped && !r.pause.is_some_and(|p| p.is_alive())
+        })
+        .map(|r| r.id)
+        .collect();
+    for id in &dead {
+        let req = podrun_proto::cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        };
+        match super::stop(node.clone(), req).await {
+            Ok(()) => tracing::info!(pod = %id, "released a pod whose pause died"),
+            Err(e) => {
+                tracing::warn!(pod = %id, error = %e, "releasing a dead pod failed; Stop retries")
+            }
+        }
+    }
+    dead.len()
 }
 
 /// Reconnects to the pod's shim and checks that it still runs the pod's pause.

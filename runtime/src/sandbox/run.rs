@@ -195,6 +195,7 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
             .then(|| dirs.state.join("shm")),
         stopped: false,
         userns,
+        reason: String::new(),
         config,
     })
 }

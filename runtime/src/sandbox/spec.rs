@@ -92,6 +92,7 @@ mod tests {
             shm: None,
             stopped: false,
             userns: None,
+            reason: String::new(),
         }
     }
 

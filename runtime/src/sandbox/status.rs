@@ -40,6 +40,7 @@ pub async fn status(
             "shimSocket": r.shim_socket,
             "pausePid": r.pause.map(|p| p.pid),
             "cgroupsPath": r.cgroup,
+            "notReadyReason": r.reason,
             "cniResult": r.network.as_ref().and_then(|a| a.result.clone()),
             "cniNetwork": r.network.as_ref().map(|a| &a.network.name),
             "config": r.config,
