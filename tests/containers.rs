@@ -1069,3 +1069,156 @@ async fn after_a_reboot_podrund_releases_the_ips_of_pods_that_died_with_it() {
     bed.remove_pod(&pod.0).await;
     bed.assert_no_leaks();
 }
+
+/// One pod's life as kubelet drives it, up to the first failure.
+async fn pod_life(bed: &mut Bed, name: &str) -> Result<(), tonic::Status> {
+    let mut config = bed.node.pod_config(name);
+    config.log_directory = bed.node.dir.join("logs").join(name).display().to_string();
+    let pod = bed
+        .rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    bed.node.remember(&pod);
+    let c = bed
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bed.container("app", &["sleep", "1000"])),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    bed.containers.push(c.clone());
+    bed.rt
+        .start_container(cri::StartContainerRequest { container_id: c })
+        .await?;
+    let id = pod.clone();
+    bed.rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
+        .await?;
+    bed.rt
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    Ok(())
+}
+
+/// podrund killed at each named step of a pod's life: after a restart the pod is fully
+/// there (Ready pods are Ready) or fully gone, doctor finds no orphan, and Stop and Remove,
+/// as kubelet then calls them, leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_leaves_each_pod_fully_there_or_fully_gone() {
+    let mut bed = Bed::start().await;
+    for (n, point) in podrun_runtime::crash::POINTS.iter().enumerate() {
+        eprintln!("crash point {point}");
+        bed.node.kill_daemon();
+        bed.node.extra_env = vec![("PODRUN_CRASH_AT".into(), point.to_string())];
+        bed.node.spawn_daemon();
+        bed.rt = bed.node.client().await;
+        let crashed = pod_life(&mut bed, &format!("crash{n}")).await;
+        assert!(crashed.is_err(), "{point}: podrund did not crash");
+        bed.node.kill_daemon();
+        assert!(
+            bed.node.log().contains(&format!("point=\"{point}\""))
+                || bed.node.log().contains(point),
+            "{point}: not reached"
+        );
+        bed.node.extra_env.clear();
+        bed.node.spawn_daemon();
+        bed.rt = bed.node.client().await;
+
+        let (code, audit) = {
+            let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
+                .arg("-r")
+                .arg(&bed.node.socket)
+                .args(["doctor", "--json"])
+                .output()
+                .unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (out.status.code(), json)
+        };
+        assert_eq!(
+            code,
+            Some(0),
+            "{point}: doctor after the restart: {audit:#}"
+        );
+        let pods = bed
+            .rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        for p in &pods {
+            if p.state == cri::PodSandboxState::SandboxReady as i32 {
+                // Fully there: its network and pause are up.
+                let (status, _) = podrun_tests::pod_info(&mut bed.rt, &p.id).await.unwrap();
+                assert!(!status.network.unwrap().ip.is_empty(), "{point}");
+            }
+            bed.remove_pod(&p.id).await;
+        }
+        let left = bed.container_leftovers();
+        assert!(
+            left.is_empty(),
+            "{point}: left behind:\n{}",
+            left.join("\n")
+        );
+    }
+}
+
+/// SIGKILL of a pod's shim, or of its pause: the pod turns NotReady, its container is
+/// reported exited with a reason, and Stop and Remove still clean everything up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shim_or_pause_makes_the_pod_not_ready_and_it_still_cleans_up() {
+    let mut bed = Bed::start().await;
+    for victim in ["shimPid", "pausePid"] {
+        let pod = bed.pod(&format!("kill-{}", &victim[..4]), "").await;
+        let c = bed
+            .run(&pod, bed.container("app", &["sleep", "1000"]))
+            .await;
+        let (_, info) = podrun_tests::pod_info(&mut bed.rt, &pod.0).await.unwrap();
+        let pid = info[victim].as_i64().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut state = 0;
+        for _ in 0..100 {
+            let (status, _) = podrun_tests::pod_info(&mut bed.rt, &pod.0).await.unwrap();
+            state = status.state;
+            if state == cri::PodSandboxState::SandboxNotready as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            state,
+            cri::PodSandboxState::SandboxNotready as i32,
+            "{victim}"
+        );
+        let mut status = bed.status(&c).await;
+        for _ in 0..100 {
+            if status.state == cri::ContainerState::ContainerExited as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = bed.status(&c).await;
+        }
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerExited as i32,
+            "{victim}: {status:?}"
+        );
+        assert!(!status.reason.is_empty(), "{victim}: {status:?}");
+        bed.remove_pod(&pod.0).await;
+    }
+    bed.assert_no_leaks();
+}

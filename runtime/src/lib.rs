@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod cni;
 pub mod config;
 pub mod container;
+pub mod crash;
 pub mod cri;
 pub mod doctor;
 pub mod error;

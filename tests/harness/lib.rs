@@ -119,6 +119,8 @@ pub struct TestNode {
     /// More podrund flags, for tests that start it themselves (`prepare`, then
     /// `spawn_daemon`).
     pub extra_args: Vec<String>,
+    /// More environment for podrund (PODRUN_CRASH_AT).
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl TestNode {
@@ -151,6 +153,7 @@ impl TestNode {
             daemon: None,
             pods: Default::default(),
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
         };
         node.write_cni(chain);
         node
@@ -199,6 +202,7 @@ impl TestNode {
             .arg("--registry-config-path")
             .arg(self.dir.join("certs.d"))
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(self.extra_env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

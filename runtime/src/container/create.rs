@@ -203,6 +203,7 @@ async fn make(
         .map_err(Error::sys(format!("chown {}", dirs.state.display())))?;
     }
     persist(dirs, record)?;
+    crate::crash::point("create:record-written");
     let phase = std::time::Instant::now();
     let layers: Vec<PathBuf> = image
         .layers
@@ -214,6 +215,7 @@ async fn make(
         Some(u) => mount_idmapped_rootfs(dirs, &layers, &record.rootfs, u)?,
         None => mount_rootfs(dirs, &layers, &record.rootfs)?,
     }
+    crate::crash::point("create:rootfs-mounted");
     let t_rootfs = phase.elapsed();
     let phase = std::time::Instant::now();
     let sc = record
@@ -307,6 +309,7 @@ async fn make(
         let _ = std::fs::remove_file(&at).or_else(|_| std::fs::remove_dir(&at));
     }
     record.pid = created?;
+    crate::crash::point("create:task-created");
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     tracing::debug!(
         container = %record.id, rootfs_ms = ms(t_rootfs), bundle_ms = ms(t_bundle), oci_create_ms = ms(phase.elapsed()),

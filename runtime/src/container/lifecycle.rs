@@ -32,6 +32,7 @@ pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<(
     let started_at = now_nanos();
     let phase = std::time::Instant::now();
     shim.start(&r.id, "").await?;
+    crate::crash::point("start:task-started");
     tracing::debug!(container = %r.id, oci_start_ms = phase.elapsed().as_secs_f64() * 1000.0, "StartContainer phases");
     r.state = r.state.to(State::Running)?;
     r.started_at = started_at;
@@ -287,6 +288,8 @@ pub async fn reopen_log(node: Arc<Node>, req: cri::ReopenContainerLogRequest) ->
 
 /// Loads every container record; asks the shims of running ones how they are, records
 /// exits that happened while podrund was down, and resumes monitoring the rest.
+/// A container recorded as created whose task runs (or ran) was started just before a
+/// crash: it is recovered as running, and monitoring records its exit.
 pub async fn recover(node: &Arc<Node>) -> Result<usize> {
     let dir = node.config.root.join("containers");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -296,13 +299,22 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
     for entry in entries.flatten() {
         let id = entry.file_name().to_string_lossy().into_owned();
         let dirs = Dirs::new(&node.config, &id);
-        let r = match store::read_json::<Record>(&dirs.record()) {
+        let mut r = match store::read_json::<Record>(&dirs.record()) {
             Ok(r) if r.version == RECORD_VERSION => r,
             Ok(_) | Err(_) => {
                 tracing::error!(container = %id, "cannot read container record; leaving it in place");
                 continue;
             }
         };
+        if r.state == State::Created && started_while_away(node, &r).await {
+            // podrund died between starting the task and recording it.
+            tracing::warn!(container = %id, "found started, though recorded as created");
+            r.state = State::Running;
+            r.started_at = now_nanos();
+            if let Err(e) = persist(&dirs, &r) {
+                tracing::error!(container = %id, error = %e, "cannot record Running; continuing");
+            }
+        }
         let running = r.state == State::Running;
         let c = node.containers.insert(r);
         count += 1;
@@ -311,4 +323,17 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
         }
     }
     Ok(count)
+}
+
+/// Whether the shim reports the task of a container recorded as created as started.
+async fn started_while_away(node: &Node, r: &Record) -> bool {
+    let state = async { shim_of(node, &r.pod_id).await?.state(&r.id).await };
+    match tokio::time::timeout(Duration::from_secs(3), state).await {
+        Ok(Ok(s)) => {
+            use containerd_shim_protos::api::Status;
+            let status = s.status.value();
+            status == Status::RUNNING as i32 || (status == Status::STOPPED as i32 && s.pid > 0)
+        }
+        _ => false,
+    }
 }

@@ -23,6 +23,7 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
             // Containers go before their pod's shim does (stop_locked leaves it for them when
             // it failed; when it succeeded the shim is gone and removal only cleans files).
             crate::container::remove_all_of_pod(&node, &record.id).await?;
+            crate::crash::point("remove:containers-removed");
             pod.publish(&record);
             stopped?;
             remove_dirs(&PodDirs::new(&node.config, &record.id))?;
@@ -44,6 +45,7 @@ pub(super) fn remove_dirs(dirs: &PodDirs) -> Result<()> {
             }
             _ => {}
         }
+        crate::crash::point("remove:state-removed");
     }
     Ok(())
 }

@@ -90,7 +90,9 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
     let made = async {
         make(node, &dirs, &mut record).await?;
         record.state = record.state.to(State::Ready)?;
-        persist(&dirs, &record)
+        persist(&dirs, &record)?;
+        crate::crash::point("run:ready-persisted");
+        Ok(())
     }
     .await;
     match made {
@@ -274,6 +276,7 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
     store::write_content(&dirs.record(), record)?;
     let path = dirs.record();
     let synced = blocking(move || store::sync_dir(&path));
+    crate::crash::point("run:record-written");
     let t_dirs = phase.elapsed();
 
     // From here everything hangs off the persisted record. The netns and the cgroup with
@@ -347,6 +350,7 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         record.pause = store::ProcessId::of(*pid as i32);
     }
     let (t_cni, (_, t_pause)) = (cni?, pause?);
+    crate::crash::point("run:attached");
     if record.pause.is_none() {
         let message = "pause exited as soon as it started; see the shim log".to_owned();
         return Err(Error::Shim {

@@ -17,11 +17,20 @@ fn cri_state(state: State) -> cri::PodSandboxState {
     }
 }
 
-/// Marks a Ready pod NotReady when its pause has died behind our back.
+/// Marks a Ready pod NotReady when its pause or its shim (without which no container can
+/// be made, stopped or waited for) has died behind our back.
 fn refresh(record: &mut Record) {
-    if record.state == State::Ready && !record.pause.as_ref().is_some_and(|p| p.is_alive()) {
-        record.state = State::NotReady;
+    if record.state != State::Ready {
+        return;
     }
+    let dead = |p: &Option<crate::store::ProcessId>| !p.as_ref().is_some_and(|p| p.is_alive());
+    let reason = match (dead(&record.pause), dead(&record.shim)) {
+        (true, _) => "its pause process died",
+        (false, true) => "its shim died",
+        (false, false) => return,
+    };
+    record.state = State::NotReady;
+    record.reason = reason.to_owned();
 }
 
 pub async fn status(

@@ -45,6 +45,7 @@ pub(super) async fn stop_locked(node: &Node, record: &mut Record) -> Result<()> 
     }
     let dirs = PodDirs::new(&node.config, &record.id);
     crate::container::stop_all_of_pod(node, &record.id).await?;
+    crate::crash::point("stop:containers-stopped");
     let result = teardown(node, record).await;
     record.state = record.state.to(State::NotReady)?;
     persist(&dirs, record)?;
@@ -75,6 +76,7 @@ pub(super) async fn teardown(node: &Node, record: &mut Record) -> Result<()> {
         None => Ok(()),
     };
     let network_released = deleted.is_ok();
+    crate::crash::point("stop:network-released");
     note(deleted);
     if let Some(shm) = &record.shm {
         note(files::unmount_shm(shm));
