@@ -929,3 +929,51 @@ async fn a_crash_in_the_middle_of_run_pod_sandbox_leaves_nothing_that_remove_can
         node.assert_no_leaks();
     }
 }
+
+/// A CNI plugin whose DEL always fails: Stop fails twice with its message, the third time
+/// podrund lets the pod go (kubelet would otherwise show it Terminating for ever) and keeps
+/// the attachment, which doctor shows and podrund retries when it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cni_del_that_keeps_failing_lets_the_pod_go_and_is_retried_later() {
+    let mut node = TestNode::start(Chain::FailingDel);
+    let mut client = node.client().await;
+    let id = node
+        .run_pod(&mut client, node.pod_config("sticky"))
+        .await
+        .unwrap();
+    let stop = cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    };
+    for _ in 0..2 {
+        let err = client.stop_pod_sandbox(stop.clone()).await.unwrap_err();
+        assert!(err.message().contains("DEL fails"), "{err:?}");
+    }
+    client.stop_pod_sandbox(stop).await.expect("the third Stop");
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("Remove");
+    // The bridge's DEL ran (the IP is free) and the netns went; the attachment stays.
+    assert!(podrun_tests::ip_reservations(&node.ipam_dir).is_empty());
+    let doctor = Command::new(podrun_tests::bin_dir().join("podctl"))
+        .arg("-r")
+        .arg(&node.socket)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(doctor.status.code(), Some(1));
+    let audit: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let leftovers = audit["found"]["cni_leftovers"].as_array().unwrap();
+    assert_eq!(leftovers.len(), 1, "{audit:#}");
+    assert!(leftovers[0].as_str().unwrap().contains(&id));
+
+    // Once DEL works again, podrund's start retries it.
+    std::fs::write(node.dir.join("cni-bin/allow-del"), "").unwrap();
+    node.kill_daemon();
+    node.spawn_daemon();
+    let leftover = node.dir.join(format!("root/cni-leftovers/{id}.json"));
+    wait_until(Duration::from_secs(10), || !leftover.exists()).expect("the retry at start");
+    node.assert_no_leaks();
+}

@@ -44,6 +44,8 @@ pub enum Finding {
         id: String,
     },
     StateFile(PathBuf),
+    /// A pod's CNI attachment whose DEL kept failing after the pod went.
+    CniLeftover(PathBuf),
     Missing(String),
 }
 
@@ -58,6 +60,7 @@ pub struct Report {
     pub processes: Vec<String>,
     pub runtime_state: Vec<String>,
     pub state_files: Vec<String>,
+    pub cni_leftovers: Vec<String>,
     /// What a known pod should have and lacks (not fixed: StopPodSandbox handles those).
     pub missing: Vec<String>,
 }
@@ -80,6 +83,7 @@ impl Report {
                     (&mut r.runtime_state, format!("{runtime} {id}"))
                 }
                 Finding::StateFile(p) => (&mut r.state_files, p.display().to_string()),
+                Finding::CniLeftover(p) => (&mut r.cni_leftovers, p.display().to_string()),
                 Finding::Missing(m) => (&mut r.missing, m.clone()),
             };
             list.push(text);
@@ -274,6 +278,8 @@ pub fn audit(node: &Node) -> Vec<Finding> {
         }
     }
 
+    let leftovers = entries(&crate::cni::leftover_dir(&c.root));
+    out.extend(leftovers.into_iter().map(|(_, p)| Finding::CniLeftover(p)));
     out.extend(missing(node));
     out
 }
@@ -440,6 +446,17 @@ fn veths_into(netns: &HashSet<String>) -> Vec<String> {
 /// Removes the orphans among `findings`; answers what could not be removed.
 pub async fn fix(node: &Node, findings: &[Finding]) -> Vec<String> {
     let mut failed = Vec::new();
+    if findings
+        .iter()
+        .any(|f| matches!(f, Finding::CniLeftover(_)))
+    {
+        let left = crate::cni::retry_leftovers(&node.config.root, node.cni.as_ref()).await;
+        if left > 0 {
+            failed.push(format!(
+                "CNI DEL still fails for {left} leftover attachments"
+            ));
+        }
+    }
     let net = Network::load_first(&node.config.cni_conf_dir)
         .ok()
         .flatten();

@@ -103,7 +103,22 @@ pub enum Chain {
     WithLoopback,
     /// bridge, then a plugin that fails after the bridge has attached the pod.
     FailingAfterBridge,
+    /// bridge, then a plugin (a script of the test's, in `<dir>/cni-bin`) whose DEL fails
+    /// until the file `<dir>/cni-bin/allow-del` exists.
+    FailingDel,
 }
+
+/// The FailingDel plugin: passes ADD's prevResult through, fails DEL unless allowed.
+const FAIL_DEL_PLUGIN: &str = r#"#!/usr/bin/python3
+import json, os, sys
+conf = json.load(sys.stdin)
+command = os.environ.get("CNI_COMMAND")
+if command == "DEL" and not os.path.exists(os.path.join(os.path.dirname(__file__), "allow-del")):
+    print(json.dumps({"cniVersion": "1.0.0", "code": 999, "msg": "podrun-test-fail-del: DEL fails"}))
+    sys.exit(1)
+if command == "ADD":
+    print(json.dumps(conf.get("prevResult", {"cniVersion": "1.0.0"})))
+"#;
 
 /// One podrund instance with everything of its own.
 pub struct TestNode {
@@ -166,6 +181,15 @@ impl TestNode {
             Chain::FailingAfterBridge => {
                 r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#
             }
+            Chain::FailingDel => {
+                let bin = self.dir.join("cni-bin");
+                fs::create_dir_all(&bin).unwrap();
+                let plugin = bin.join("podrun-test-fail-del");
+                fs::write(&plugin, FAIL_DEL_PLUGIN).unwrap();
+                fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .unwrap();
+                r#",{"type":"podrun-test-fail-del"}"#
+            }
         };
         let conf = format!(
             r#"{{"cniVersion":"1.0.0","name":"podrun-test-{n}","plugins":[
@@ -196,6 +220,8 @@ impl TestNode {
             .arg("--cni-conf-dir")
             .arg(self.dir.join("cni"))
             .args(["--cni-bin-dir", "/usr/lib/cni", "--log-level", "debug"])
+            .arg("--cni-bin-dir")
+            .arg(self.dir.join("cni-bin"))
             // Short-lived streaming URLs, so a test can see one expire.
             .args(["--streaming-token-ttl", "5"])
             .args(&self.extra_args)

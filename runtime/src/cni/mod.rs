@@ -258,3 +258,46 @@ fn plugin_type(plugin: &Value) -> &str {
 
 #[cfg(test)]
 mod tests;
+
+/// Attachments whose DEL still failed when their pod was let go (after
+/// [`DEL_ATTEMPTS`] tries): kept in `<root>/cni-leftovers/<pod id>.json`, retried when
+/// podrund starts and every few minutes, shown and fixed by doctor.
+pub const DEL_ATTEMPTS: u32 = 3;
+
+pub fn leftover_dir(root: &Path) -> PathBuf {
+    root.join("cni-leftovers")
+}
+
+pub fn keep_leftover(root: &Path, att: &Attachment) -> Result<()> {
+    let dir = leftover_dir(root);
+    fs::create_dir_all(&dir).map_err(Error::io("creating", &dir))?;
+    crate::store::write_atomic(&dir.join(format!("{}.json", att.container_id)), att)
+}
+
+/// Retries DEL of every leftover; answers how many are still left.
+pub async fn retry_leftovers(root: &Path, exec: &dyn Exec) -> usize {
+    let mut left = 0;
+    for entry in fs::read_dir(leftover_dir(root))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = entry.path();
+        let Ok(att) = crate::store::read_json::<Attachment>(&path) else {
+            tracing::error!(file = %path.display(), "unreadable CNI leftover; leaving it");
+            left += 1;
+            continue;
+        };
+        match att.del(exec).await {
+            Ok(()) => {
+                tracing::info!(pod = %att.container_id, "CNI DEL of a leftover succeeded");
+                let _ = fs::remove_file(&path);
+            }
+            Err(e) => {
+                tracing::warn!(pod = %att.container_id, error = %e, "CNI DEL of a leftover failed again");
+                left += 1;
+            }
+        }
+    }
+    left
+}

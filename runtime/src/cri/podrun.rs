@@ -114,6 +114,7 @@ fn to_report(r: crate::doctor::Report) -> api::AuditReport {
         runtime_state: r.runtime_state,
         state_files: r.state_files,
         missing: r.missing,
+        cni_leftovers: r.cni_leftovers,
     }
 }
 

@@ -30,6 +30,14 @@ pub async fn serve(
     let recovered = crate::sandbox::recover(&node).await?;
     let containers = crate::container::recover(&node).await?;
     let released = crate::sandbox::release_dead(&node).await;
+    // CNI DEL of attachments left by pods let go while it failed: now, and every 5 min.
+    let n = node.clone();
+    let leftovers = tokio::spawn(async move {
+        loop {
+            crate::cni::retry_leftovers(&n.config.root, n.cni.as_ref()).await;
+            tokio::time::sleep(Duration::from_secs(300)).await;
+        }
+    });
     // Bounded: a start must not hang on what the audit reads.
     let n = node.clone();
     let audit = tokio::task::spawn_blocking(move || crate::doctor::audit(&n));
@@ -60,6 +68,7 @@ pub async fn serve(
     let result = accept(listener, routes, shutdown).await;
     let _ = std::fs::remove_file(&path);
     streaming.abort();
+    leftovers.abort();
     // Let pod operations already under way finish (their clients may be gone).
     let drained = tokio::time::timeout(Duration::from_secs(120), node.inflight.write()).await;
     if drained.is_err() {

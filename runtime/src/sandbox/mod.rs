@@ -97,6 +97,9 @@ pub struct Record {
     /// Why podrund found the pod not ready when it started (verbose status shows it).
     #[serde(default)]
     pub reason: String,
+    /// Failed CNI DEL attempts; after `cni::DEL_ATTEMPTS` the pod is let go.
+    #[serde(default)]
+    pub del_failures: u32,
 }
 
 impl Record {

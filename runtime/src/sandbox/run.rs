@@ -198,6 +198,7 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
         stopped: false,
         userns,
         reason: String::new(),
+        del_failures: 0,
         config,
     })
 }

@@ -93,6 +93,7 @@ mod tests {
             stopped: false,
             userns: None,
             reason: String::new(),
+            del_failures: 0,
         }
     }
 

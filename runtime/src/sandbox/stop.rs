@@ -72,9 +72,23 @@ pub(super) async fn teardown(node: &Node, record: &mut Record) -> Result<()> {
         }
     }
     let deleted = match &record.network {
-        Some(att) => att.del(node.cni.as_ref()).await,
+        Some(att) => match att.del(node.cni.as_ref()).await {
+            // Bounded: a plugin whose DEL always fails must not keep the pod from going
+            // (kubelet would show it Terminating for ever). What DEL needs is kept, to
+            // be retried later and shown by doctor.
+            Err(e) if record.del_failures + 1 >= crate::cni::DEL_ATTEMPTS => {
+                tracing::error!(pod = %record.id, error = %e, attempts = crate::cni::DEL_ATTEMPTS,
+                    "CNI DEL keeps failing; letting the pod go and keeping the attachment to retry");
+                crate::cni::keep_leftover(&node.config.root, att).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok(()),
+        },
         None => Ok(()),
     };
+    if deleted.is_err() {
+        record.del_failures += 1;
+    }
     let network_released = deleted.is_ok();
     crate::crash::point("stop:network-released");
     note(deleted);

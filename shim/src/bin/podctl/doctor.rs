@@ -45,7 +45,7 @@ pub async fn run(endpoint: &Path, args: Args) -> Result<i32> {
     Ok(if is_clean(&result) { 0 } else { 1 })
 }
 
-fn kinds(r: &api::AuditReport) -> [(&'static str, &Vec<String>); 9] {
+fn kinds(r: &api::AuditReport) -> [(&'static str, &Vec<String>); 10] {
     [
         ("netns", &r.netns),
         ("veths", &r.veths),
@@ -55,6 +55,7 @@ fn kinds(r: &api::AuditReport) -> [(&'static str, &Vec<String>); 9] {
         ("processes", &r.processes),
         ("OCI runtime state", &r.runtime_state),
         ("state files", &r.state_files),
+        ("CNI attachments whose DEL failed", &r.cni_leftovers),
         ("missing from known pods", &r.missing),
     ]
 }
