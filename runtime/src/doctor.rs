@@ -150,13 +150,7 @@ pub fn audit(node: &Node) -> Vec<Finding> {
 
     // Ids this instance has a trace of; the shims serving its socket.
     let mut tied: HashSet<String> = HashSet::new();
-    for dir in [
-        c.root.join("pods"),
-        c.state.join("pods"),
-        c.root.join("containers"),
-        c.state.join("containers"),
-        c.state.join("userns"),
-    ] {
+    for dir in record_dirs(c) {
         tied.extend(entries(&dir).into_iter().map(|(name, _)| name));
     }
     let shims = shims_of(&c.listen);
@@ -258,13 +252,7 @@ pub fn audit(node: &Node) -> Vec<Finding> {
     }
 
     // State files of unknown pods and containers.
-    for dir in [
-        c.root.join("pods"),
-        c.state.join("pods"),
-        c.root.join("containers"),
-        c.state.join("containers"),
-        c.state.join("userns"),
-    ] {
+    for dir in record_dirs(c) {
         for (name, path) in entries(&dir) {
             if !known.any(&name) {
                 out.push(Finding::StateFile(path));
@@ -282,6 +270,17 @@ pub fn audit(node: &Node) -> Vec<Finding> {
     out.extend(leftovers.into_iter().map(|(_, p)| Finding::CniLeftover(p)));
     out.extend(missing(node));
     out
+}
+
+/// The dirs holding one entry per pod or container id.
+fn record_dirs(c: &crate::config::Config) -> [PathBuf; 5] {
+    [
+        c.root.join("pods"),
+        c.state.join("pods"),
+        c.root.join("containers"),
+        c.state.join("containers"),
+        c.state.join("userns"),
+    ]
 }
 
 /// What ready pods lack: their netns pin, their cgroup, a live shim.

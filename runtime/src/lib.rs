@@ -2,6 +2,7 @@
 //! service. See ../shared/design/ARCHITECTURE.md for the picture.
 
 pub mod cgroup;
+pub mod clock;
 pub mod cni;
 pub mod config;
 pub mod container;

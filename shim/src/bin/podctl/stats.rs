@@ -289,28 +289,10 @@ async fn events(rt: &mut RuntimeServiceClient<Channel>, output: Output) -> Resul
     Ok(())
 }
 
-/// Nanoseconds since the epoch as UTC, to the microsecond.
+/// Nanoseconds since the epoch as RFC 3339 UTC.
 fn time(nanos: i64) -> String {
-    let secs = nanos.div_euclid(1_000_000_000);
-    let micros = nanos.rem_euclid(1_000_000_000) / 1000;
-    let days = secs.div_euclid(86400);
-    let rest = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
+    podrun_runtime::clock::rfc3339_nano(t)
 }
 
 #[cfg(test)]
@@ -319,13 +301,10 @@ mod tests {
 
     #[test]
     fn utc_times_and_sizes() {
-        assert_eq!(time(0), "1970-01-01T00:00:00.000000Z");
-        // 2026-11-30T11:32:30.5Z
         assert_eq!(
             time(1_796_038_350_500_000_000),
-            "2026-11-30T11:32:30.500000Z"
+            "2026-11-30T11:32:30.500000000Z"
         );
-        assert_eq!(time(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
         assert_eq!(bytes(Some(999)), "999B");
         assert_eq!(bytes(Some(1_234_567)), "1.2MB");
         assert_eq!(bytes(None), "-");
