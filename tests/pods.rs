@@ -977,3 +977,39 @@ async fn a_cni_del_that_keeps_failing_lets_the_pod_go_and_is_retried_later() {
     wait_until(Duration::from_secs(10), || !leftover.exists()).expect("the retry at start");
     node.assert_no_leaks();
 }
+
+/// A CNI plugin that hangs on ADD: the cni-timeout fires, the plugin is killed, and
+/// RunPodSandbox fails naming it, with everything rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_cni_plugin_times_out_and_the_pod_is_rolled_back() {
+    let mut node = TestNode::prepare(Chain::FailingDel);
+    node.extra_args = vec!["--cni-timeout".into(), "2".into()];
+    let bin = node.dir.join("cni-bin");
+    std::fs::write(bin.join("allow-del"), "").unwrap();
+    std::fs::write(bin.join("hang-add"), "").unwrap();
+    node.spawn_daemon();
+    let mut client = node.client().await;
+    let started = std::time::Instant::now();
+    let err = node
+        .run_pod(&mut client, node.pod_config("hung"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        err.message().contains("podrun-test-fail-del") && err.message().contains('2'),
+        "{err:?}"
+    );
+    let plugin = bin.join("podrun-test-fail-del").display().to_string();
+    assert_eq!(
+        podrun_tests::processes_mentioning(&plugin),
+        Vec::<i32>::new()
+    );
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    node.assert_no_leaks();
+}

@@ -23,6 +23,7 @@ pub struct File {
     pub streaming_address: Option<String>,
     pub streaming_token_ttl: Option<u64>,
     pub registry_timeout: Option<u64>,
+    pub cni_timeout: Option<u64>,
     /// RuntimeClass handlers: name -> OCI runtime binary (a path, or a name on PATH).
     pub runtime_handler: Option<std::collections::BTreeMap<String, PathBuf>>,
     /// The handler pods that name none (`""`) run with.
@@ -56,6 +57,7 @@ impl File {
             streaming_address: over.streaming_address.or(self.streaming_address),
             streaming_token_ttl: over.streaming_token_ttl.or(self.streaming_token_ttl),
             registry_timeout: over.registry_timeout.or(self.registry_timeout),
+            cni_timeout: over.cni_timeout.or(self.cni_timeout),
             runtime_handler: match (self.runtime_handler, over.runtime_handler) {
                 (Some(mut ours), Some(theirs)) => {
                     ours.extend(theirs);
@@ -93,6 +95,8 @@ pub struct Config {
     /// Seconds a registry may take to accept a connection, or to send the next bytes of
     /// an answer, before the pull fails.
     pub registry_timeout: u64,
+    /// Seconds one CNI plugin call may take before it is killed and the step fails.
+    pub cni_timeout: u64,
     /// RuntimeClass handler name -> OCI runtime binary; `runc` and `crun` are always there.
     pub runtime_handlers: std::collections::BTreeMap<String, PathBuf>,
     /// The handler for pods that name none; None: crun where it can run here, else runc.
@@ -118,6 +122,7 @@ impl From<File> for Config {
             streaming_address: f.streaming_address.unwrap_or_else(|| "127.0.0.1:0".into()),
             streaming_token_ttl: f.streaming_token_ttl.unwrap_or(60),
             registry_timeout: f.registry_timeout.unwrap_or(60).max(1),
+            cni_timeout: f.cni_timeout.unwrap_or(60).max(1),
             runtime_handlers: [("runc", "runc"), ("crun", "crun")]
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), PathBuf::from(v)))

@@ -53,7 +53,7 @@ impl Node {
         close_dirs(&config)?;
         let cni = Arc::new(ProcessExec {
             bin_dirs: config.cni_bin_dirs.clone(),
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(config.cni_timeout),
         });
         Ok(Node {
             binaries: Binaries::find(),

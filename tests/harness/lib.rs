@@ -104,19 +104,22 @@ pub enum Chain {
     /// bridge, then a plugin that fails after the bridge has attached the pod.
     FailingAfterBridge,
     /// bridge, then a plugin (a script of the test's, in `<dir>/cni-bin`) whose DEL fails
-    /// until the file `<dir>/cni-bin/allow-del` exists.
+    /// until the file `<dir>/cni-bin/allow-del` exists, and whose ADD hangs while
+    /// `<dir>/cni-bin/hang-add` exists.
     FailingDel,
 }
 
 /// The FailingDel plugin: passes ADD's prevResult through, fails DEL unless allowed.
 const FAIL_DEL_PLUGIN: &str = r#"#!/usr/bin/python3
-import json, os, sys
+import json, os, sys, time
 conf = json.load(sys.stdin)
 command = os.environ.get("CNI_COMMAND")
 if command == "DEL" and not os.path.exists(os.path.join(os.path.dirname(__file__), "allow-del")):
     print(json.dumps({"cniVersion": "1.0.0", "code": 999, "msg": "podrun-test-fail-del: DEL fails"}))
     sys.exit(1)
 if command == "ADD":
+    while os.path.exists(os.path.join(os.path.dirname(__file__), "hang-add")):
+        time.sleep(1)
     print(json.dumps(conf.get("prevResult", {"cniVersion": "1.0.0"})))
 "#;
 

@@ -48,6 +48,10 @@ struct Flags {
     /// before the pull fails [default: 60].
     #[arg(long)]
     registry_timeout: Option<u64>,
+    /// Seconds one CNI plugin call may take before it is killed and the step fails
+    /// [default: 60].
+    #[arg(long)]
+    cni_timeout: Option<u64>,
     /// A RuntimeClass handler: NAME=RUNTIME (an OCI runtime binary, a path or a name on
     /// PATH); repeat for several. runc and crun are always there.
     #[arg(long, value_parser = handler_arg)]
@@ -84,6 +88,7 @@ fn main() -> Result<()> {
             streaming_address: flags.streaming_address,
             streaming_token_ttl: flags.streaming_token_ttl,
             registry_timeout: flags.registry_timeout,
+            cni_timeout: flags.cni_timeout,
             runtime_handler: (!flags.runtime_handler.is_empty())
                 .then(|| flags.runtime_handler.into_iter().collect()),
             default_runtime_handler: flags.default_runtime_handler,
