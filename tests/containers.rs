@@ -1222,3 +1222,125 @@ async fn a_killed_shim_or_pause_makes_the_pod_not_ready_and_it_still_cleans_up()
     }
     bed.assert_no_leaks();
 }
+
+/// crun behind a script that fails `create`, `start` or `delete` while the file
+/// `fail-<command>` is next to it, reporting as crun and runc do: a JSON line in the --log
+/// file.
+const FAILING_RUNTIME: &str = r#"#!/bin/sh
+d=$(dirname "$0"); log=/dev/null; prev=
+for a in "$@"; do
+  [ "$prev" = --log ] && log=$a
+  case "$a" in create|start|delete)
+    if [ -e "$d/fail-$a" ]; then
+      printf '{"level":"error","msg":"injected failure of %s"}\n' "$a" >> "$log"; exit 1
+    fi; break;;
+  esac
+  prev=$a
+done
+exec crun "$@"
+"#;
+
+/// An OCI runtime whose create, start or delete fails (crun behind a script of the test's,
+/// as a runtime handler): each RPC reports the runtime's own message, nothing is left half
+/// made, and once the runtime works again Remove cleans up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oci_runtime_that_fails_create_start_or_delete_leaves_nothing_half_made() {
+    let dir = std::path::PathBuf::from(format!(
+        "/tmp/podrun-failing-runtime-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("crun-failing");
+    std::fs::write(&script, FAILING_RUNTIME).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let handler = format!("failing={}", script.display());
+    let mut bed = Bed::start_with(&["--runtime-handler", &handler]).await;
+    let pod = bed.pod("flaky", "failing").await;
+    let create = |bed: &Bed, name: &str| cri::CreateContainerRequest {
+        pod_sandbox_id: pod.0.clone(),
+        config: Some(bed.container(name, &["sleep", "1000"])),
+        sandbox_config: Some(pod.1.clone()),
+    };
+    let containers = |bed: &mut Bed| {
+        let mut rt = bed.rt.clone();
+        async move {
+            rt.list_containers(cri::ListContainersRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .containers
+        }
+    };
+
+    std::fs::write(dir.join("fail-create"), "").unwrap();
+    let err = bed
+        .rt
+        .create_container(create(&bed, "a"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("injected failure of create"),
+        "{err:?}"
+    );
+    assert!(
+        containers(&mut bed).await.is_empty(),
+        "a failed create is rolled back"
+    );
+    let records = bed.node.dir.join("root/containers");
+    assert_eq!(std::fs::read_dir(&records).unwrap().count(), 0, "no record");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&bed.node.dir.join("state/containers").display().to_string()),
+        "no rootfs left mounted"
+    );
+    std::fs::remove_file(dir.join("fail-create")).unwrap();
+
+    std::fs::write(dir.join("fail-start"), "").unwrap();
+    let b = bed
+        .rt
+        .create_container(create(&bed, "b"))
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    bed.containers.push(b.clone());
+    let err = bed
+        .rt
+        .start_container(cri::StartContainerRequest {
+            container_id: b.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("injected failure of start"),
+        "{err:?}"
+    );
+    assert_ne!(
+        bed.status(&b).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    std::fs::remove_file(dir.join("fail-start")).unwrap();
+
+    std::fs::write(dir.join("fail-delete"), "").unwrap();
+    let err = bed
+        .rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: b.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("injected failure of delete"),
+        "{err:?}"
+    );
+    std::fs::remove_file(dir.join("fail-delete")).unwrap();
+    bed.rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: b.clone(),
+        })
+        .await
+        .expect("Remove once delete works");
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+    let _ = std::fs::remove_dir_all(&dir);
+}
