@@ -199,3 +199,51 @@ mod tests {
         .is_alive());
     }
 }
+
+/// Per-key async locks (one pod identity, container name, image name or layer at a time)
+/// that exist only while someone holds or waits for one, so the map does not grow with
+/// every key ever used.
+pub struct KeyedLocks<K>(std::sync::Mutex<std::collections::HashMap<K, LockRef>>);
+
+type LockRef = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+impl<K> Default for KeyedLocks<K> {
+    fn default() -> Self {
+        KeyedLocks(Default::default())
+    }
+}
+
+impl<K: Eq + std::hash::Hash> KeyedLocks<K> {
+    pub fn get(&self, key: K) -> LockRef {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // An entry only the map refers to is idle: the next caller may make a new one.
+        map.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+        map.entry(key).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod keyed_lock_tests {
+    use super::*;
+
+    fn len<K>(locks: &KeyedLocks<K>) -> usize {
+        locks.0.lock().unwrap().len()
+    }
+
+    #[test]
+    fn idle_locks_are_dropped_and_held_ones_shared() {
+        let locks = KeyedLocks::default();
+        let a = locks.get("a");
+        assert!(
+            std::sync::Arc::ptr_eq(&a, &locks.get("a")),
+            "one lock per key"
+        );
+        for i in 0..100 {
+            drop(locks.get(format!("k{i}").leak() as &str));
+        }
+        assert!(len(&locks) <= 2, "idle keys are pruned: {}", len(&locks));
+        drop(a);
+        locks.get("b");
+        assert_eq!(len(&locks), 1);
+    }
+}

@@ -125,7 +125,7 @@ type NameKey = (String, String, u32);
 pub struct Containers {
     all: Mutex<HashMap<String, Arc<Container>>>,
     /// Names being created: (pod, name, attempt) -> lock.
-    names: Mutex<HashMap<NameKey, Arc<tokio::sync::Mutex<()>>>>,
+    names: crate::store::KeyedLocks<NameKey>,
 }
 
 impl Containers {
@@ -193,12 +193,7 @@ impl Containers {
     }
 
     fn name_lock(&self, key: NameKey) -> Arc<tokio::sync::Mutex<()>> {
-        self.names
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        self.names.get(key)
     }
 
     fn find_by_key(&self, key: &NameKey) -> Option<String> {

@@ -12,7 +12,7 @@ pub mod unpack;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -63,7 +63,7 @@ pub struct ImageStore {
     dir: PathBuf,
     index: Mutex<Index>,
     /// One lock per reference being pulled: a second pull of it waits and reuses the first.
-    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pulls: crate::store::KeyedLocks<String>,
     /// Layers pulls are using before their image is recorded: RemoveImage keeps these.
     in_use: Mutex<HashMap<String, usize>>,
     pub options: PullOptions,
@@ -119,7 +119,7 @@ impl ImageStore {
         Ok(ImageStore {
             dir,
             index: Mutex::new(index),
-            pulls: Mutex::default(),
+            pulls: Default::default(),
             in_use: Mutex::default(),
             options,
         })

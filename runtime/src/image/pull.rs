@@ -108,12 +108,7 @@ pub(super) fn sha256_file(path: &Path) -> Result<String> {
 
 impl ImageStore {
     pub(super) fn lock_for(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
-        self.pulls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone()
+        self.pulls.get(key)
     }
 
     /// A client for one endpoint, and the reference to ask it for.

@@ -166,7 +166,7 @@ impl Sandbox {
 #[derive(Default)]
 pub struct Sandboxes {
     pods: Mutex<HashMap<String, Arc<Sandbox>>>,
-    keys: Mutex<HashMap<PodKey, Arc<tokio::sync::Mutex<()>>>>,
+    keys: store::KeyedLocks<PodKey>,
 }
 
 impl Sandboxes {
@@ -185,12 +185,8 @@ impl Sandboxes {
         pod
     }
 
-    fn forget(&self, id: &str, key: &PodKey) {
+    fn forget(&self, id: &str) {
         self.pods().remove(id);
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
     }
 
     pub fn all(&self) -> Vec<Arc<Sandbox>> {
@@ -204,12 +200,7 @@ impl Sandboxes {
 
     /// The lock that serializes RunPodSandbox calls for one pod identity.
     fn key_lock(&self, key: &PodKey) -> Arc<tokio::sync::Mutex<()>> {
-        self.keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone()
+        self.keys.get(key.clone())
     }
 
     fn find_by_key(&self, key: &PodKey) -> Option<String> {

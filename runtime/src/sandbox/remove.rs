@@ -29,7 +29,7 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
             remove_dirs(&PodDirs::new(&node.config, &record.id))?;
             let deleted = cri::ContainerEventType::ContainerDeletedEvent;
             node.publish_event(&record.id, &record.id, deleted);
-            node.sandboxes.forget(&record.id, &record.key());
+            node.sandboxes.forget(&record.id);
             Ok(())
         })
         .await

@@ -169,11 +169,14 @@ pub fn delete(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Events waiting for containerd at most; past that, new ones are dropped (and logged).
+const EVENT_BACKLOG: usize = 1024;
+
 /// Task events for containerd, sent in order by one task. Without `TTRPC_ADDRESS` (podrund
 /// starts the shim itself and watches tasks by Wait) events go nowhere.
 #[derive(Clone)]
 pub struct Publisher {
-    tx: Option<mpsc::UnboundedSender<(String, Any)>>,
+    tx: Option<mpsc::Sender<(String, Any)>>,
 }
 
 impl Publisher {
@@ -193,7 +196,8 @@ impl Publisher {
         if address.is_empty() {
             bail!("TTRPC_ADDRESS is empty");
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Any)>();
+        // Bounded: a containerd that stops reading must not grow the shim without end.
+        let (tx, mut rx) = mpsc::channel::<(String, Any)>(EVENT_BACKLOG);
         let address = match address.starts_with("unix://") {
             true => address,
             false => format!("unix://{address}"),
@@ -236,7 +240,9 @@ impl Publisher {
             value: event.write_to_bytes().unwrap_or_default(),
             ..Default::default()
         };
-        let _ = tx.send((topic.to_owned(), any));
+        if tx.try_send((topic.to_owned(), any)).is_err() {
+            tracing::warn!(topic, "event backlog full; event dropped");
+        }
     }
 }
 
