@@ -667,3 +667,90 @@ async fn grpc_with_timeout(
         get("grpc-message"),
     )
 }
+
+/// A full disk under podrund's root: a pull fails naming the cause and leaves no partial
+/// layer, RunPodSandbox fails and rolls back; once there is room again both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_pulls_and_pods_cleanly_until_there_is_room() {
+    let registry = Registry::start();
+    // The root is a small tmpfs, mounted outside the node's dir (whose mounts count as
+    // leaks) and linked in; unmounted after the node is gone, however the test ends.
+    struct Disk(std::path::PathBuf);
+    impl Drop for Disk {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let disk = Disk(format!("/tmp/podrun-full-disk-{}", std::process::id()).into());
+    std::fs::create_dir_all(&disk.0).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &disk.0,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )
+    .unwrap();
+    let mut node = podrun_tests::TestNode::prepare(Chain::Operator);
+    let root = node.dir.join("root");
+    std::os::unix::fs::symlink(&disk.0, &root).unwrap();
+    node.spawn_daemon();
+    let mut c = images(&node).await;
+    // 4 MiB of incompressible bytes: a layer that cannot fit once the disk is full.
+    let mut noise = vec![0u8; 4 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let big = image(
+        vec![layer(
+            LayerBuilder::default().file("noise", 0o644, &noise).tar(),
+            Compression::Gzip,
+        )],
+        serde_json::json!({"Cmd": ["true"]}),
+    );
+    registry.push("big:1", &big).await;
+    let name = format!("{}/big:1", registry.addr);
+
+    // Fill the disk.
+    let filler = root.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    drop(f);
+
+    let err = pull(&mut c, &name).await.unwrap_err();
+    assert!(err.message().contains("No space left"), "{err:?}");
+    assert_eq!(
+        store_contents(&node),
+        (0, 0),
+        "no partial layer, no leftovers"
+    );
+    let mut rt = node.client().await;
+    let err = node
+        .run_pod(&mut rt, node.pod_config("full"))
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("No space left"), "{err:?}");
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    node.assert_no_leaks();
+
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(pull(&mut c, &name).await.unwrap(), big.id());
+    let id = node
+        .run_pod(&mut rt, node.pod_config("room"))
+        .await
+        .unwrap();
+    podrun_tests::stop_and_remove(&mut rt, &id).await;
+    node.assert_no_leaks();
+}
