@@ -332,6 +332,20 @@ impl TestNode {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// podctl against this node: its exit code and output, whatever they are.
+    pub fn podctl_status(&self, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new(bin_dir().join("podctl"))
+            .arg("-r")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Runs a pod and remembers its id for the leak checks.
     pub async fn run_pod(
         &self,
