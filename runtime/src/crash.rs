@@ -8,6 +8,7 @@ pub const POINTS: &[&str] = &[
     "run:record-written",
     "run:attached",
     "run:ready-persisted",
+    "create:dirs-made",
     "create:record-written",
     "create:rootfs-mounted",
     "create:task-created",

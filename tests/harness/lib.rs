@@ -387,7 +387,12 @@ impl TestNode {
     /// Everything podrun made for this node that is still there; empty when nothing leaked.
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
-        for sub in ["root/pods", "state/pods"] {
+        for sub in [
+            "root/pods",
+            "state/pods",
+            "root/containers",
+            "state/containers",
+        ] {
             if let Ok(entries) = fs::read_dir(self.dir.join(sub)) {
                 found.extend(
                     entries

@@ -187,6 +187,7 @@ async fn make(
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
     }
+    crate::crash::point("create:dirs-made");
     // The bundle and rootfs mount point: closed to host users (a user-namespaced
     // container's runtime reaches its rootfs as the pod's root, who owns it).
     std::fs::set_permissions(

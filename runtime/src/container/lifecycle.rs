@@ -301,6 +301,15 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
         let dirs = Dirs::new(&node.config, &id);
         let mut r = match store::read_json::<Record>(&dirs.record()) {
             Ok(r) if r.version == RECORD_VERSION => r,
+            // The dirs are made just before the first record is written, and nothing else
+            // before it: a crash in between leaves only the dirs.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(container = %id, "container dir without a record; removing it");
+                if let Err(e) = super::create::teardown_files(&dirs) {
+                    tracing::error!(container = %id, error = %e, "removing it failed");
+                }
+                continue;
+            }
             Ok(_) | Err(_) => {
                 tracing::error!(container = %id, "cannot read container record; leaving it in place");
                 continue;
