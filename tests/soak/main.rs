@@ -37,6 +37,10 @@ struct Args {
 struct Figures {
     rpc: BTreeMap<&'static str, Vec<f64>>,
     interrupted: usize,
+    /// The first few errors of interrupted cycles.
+    errors: Vec<String>,
+    /// podrund's (RSS, fds) once a tenth of the cycles are done (warmed up).
+    warm: Option<(u64, usize)>,
 }
 
 fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
@@ -57,6 +61,15 @@ fn usage(pid: i32) -> (u64, usize) {
         .unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
     (rss, fds)
+}
+
+fn note_interrupted(figures: &Mutex<Figures>, n: usize, e: &tonic::Status) {
+    let mut f = figures.lock().unwrap();
+    f.interrupted += 1;
+    if f.errors.len() < 5 {
+        f.errors
+            .push(format!("cycle {n}: {:?}: {}", e.code(), e.message()));
+    }
 }
 
 /// Times one call into `figures`.
@@ -186,8 +199,8 @@ async fn main() -> Result<()> {
                     (node.client().await, config)
                 };
                 let ok = cycle(&mut rt, config, &image, n, &figures).await;
-                if ok.is_err() {
-                    figures.lock().unwrap().interrupted += 1;
+                if let Err(e) = &ok {
+                    note_interrupted(&figures, n, e);
                     // podrund died under this cycle: once it is back, tidy up as kubelet.
                     for _ in 0..100 {
                         let mut rt = node.read().await.client().await;
@@ -197,7 +210,10 @@ async fn main() -> Result<()> {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-                done.fetch_add(1, Ordering::SeqCst);
+                if done.fetch_add(1, Ordering::SeqCst) + 1 == (cycles / 10).max(1) {
+                    let pid = node.read().await.daemon_pid().unwrap_or_default();
+                    figures.lock().unwrap().warm = Some(usage(pid));
+                }
             }
         });
     }
@@ -241,10 +257,15 @@ async fn main() -> Result<()> {
             percentile(v.clone(), 0.99)
         );
     }
+    let warm = figures.warm.unwrap_or(first);
     println!(
-        "podrund RSS {} kB -> {} kB, open fds {} -> {} (first instance at start, last at end)",
-        first.0, last.0, first.1, last.1
+        "podrund RSS {} kB at start, {} kB after a tenth of the cycles, {} kB at the end; \
+         open fds {} -> {} -> {} (with restarts: the instance running at each point)",
+        first.0, warm.0, last.0, first.1, warm.1, last.1
     );
+    for e in &figures.errors {
+        println!("interrupted: {e}");
+    }
     match doctor.0 {
         Some(0) => println!("doctor: clean"),
         _ => println!("doctor found: {}", doctor.1.trim()),
