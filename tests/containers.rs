@@ -900,18 +900,6 @@ async fn container_events_follow_each_change_with_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_finds_every_orphan_of_a_forgotten_pod_and_fix_removes_them() {
     let mut bed = Bed::start().await;
-    let doctor = |bed: &Bed, args: &[&str]| {
-        let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
-            .arg("-r")
-            .arg(&bed.node.socket)
-            .arg("doctor")
-            .args(args)
-            .output()
-            .unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        (out.status.code(), json)
-    };
     let kinds = [
         "netns",
         "veths",
@@ -930,7 +918,7 @@ async fn doctor_finds_every_orphan_of_a_forgotten_pod_and_fix_removes_them() {
     let lost = bed
         .run(&forgotten, bed.container("lost", &["sleep", "1000"]))
         .await;
-    let (code, clean) = doctor(&bed, &["--json"]);
+    let (code, clean) = bed.node.doctor(&[]);
     assert_eq!(code, Some(0), "a healthy node: {clean:#}");
     for k in kinds {
         assert_eq!(clean["found"][k], serde_json::json!([]), "{k}");
@@ -951,7 +939,7 @@ async fn doctor_finds_every_orphan_of_a_forgotten_pod_and_fix_removes_them() {
         .unwrap()
         .into_inner();
     let at_start: serde_json::Value = serde_json::from_str(&status.info["auditAtStart"]).unwrap();
-    let (code, found) = doctor(&bed, &["--json"]);
+    let (code, found) = bed.node.doctor(&[]);
     assert_eq!(code, Some(1));
     let found = &found["found"];
     for k in kinds {
@@ -971,7 +959,7 @@ async fn doctor_finds_every_orphan_of_a_forgotten_pod_and_fix_removes_them() {
         .unwrap()
         .contains(&forgotten.0));
 
-    let (code, fixed) = doctor(&bed, &["--fix", "--json"]);
+    let (code, fixed) = bed.node.doctor(&["--fix"]);
     assert_eq!(code, Some(0), "{fixed:#}");
     assert_eq!(fixed["failed"], serde_json::json!([]));
     for k in kinds {
@@ -1134,16 +1122,7 @@ async fn a_crash_at_any_step_leaves_each_pod_fully_there_or_fully_gone() {
         bed.node.spawn_daemon();
         bed.rt = bed.node.client().await;
 
-        let (code, audit) = {
-            let out = std::process::Command::new(podrun_tests::bin_dir().join("podctl"))
-                .arg("-r")
-                .arg(&bed.node.socket)
-                .args(["doctor", "--json"])
-                .output()
-                .unwrap();
-            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            (out.status.code(), json)
-        };
+        let (code, audit) = bed.node.doctor(&[]);
         assert_eq!(
             code,
             Some(0),

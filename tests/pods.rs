@@ -957,14 +957,8 @@ async fn a_cni_del_that_keeps_failing_lets_the_pod_go_and_is_retried_later() {
         .expect("Remove");
     // The bridge's DEL ran (the IP is free) and the netns went; the attachment stays.
     assert!(podrun_tests::ip_reservations(&node.ipam_dir).is_empty());
-    let doctor = Command::new(podrun_tests::bin_dir().join("podctl"))
-        .arg("-r")
-        .arg(&node.socket)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(doctor.status.code(), Some(1));
-    let audit: serde_json::Value = serde_json::from_slice(&doctor.stdout).unwrap();
+    let (code, audit) = node.doctor(&[]);
+    assert_eq!(code, Some(1));
     let leftovers = audit["found"]["cni_leftovers"].as_array().unwrap();
     assert_eq!(leftovers.len(), 1, "{audit:#}");
     assert!(leftovers[0].as_str().unwrap().contains(&id));

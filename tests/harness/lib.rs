@@ -316,14 +316,18 @@ impl TestNode {
         config
     }
 
-    /// Runs podctl against this node; it must succeed. Returns its stdout.
-    pub fn podctl(&self, args: &[&str]) -> String {
-        let out = Command::new(bin_dir().join("podctl"))
+    fn podctl_output(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("podctl"))
             .arg("-r")
             .arg(&self.socket)
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs podctl against this node; it must succeed. Returns its stdout.
+    pub fn podctl(&self, args: &[&str]) -> String {
+        let out = self.podctl_output(args);
         assert!(
             out.status.success(),
             "podctl {args:?}: {}",
@@ -332,18 +336,13 @@ impl TestNode {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// podctl against this node: its exit code and output, whatever they are.
-    pub fn podctl_status(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out = Command::new(bin_dir().join("podctl"))
-            .arg("-r")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+    /// `podctl doctor --json` (and `extra` flags) against this node: its exit code (0:
+    /// clean) and report.
+    pub fn doctor(&self, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let out = self.podctl_output(&[&["doctor", "--json"], extra].concat());
+        let report = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), report)
     }
 
     /// Runs a pod and remembers its id for the leak checks.

@@ -233,7 +233,7 @@ async fn main() -> Result<()> {
 
     let node = node.read().await;
     let last = usage(node.daemon_pid().unwrap_or_default());
-    let doctor = node.podctl_status(&["doctor", "--json"]);
+    let doctor = node.doctor(&[]);
     let left = node.leftovers();
     let figures = figures.lock().unwrap();
     println!(
@@ -268,7 +268,7 @@ async fn main() -> Result<()> {
     }
     match doctor.0 {
         Some(0) => println!("doctor: clean"),
-        _ => println!("doctor found: {}", doctor.1.trim()),
+        _ => println!("doctor found: {:#}", doctor.1["found"]),
     }
     println!("independent count of leftovers: {left:?}");
     if doctor.0 != Some(0) || !left.is_empty() {
