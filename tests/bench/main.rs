@@ -32,6 +32,10 @@ struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Seconds over which the idle CPU of each runtime's processes is read, with its
+    /// sequential pods up.
+    #[arg(long, default_value_t = 60)]
+    idle_seconds: u64,
 }
 
 /// How long pods are left alone before their memory is read, and the node after a
@@ -60,6 +64,16 @@ fn memory(pid: i32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("Rss:"), field("Pss:"))
+}
+
+/// CPU time (user + system, in clock ticks) a process used so far.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of /proc/PID/stat: the 12th and 13th after the command name.
+    let at = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    at(11) + at(12)
 }
 
 fn children(pid: i32) -> Vec<i32> {
@@ -188,6 +202,12 @@ struct Runs {
     failures: usize,
     /// ListContainerStats with every sequential pod up (kubelet calls it every 10 s).
     stats: Vec<f64>,
+    /// ListPodSandbox and ListContainers with every sequential pod up (kubelet relists
+    /// every second).
+    list_pods: Vec<f64>,
+    list_containers: Vec<f64>,
+    /// CPU of the daemon, shims and pauses with the pods up and no calls, % of one core.
+    idle_cpu: f64,
 }
 
 /// Measures every runtime. Sequential starts are interleaved, one pod per runtime in
@@ -253,6 +273,30 @@ async fn measure_all(
             r.pss.push(m.iter().map(|x| x.1).sum::<u64>() as f64);
         }
         r.busy = memory(t.daemon).0;
+        // Idle CPU: the daemon and every pod's shim and pause, no calls meanwhile.
+        let procs: Vec<i32> = std::iter::once(t.daemon)
+            .chain(r.pods.iter().flat_map(|id| t.pod_processes(id)))
+            .collect();
+        let before: u64 = procs.iter().map(|p| cpu_ticks(*p)).sum();
+        tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+        let after: u64 = procs.iter().map(|p| cpu_ticks(*p)).sum();
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        r.idle_cpu = (after - before) as f64 / ticks / args.idle_seconds.max(1) as f64 * 100.0;
+        for _ in 0..5 {
+            let start = Instant::now();
+            rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await
+                .with_context(|| format!("{}: ListPodSandbox", t.name))?;
+            r.list_pods.push(ms(start.elapsed()));
+            let start = Instant::now();
+            rt.list_containers(cri::ListContainersRequest::default())
+                .await
+                .with_context(|| format!("{}: ListContainers", t.name))?;
+            r.list_containers.push(ms(start.elapsed()));
+        }
         for _ in 0..5 {
             let start = Instant::now();
             let listed = rt
@@ -318,6 +362,10 @@ impl Runs {
             ("ready_p95_ms", p(&self.ready, 0.95)),
             ("ready_max_ms", p(&self.ready, 1.0)),
             ("list_container_stats_p50_ms", p(&self.stats, 0.5)),
+            ("list_pod_sandbox_p50_ms", p(&self.list_pods, 0.5)),
+            ("list_containers_p50_ms", p(&self.list_containers, 0.5)),
+            ("pods_total_pss_kb", self.pss.iter().sum()),
+            ("idle_cpu_percent", self.idle_cpu),
             ("concurrent_wall_ms", self.wall),
             ("concurrent_failures", self.failures as f64),
             ("teardown_p50_ms", p(&self.down, 0.5)),
