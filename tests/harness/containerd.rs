@@ -206,6 +206,30 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.kill();
-        // The node's own Drop kills shims (they mention its state dir), unmounts and clears.
+        // The node's own Drop kills shims (they mention its state dir), unmounts and clears;
+        // containerd's netns pins (`cni-<uuid>`) it cannot name: those whose eth0 has an
+        // address of this node's subnet go here (a run that failed half-way leaves them).
+        for pin in netns_in_subnet(&self.node.subnet_prefix) {
+            let path = std::path::Path::new("/run/netns").join(&pin);
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            let _ = fs::remove_file(&path);
+        }
     }
+}
+
+/// Names of containerd's netns pins whose eth0 has an address starting with `prefix`.
+fn netns_in_subnet(prefix: &str) -> Vec<String> {
+    fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("cni-"))
+        .filter(|name| {
+            Command::new("ip")
+                .args(["-n", name, "-4", "-o", "addr", "show", "eth0"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {prefix}")))
+        })
+        .collect()
 }
