@@ -188,15 +188,9 @@ pub fn audit(node: &Node) -> Vec<Finding> {
 
     // Mounts under podrund's dirs that belong to no known pod or container.
     // (Netns pins are mounts too: they count as netns above.)
-    let mine = [c.root.clone(), c.state.clone()];
-    for mountpoint in mountpoints() {
+    let mine = [&c.root, &c.state].map(|d| crate::container::mounts_under(d));
+    for mountpoint in mine.into_iter().flatten() {
         let text = mountpoint.display().to_string();
-        if !mine
-            .iter()
-            .any(|m| text.starts_with(&m.display().to_string()))
-        {
-            continue;
-        }
         let ids: Vec<&str> = text.split(['/', '-']).filter(|s| is_id(s)).collect();
         if !ids.is_empty() && !ids.iter().any(|id| known.any(id)) {
             out.push(Finding::Mount(mountpoint));
@@ -327,15 +321,6 @@ fn host_local_dirs(net: &Network) -> Vec<PathBuf> {
                 .unwrap_or("/var/lib/cni/networks");
             Path::new(base).join(&net.name)
         })
-        .collect()
-}
-
-fn mountpoints() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
         .collect()
 }
 
@@ -530,8 +515,7 @@ fn remove_rest(findings: &[Finding]) -> Vec<String> {
                 .status()
                 .map(|_| ()),
             Finding::Cgroup(rel) => {
-                remove_cgroup(rel);
-                Ok(())
+                crate::cgroup::remove(rel).map_err(|e| std::io::Error::other(e.to_string()))
             }
             Finding::StateFile(p) if p.is_dir() => fs::remove_dir_all(p),
             Finding::StateFile(p) => fs::remove_file(p),
@@ -545,27 +529,6 @@ fn remove_rest(findings: &[Finding]) -> Vec<String> {
         }
     }
     failed
-}
-
-/// Removes a cgroup in every hierarchy, deepest first (its processes were killed).
-fn remove_cgroup(rel: &str) {
-    for h in crate::cgroup::hierarchies().unwrap_or_default() {
-        remove_tree(&h.mount.join(rel.trim_start_matches('/')));
-    }
-}
-
-fn remove_tree(dir: &Path) {
-    for (_, sub) in entries(dir) {
-        if sub.is_dir() {
-            remove_tree(&sub);
-        }
-    }
-    for _ in 0..50 {
-        if fs::remove_dir(dir).is_ok() || !dir.exists() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
 }
 
 #[cfg(test)]

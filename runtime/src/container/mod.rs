@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::store;
 
 pub use create::create;
+pub(crate) use create::mounts_under;
 pub use exec::exec_sync;
 pub use lifecycle::{recover, remove, remove_all_of_pod, reopen_log, start, stop, stop_all_of_pod};
 pub(crate) use status::cri_status;
