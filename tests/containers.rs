@@ -717,17 +717,7 @@ async fn configured_runtime_handlers_run_pods_and_are_listed() {
     for (handler, runtime) in [("fast", "/usr/bin/crun"), ("", "runc")] {
         let pod = bed.pod(&format!("rc-{}", handler.len()), handler).await;
         let id = bed.run(&pod, bed.container("c", &["sleep", "1000"])).await;
-        let info = bed
-            .rt
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info;
-        let used: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        let (_, used) = bed.status_and_info(&id).await;
         assert!(
             used["runtime"].as_str().unwrap().ends_with(runtime),
             "{handler:?} ran with {}",

@@ -7,7 +7,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use podrun_proto::cri;
 use podrun_tests::kube::{Kube, NODE};
 use podrun_tests::workload::Bed;
 use serde_json::{json, Value};
@@ -179,21 +178,12 @@ async fn kubelet_runs_pods_on_podrund_without_a_cri_error() {
         .nth(1)
         .unwrap()
         .to_owned();
-    let status = bed
-        .rt
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let linux = status.status.unwrap().resources.unwrap().linux.unwrap();
+    let (status, info) = bed.status_and_info(&id).await;
+    let linux = status.resources.unwrap().linux.unwrap();
     assert_eq!(
         (linux.cpu_quota, linux.memory_limit_in_bytes),
         (40_000, 128 << 20)
     );
-    let info: Value = serde_json::from_str(&status.info["info"]).unwrap();
     let pid = info["pid"].as_u64().unwrap();
     let read = |controller: &str, file: &str| {
         std::fs::read_to_string(cgroup_dir(pid, controller).join(file))

@@ -160,16 +160,22 @@ impl Bed {
     }
 
     pub async fn status(&mut self, id: &str) -> cri::ContainerStatus {
-        self.rt
+        self.status_and_info(id).await.0
+    }
+
+    /// The container's status and podrund's verbose info about it (pid, runtime, bundle).
+    pub async fn status_and_info(&mut self, id: &str) -> (cri::ContainerStatus, serde_json::Value) {
+        let r = self
+            .rt
             .container_status(cri::ContainerStatusRequest {
                 container_id: id.into(),
-                verbose: false,
+                verbose: true,
             })
             .await
             .unwrap()
-            .into_inner()
-            .status
-            .unwrap()
+            .into_inner();
+        let info = serde_json::from_str(&r.info["info"]).unwrap();
+        (r.status.unwrap(), info)
     }
 
     pub async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {

@@ -58,7 +58,8 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
 async fn check(dirs: PodDirs, mut record: Record) -> Record {
     let alive = |p: &Option<store::ProcessId>| p.as_ref().is_some_and(|p| p.is_alive());
     let netns_gone = record.netns.as_ref().is_some_and(|p| !p.exists());
-    let ready = record.state == State::Ready && alive(&record.pause) && alive(&record.shim) && {
+    let pause_alive = alive(&record.pause);
+    let ready = record.state == State::Ready && pause_alive && alive(&record.shim) && {
         let answered = tokio::time::timeout(RECONNECT_TIMEOUT, reconnect(&record)).await;
         match answered {
             Ok(Ok(())) => true,
@@ -75,7 +76,7 @@ async fn check(dirs: PodDirs, mut record: Record) -> Record {
     if !ready && record.state != State::NotReady {
         tracing::warn!(pod = %record.id, state = ?record.state, "pod found not ready on restart");
         record.state = State::NotReady;
-        record.reason = match (alive(&record.pause), netns_gone) {
+        record.reason = match (pause_alive, netns_gone) {
             (false, true) => {
                 "its pause process and netns were gone when podrund started (a reboot?)"
             }
