@@ -1313,3 +1313,64 @@ async fn an_oci_runtime_that_fails_create_start_or_delete_leaves_nothing_half_ma
     bed.assert_no_leaks();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The disk holding the pod's logs fills up: the container keeps running (its output is
+/// dropped, never held up), the log holds only whole records, and logging resumes once
+/// there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_disk_drops_output_without_stopping_the_container() {
+    let mut bed = Bed::start().await;
+    let disk = podrun_tests::SmallDisk::mount("log-disk", "1m");
+    std::fs::create_dir_all(bed.node.dir.join("logs")).unwrap();
+    std::os::unix::fs::symlink(&disk.path, bed.node.dir.join("logs/chatty")).unwrap();
+    let pod = bed.pod("chatty", "").await;
+    let script = "i=0; while :; do echo \"line $i\"; i=$((i+1)); sleep 0.01; done";
+    let id = bed
+        .run(&pod, bed.container("talker", &["sh", "-c", script]))
+        .await;
+    let log = disk.path.join("talker.log");
+    let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    podrun_tests::wait_until(Duration::from_secs(10), || size() > 0).unwrap();
+
+    let filler = disk.fill();
+    // The log's last page may still take records; after that the file stops growing.
+    let mut full = size();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(1500));
+        if std::mem::replace(&mut full, size()) == full {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(size(), full, "nothing is written while the disk is full");
+    assert_eq!(
+        bed.status(&id).await.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "the container runs on"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    podrun_tests::wait_until(Duration::from_secs(10), || size() > full + 200).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let numbers: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            assert!(
+                f.len() == 4 && f[0].len() == 30 && f[1] == "stdout" && f[2] == "F",
+                "a broken record: {l:?}"
+            );
+            let n = f[3].strip_prefix("line ");
+            n.and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a broken record: {l:?}"))
+        })
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "records in order");
+    let gap = numbers.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        gap > 20,
+        "output made while the disk was full is dropped, not held back (largest gap {gap})"
+    );
+    bed.remove_pod(&pod.0).await;
+    bed.assert_no_leaks();
+}

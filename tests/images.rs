@@ -673,28 +673,10 @@ async fn grpc_with_timeout(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_pulls_and_pods_cleanly_until_there_is_room() {
     let registry = Registry::start();
-    // The root is a small tmpfs, mounted outside the node's dir (whose mounts count as
-    // leaks) and linked in; unmounted after the node is gone, however the test ends.
-    struct Disk(std::path::PathBuf);
-    impl Drop for Disk {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let disk = Disk(format!("/tmp/podrun-full-disk-{}", std::process::id()).into());
-    std::fs::create_dir_all(&disk.0).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &disk.0,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        Some("size=16m"),
-    )
-    .unwrap();
+    let disk = podrun_tests::SmallDisk::mount("full-disk", "16m");
     let mut node = podrun_tests::TestNode::prepare(Chain::Operator);
     let root = node.dir.join("root");
-    std::os::unix::fs::symlink(&disk.0, &root).unwrap();
+    std::os::unix::fs::symlink(&disk.path, &root).unwrap();
     node.spawn_daemon();
     let mut c = images(&node).await;
     // 4 MiB of incompressible bytes: a layer that cannot fit once the disk is full.
@@ -716,12 +698,7 @@ async fn a_full_disk_fails_pulls_and_pods_cleanly_until_there_is_room() {
     registry.push("big:1", &big).await;
     let name = format!("{}/big:1", registry.addr);
 
-    // Fill the disk.
-    let filler = root.join("filler");
-    let mut f = std::fs::File::create(&filler).unwrap();
-    let chunk = vec![1u8; 1 << 20];
-    while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
-    drop(f);
+    let filler = disk.fill();
 
     let err = pull(&mut c, &name).await.unwrap_err();
     assert!(err.message().contains("No space left"), "{err:?}");

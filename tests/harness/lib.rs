@@ -702,3 +702,43 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> Result<()
     }
     Ok(())
 }
+
+/// A small tmpfs, for tests of a full disk: mounted outside any node's dir (whose mounts
+/// count as leaks) for the test to link in, and unmounted when dropped, however the test
+/// ends.
+pub struct SmallDisk {
+    pub path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(name: &str, size: &str) -> SmallDisk {
+        let path = PathBuf::from(format!("/tmp/podrun-{name}-{}", std::process::id()));
+        fs::create_dir_all(&path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .expect("mounting a tmpfs");
+        SmallDisk { path }
+    }
+
+    /// Writes a file under the disk until no byte more fits; removing it makes room.
+    pub fn fill(&self) -> PathBuf {
+        let filler = self.path.join("filler");
+        let mut f = fs::File::create(&filler).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        while std::io::Write::write_all(&mut f, &[1u8]).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.path);
+    }
+}

@@ -54,7 +54,28 @@ impl Log {
         line.extend_from_slice(text);
         line.push(b'\n');
         if let Some(f) = self.file.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            let _ = f.write_all(&line);
+            write_whole(f, &line);
+        }
+    }
+}
+
+/// Appends one record, or nothing: when the disk is full (or the write fails otherwise)
+/// the record is dropped and any piece of it already written is cut off again, so that
+/// the file holds only whole records and the next one after room comes back parses. The
+/// container is never held up by its log.
+fn write_whole(f: &mut File, record: &[u8]) {
+    let mut written = 0;
+    while written < record.len() {
+        match f.write(&record[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if written > 0 && written < record.len() {
+        if let Ok(meta) = f.metadata() {
+            let _ = f.set_len(meta.len().saturating_sub(written as u64));
         }
     }
 }
