@@ -142,6 +142,44 @@ impl ProcessId {
         })
     }
 
+    /// A pidfd for the process, if it is still the one we recorded: it turns readable when
+    /// the process exits.
+    pub fn pidfd(&self) -> Option<std::os::fd::OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the kernel just gave us this fd, and nothing else owns it.
+        let fd =
+            unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        // Checked after opening: the fd now pins this pid, so the start time names it.
+        self.is_alive().then_some(fd)
+    }
+
+    /// Returns once the process has exited (at once if it is not the one we recorded).
+    pub async fn exited(self) {
+        let fd = self.pidfd().and_then(|fd| {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until
+            // the AsyncFd is dropped.
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .ok()
+        });
+        match fd {
+            Some(fd) => {
+                let _ = fd.readable().await;
+            }
+            // No fd to wait on (out of fds?): look once a second.
+            None => {
+                while self.is_alive() {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     /// SIGKILLs the process if it is still the one we recorded.
     pub fn kill(&self) {
         if self.is_alive() {

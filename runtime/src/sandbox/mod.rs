@@ -148,6 +148,9 @@ pub struct Sandbox {
     key: PodKey,
     record: tokio::sync::Mutex<Record>,
     view: Mutex<Record>,
+    /// Set when the pause or the shim of a Ready pod exits, by a task that waits on their
+    /// pidfds: why the pod is no longer ready.
+    died: std::sync::OnceLock<&'static str>,
 }
 
 impl Sandbox {
@@ -156,9 +159,37 @@ impl Sandbox {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
     }
 
-    /// The record as last published.
+    /// The record as last published, NotReady if its pause or shim has died since.
     pub(crate) fn view(&self) -> Record {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.with_view(Record::clone)
+    }
+
+    /// Reads the record as [`Sandbox::view`] returns it, without copying it.
+    pub(crate) fn with_view<T>(&self, read: impl FnOnce(&Record) -> T) -> T {
+        let mut record = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        if let (State::Ready, Some(reason)) = (record.state, self.died.get()) {
+            record.state = State::NotReady;
+            record.reason = (*reason).to_owned();
+        }
+        read(&record)
+    }
+
+    /// Watches the pause and the shim of a Ready pod: when either exits, the pod is no
+    /// longer ready (without which no container can run, be stopped or waited for).
+    fn watch(self: &Arc<Sandbox>, pause: ProcessId, shim: ProcessId) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pod = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let reason = tokio::select! {
+                _ = pause.exited() => "its pause process died",
+                _ = shim.exited() => "its shim died",
+            };
+            if let Some(pod) = pod.upgrade() {
+                let _ = pod.died.set(reason);
+            }
+        });
     }
 }
 
@@ -175,12 +206,20 @@ impl Sandboxes {
     }
 
     fn insert(&self, record: Record) -> Arc<Sandbox> {
+        let watched = match (record.state, record.pause, record.shim) {
+            (State::Ready, Some(pause), Some(shim)) => Some((pause, shim)),
+            _ => None,
+        };
         let pod = Arc::new(Sandbox {
             id: record.id.clone(),
             key: record.key(),
             view: Mutex::new(record.clone()),
+            died: Default::default(),
             record: tokio::sync::Mutex::new(record),
         });
+        if let Some((pause, shim)) = watched {
+            pod.watch(pause, shim);
+        }
         self.pods().insert(pod.id.clone(), pod.clone());
         pod
     }

@@ -17,29 +17,12 @@ fn cri_state(state: State) -> cri::PodSandboxState {
     }
 }
 
-/// Marks a Ready pod NotReady when its pause or its shim (without which no container can
-/// be made, stopped or waited for) has died behind our back.
-fn refresh(record: &mut Record) {
-    if record.state != State::Ready {
-        return;
-    }
-    let dead = |p: &Option<crate::store::ProcessId>| !p.as_ref().is_some_and(|p| p.is_alive());
-    let reason = match (dead(&record.pause), dead(&record.shim)) {
-        (true, _) => "its pause process died",
-        (false, true) => "its shim died",
-        (false, false) => return,
-    };
-    record.state = State::NotReady;
-    record.reason = reason.to_owned();
-}
-
 pub async fn status(
     node: Arc<Node>,
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse> {
     let pod = node.sandboxes.get(&req.pod_sandbox_id)?;
-    let mut r = pod.view();
-    refresh(&mut r);
+    let r = pod.view();
     let status = cri_status(&r);
     let mut info = HashMap::new();
     if req.verbose {
@@ -108,32 +91,27 @@ pub async fn list(
         if !filter.id.is_empty() && !pod.id.starts_with(&filter.id) {
             continue;
         }
-        let mut r = pod.view();
-        refresh(&mut r);
-        let state = cri_state(r.state);
-        if filter
-            .state
-            .as_ref()
-            .is_some_and(|s| s.state != state as i32)
-        {
-            continue;
-        }
-        if !filter
-            .label_selector
-            .iter()
-            .all(|(k, v)| r.config.labels.get(k) == Some(v))
-        {
-            continue;
-        }
-        items.push(cri::PodSandbox {
-            id: r.id.clone(),
-            metadata: Some(r.metadata()),
-            state: state as i32,
-            created_at: r.created_at,
-            labels: r.config.labels.clone(),
-            annotations: r.config.annotations.clone(),
-            runtime_handler: r.runtime_handler.clone(),
+        let item = pod.with_view(|r| {
+            let state = cri_state(r.state);
+            let wanted = filter
+                .state
+                .as_ref()
+                .is_none_or(|s| s.state == state as i32)
+                && filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| r.config.labels.get(k) == Some(v));
+            wanted.then(|| cri::PodSandbox {
+                id: r.id.clone(),
+                metadata: Some(r.metadata()),
+                state: state as i32,
+                created_at: r.created_at,
+                labels: r.config.labels.clone(),
+                annotations: r.config.annotations.clone(),
+                runtime_handler: r.runtime_handler.clone(),
+            })
         });
+        items.extend(item);
     }
     items.sort_by_key(|p| std::cmp::Reverse(p.created_at));
     Ok(cri::ListPodSandboxResponse { items })
