@@ -36,6 +36,15 @@ struct Args {
     /// sequential pods up.
     #[arg(long, default_value_t = 60)]
     idle_seconds: u64,
+    /// The runtimes to measure, of podrun, podrun-runc and containerd. podrun and
+    /// podrun-runc share one node and its /24 pod network: for a density run over 126 pods
+    /// measure one of them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "podrun,podrun-runc,containerd"
+    )]
+    runtimes: Vec<String>,
 }
 
 /// How long pods are left alone before their memory is read, and the node after a
@@ -408,66 +417,78 @@ async fn main() -> Result<()> {
     let image = format!("{}/busybox:bench", registry.addr);
 
     let node = TestNode::start(Chain::Operator);
-    let ctrd = Containerd::start(&format!("{}/pause:bench", registry.addr));
+    let wanted = |name: &str| args.runtimes.iter().any(|r| r == name);
+    let ctrd = match wanted("containerd") {
+        true => Some(Containerd::start(&format!("{}/pause:bench", registry.addr))),
+        false => None,
+    };
     let podrund = node.daemon_pid().context("podrund")?;
-    let targets = [
-        Target {
-            name: "podrun",
-            node: &node,
-            socket: node.socket.clone(),
-            handler: "",
-            daemon: podrund,
-        },
-        Target {
-            name: "podrun-runc",
-            node: &node,
-            socket: node.socket.clone(),
-            handler: "runc",
-            daemon: podrund,
-        },
-        Target {
+    let mut targets = Vec::new();
+    for (name, handler) in [("podrun", ""), ("podrun-runc", "runc")] {
+        if wanted(name) {
+            targets.push(Target {
+                name,
+                node: &node,
+                socket: node.socket.clone(),
+                handler,
+                daemon: podrund,
+            });
+        }
+    }
+    if let Some(ctrd) = &ctrd {
+        targets.push(Target {
             name: "containerd",
             node: &ctrd.node,
             socket: ctrd.socket.clone(),
             handler: "",
             daemon: ctrd.pid().context("containerd")?,
-        },
-    ];
+        });
+    }
+    anyhow::ensure!(
+        targets.len() == args.runtimes.len(),
+        "--runtimes takes podrun, podrun-runc and containerd, not {:?}",
+        args.runtimes
+    );
     let runs = measure_all(&targets, &image, &args).await?;
     let results: BTreeMap<&str, BTreeMap<&str, f64>> =
         runs.iter().map(|(k, r)| (*k, r.figures())).collect();
     let log = node.log();
     let phases = |ids: &[String]| phase_medians(&log, ids);
-    let (crun, runc) = (&runs["podrun"], &runs["podrun-runc"]);
-    let columns = [
-        phases(&crun.ids),
-        phases(&runc.ids),
-        phases(&crun.concurrent_ids),
-        phases(&runc.concurrent_ids),
-    ];
+    let podruns: Vec<&str> = ["podrun", "podrun-runc"]
+        .into_iter()
+        .filter(|n| runs.contains_key(n))
+        .collect();
+    let mut columns = Vec::new();
+    for concurrent in [false, true] {
+        for n in &podruns {
+            let r = &runs[n];
+            columns.push(phases(if concurrent {
+                &r.concurrent_ids
+            } else {
+                &r.ids
+            }));
+        }
+    }
     let floor = floor::measure(&node, args.sequential.max(1)).await?;
 
     println!(
         "{} sequential and {} concurrent pods per runtime, one container each (pull excluded)",
         args.sequential, args.concurrent
     );
-    println!(
-        "{:<26} {:>12} {:>12} {:>12} {:>16}",
-        "", "podrun", "podrun-runc", "containerd", "podrun/containerd"
-    );
-    for key in results["podrun"].keys() {
-        let v = |r: &str| results[r][key];
-        let ratio = match v("containerd") {
-            c if c > 0.0 => format!("{:.2}", v("podrun") / c),
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let header: String = names.iter().map(|n| format!(" {n:>12}")).collect();
+    println!("{:<26}{header} {:>18}", "", "podrun/containerd");
+    let first = &results[names[0]];
+    for key in first.keys() {
+        let row: String = names
+            .iter()
+            .map(|n| format!(" {:>12.1}", results[n][key]))
+            .collect();
+        let ratio = match (results.get("podrun"), results.get("containerd")) {
+            (Some(p), Some(c)) if c[key] > 0.0 => format!("{:.2}", p[key] / c[key]),
             _ => "-".into(),
         };
-        println!(
-            "{key:<26} {:>12.1} {:>12.1} {:>12.1} {:>16}",
-            v("podrun"),
-            v("podrun-runc"),
-            v("containerd"),
-            ratio
-        );
+        println!("{key:<26}{row} {ratio:>18}");
     }
     println!(
         "floor: netns + CNI ADD chain, run directly: p50 {:.1} ms (netns {:.1}, CNI ADD {:.1})",
@@ -476,19 +497,22 @@ async fn main() -> Result<()> {
         floor.1
     );
     println!("podrund phase medians (ms), one pod at a time and all at once:");
-    println!(
-        "  {:<24} {:>12} {:>12} {:>12} {:>12}",
-        "", "podrun", "podrun-runc", "podrun x N", "runc x N"
-    );
-    for k in columns[0].keys() {
-        let v: Vec<f64> = columns
+    let header: String = podruns
+        .iter()
+        .map(|n| format!(" {n:>12}"))
+        .chain(
+            podruns
+                .iter()
+                .map(|n| format!(" {:>12}", format!("{n} x N"))),
+        )
+        .collect();
+    println!("  {:<24}{header}", "");
+    for k in columns.first().map(|c| c.keys()).into_iter().flatten() {
+        let row: String = columns
             .iter()
-            .map(|c| c.get(k).copied().unwrap_or(f64::NAN))
+            .map(|c| format!(" {:>12.1}", c.get(k).copied().unwrap_or(f64::NAN)))
             .collect();
-        println!(
-            "  {k:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
-            v[0], v[1], v[2], v[3]
-        );
+        println!("  {k:<24}{row}");
     }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&results)?;
@@ -496,6 +520,8 @@ async fn main() -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
     node.assert_no_leaks();
-    ctrd.node.assert_no_leaks();
+    if let Some(ctrd) = &ctrd {
+        ctrd.node.assert_no_leaks();
+    }
     Ok(())
 }

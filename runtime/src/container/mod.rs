@@ -115,7 +115,12 @@ impl Container {
     }
 
     pub fn view(&self) -> Record {
-        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.with_view(Record::clone)
+    }
+
+    /// Reads the record as last published, without copying it.
+    pub fn with_view<T>(&self, read: impl FnOnce(&Record) -> T) -> T {
+        read(&self.view.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

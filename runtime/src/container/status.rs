@@ -79,6 +79,33 @@ pub(crate) fn cri_status(r: &Record) -> cri::ContainerStatus {
     }
 }
 
+/// A container as ListContainers shows it, if it passes the filter.
+fn listed(r: &Record, f: &cri::ContainerFilter) -> Option<cri::Container> {
+    let wanted = (f.id.is_empty() || r.id.starts_with(&f.id))
+        && (f.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&f.pod_sandbox_id))
+        && f.state
+            .as_ref()
+            .is_none_or(|s| s.state == cri_state(r.state) as i32)
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| r.config.labels.get(k) == Some(v));
+    wanted.then(|| cri::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.pod_id.clone(),
+        metadata: r.config.metadata.clone(),
+        image: Some(cri::ImageSpec {
+            image: r.image_name.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_id.clone(),
+        image_id: r.image_id.clone(),
+        state: cri_state(r.state) as i32,
+        created_at: r.created_at,
+        labels: r.config.labels.clone(),
+        annotations: r.config.annotations.clone(),
+    })
+}
+
 pub async fn list(
     node: Arc<Node>,
     req: cri::ListContainersRequest,
@@ -88,34 +115,7 @@ pub async fn list(
         .containers
         .all()
         .iter()
-        .map(|c| c.view())
-        .filter(|r| f.id.is_empty() || r.id.starts_with(&f.id))
-        .filter(|r| f.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&f.pod_sandbox_id))
-        .filter(|r| {
-            f.state
-                .as_ref()
-                .is_none_or(|s| s.state == cri_state(r.state) as i32)
-        })
-        .filter(|r| {
-            f.label_selector
-                .iter()
-                .all(|(k, v)| r.config.labels.get(k) == Some(v))
-        })
-        .map(|r| cri::Container {
-            id: r.id.clone(),
-            pod_sandbox_id: r.pod_id.clone(),
-            metadata: r.config.metadata.clone(),
-            image: Some(cri::ImageSpec {
-                image: r.image_name.clone(),
-                ..Default::default()
-            }),
-            image_ref: r.image_id.clone(),
-            image_id: r.image_id.clone(),
-            state: cri_state(r.state) as i32,
-            created_at: r.created_at,
-            labels: r.config.labels.clone(),
-            annotations: r.config.annotations.clone(),
-        })
+        .filter_map(|c| c.with_view(|r| listed(r, &f)))
         .collect();
     containers.sort_by_key(|c| std::cmp::Reverse(c.created_at));
     Ok(cri::ListContainersResponse { containers })
