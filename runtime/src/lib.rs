@@ -1,5 +1,5 @@
 //! podrun's runtime library: sandbox lifecycle, namespaces, CNI, cgroups, state and the CRI
-//! service. See ../shared/design/ARCHITECTURE.md for the picture.
+//! service. See docs/ARCHITECTURE.md for the picture.
 
 pub mod cgroup;
 pub mod clock;
