@@ -207,50 +207,7 @@ impl Bed {
     /// Everything of this bed still on the machine: namespaces, links in the machine's
     /// namespace, processes, files, cgroups, pod netns pins of `pods`.
     pub fn leftovers(&self, pods: &[String]) -> Vec<String> {
-        let p = format!("{}-", self.prefix());
-        let mut found = Vec::new();
-        for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&p) || pods.iter().any(|id| name == format!("podrun-{id}")) {
-                found.push(format!("netns {name}"));
-            }
-        }
-        let links = Command::new("ip").args(["-o", "link", "show"]).output();
-        for l in links
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-            .lines()
-        {
-            let name = l.split(": ").nth(1).unwrap_or_default();
-            if name.starts_with(&self.prefix()) {
-                found.push(format!("link {name}"));
-            }
-        }
-        let dir = self.dir().display().to_string();
-        for pid in crate::processes_mentioning(&dir) {
-            found.push(format!("process {pid}"));
-        }
-        for pid in crate::processes_mentioning(&format!("pnb{}-n", self.number)) {
-            found.push(format!("process {pid}"));
-        }
-        if self.dir().exists() {
-            found.push(format!("dir {dir}"));
-        }
-        if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
-            found.extend(
-                info.lines()
-                    .filter(|l| l.contains(&dir))
-                    .map(|l| format!("mount {l}")),
-            );
-        }
-        for h in crate::cgroup_hierarchies() {
-            for e in fs::read_dir(&h).into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(&p) {
-                    found.push(format!("cgroup {}", e.path().display()));
-                }
-            }
-        }
-        found
+        leftovers(self.number, pods)
     }
 
     /// Runs a pod on node `i` (0-based) and returns its id, IP and netns.
@@ -317,9 +274,60 @@ fn parse_nodes(out: &str) -> Vec<BedNode> {
         .collect()
 }
 
+/// Everything of bed `number` still on the machine: namespaces, links in the machine's
+/// namespace, processes, files, cgroups, pod netns pins of `pods`.
+pub fn leftovers(number: u8, pods: &[String]) -> Vec<String> {
+    let prefix = format!("pnb{number}");
+    let dir_path = PathBuf::from(format!("/run/podrun-nodes/{prefix}"));
+    let p = format!("{prefix}-");
+    let mut found = Vec::new();
+    for e in fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&p) || pods.iter().any(|id| name == format!("podrun-{id}")) {
+            found.push(format!("netns {name}"));
+        }
+    }
+    let links = Command::new("ip").args(["-o", "link", "show"]).output();
+    for l in links
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+    {
+        let name = l.split(": ").nth(1).unwrap_or_default();
+        if name.starts_with(&prefix) {
+            found.push(format!("link {name}"));
+        }
+    }
+    let dir = dir_path.display().to_string();
+    for pid in crate::processes_mentioning(&dir) {
+        found.push(format!("process {pid}"));
+    }
+    for pid in crate::processes_mentioning(&format!("pnb{}-n", number)) {
+        found.push(format!("process {pid}"));
+    }
+    if dir_path.exists() {
+        found.push(format!("dir {dir}"));
+    }
+    if let Ok(info) = fs::read_to_string("/proc/self/mountinfo") {
+        found.extend(
+            info.lines()
+                .filter(|l| l.contains(&dir))
+                .map(|l| format!("mount {l}")),
+        );
+    }
+    for h in crate::cgroup_hierarchies() {
+        for e in fs::read_dir(&h).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(&p) {
+                found.push(format!("cgroup {}", e.path().display()));
+            }
+        }
+    }
+    found
+}
+
 /// A bed number no other test holds now, held by an exclusive directory. Tests take 10..=99
 /// and leave 1..=9 to people (`hack/nodes up` uses bed 1 unless told otherwise).
-fn take_number() -> (u8, PathBuf) {
+pub(crate) fn take_number() -> (u8, PathBuf) {
     fs::create_dir_all("/run/podrun-tests").expect("creating /run/podrun-tests");
     loop {
         for n in 10..=99u8 {

@@ -3,6 +3,7 @@
 //! so tests run side by side; and checks, from the outside, that nothing was leaked.
 
 pub mod bed;
+pub mod cluster;
 pub mod containerd;
 pub mod kube;
 pub mod netns;

@@ -304,6 +304,7 @@ impl LayerBuilder {
         for applet in [
             "sh", "sleep", "httpd", "nc", "cat", "echo", "hostname", "id", "ls", "ps", "wget",
             "stty", "touch", "mkdir", "rm", "true", "false", "kill", "env", "head", "yes", "dd",
+            "chmod", "timeout",
         ] {
             b = b.symlink(&format!("bin/{applet}"), "busybox");
         }

@@ -5,6 +5,9 @@
 //! Images: `busybox:1` (sh, httpd, nc, sleep, wget, ...; runs `sh`) and `busybox-app:1`
 //! (the same, as user `app`, uid 1000, StopSignal SIGUSR1, runs `sleep 100000`), and
 //! `pause:1` (podrun-pause as `/pause`, a sandbox image for containerd).
+//!
+//! `podrun-test-images --layout DIR NAME` writes `busybox:1` as an OCI image layout in DIR
+//! instead, named NAME (for `podctl import` on nodes that reach no registry).
 
 use anyhow::{Context, Result};
 use podrun_tests::registry::{
@@ -13,9 +16,19 @@ use podrun_tests::registry::{
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let registry = std::env::args()
-        .nth(1)
-        .context("usage: podrun-test-images HOST:PORT")?;
+    let usage = "usage: podrun-test-images HOST:PORT | --layout DIR NAME";
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, dir, name] = args.as_slice() {
+        anyhow::ensure!(flag == "--layout", "{usage}");
+        let img = busybox_image();
+        let digest = img.write_layout(
+            std::path::Path::new(dir),
+            serde_json::json!({"io.containerd.image.name": name}),
+        );
+        println!("{dir}: {name}  {digest}  id {}", img.id());
+        return Ok(());
+    }
+    let registry = args.first().context(usage)?.clone();
     let app = image(
         vec![layer(
             LayerBuilder::default().busybox().tar(),
