@@ -1007,3 +1007,80 @@ async fn a_hanging_cni_plugin_times_out_and_the_pod_is_rolled_back() {
     assert!(pods.is_empty(), "{pods:?}");
     node.assert_no_leaks();
 }
+
+/// A network of CNI spec 1.1 whose plugin supports GC: when podrund starts it tells the
+/// plugin which attachments its pods hold, and the plugin releases a reservation that
+/// belongs to no pod (one whose record was lost); the pods' own stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_gc_at_start_releases_what_no_pod_holds() {
+    let mut node = TestNode::start(Chain::GcCapable);
+    let mut client = node.client().await;
+    let mut ids = Vec::new();
+    for name in ["kept-a", "kept-b"] {
+        ids.push(
+            node.run_pod(&mut client, node.pod_config(name))
+                .await
+                .unwrap(),
+        );
+    }
+    let bin = node.dir.join("cni-bin");
+    let reservations = bin.join("reservations");
+    let held = || {
+        let mut names: Vec<String> = std::fs::read_dir(&reservations)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(held(), expected, "ADD reserved one address per pod");
+    let calls = || std::fs::read_to_string(bin.join("gc-calls")).unwrap_or_default();
+    let first = calls();
+    assert_eq!(
+        first.lines().count(),
+        1,
+        "one GC at the first start: {first}"
+    );
+
+    // A reservation of a pod podrund no longer knows, as a wiped root would leave.
+    std::fs::write(reservations.join("lost-pod"), "10.239.0.9/16").unwrap();
+    node.kill_daemon();
+    node.spawn_daemon();
+    let mut client = node.client().await;
+    // Before it serves: once it answers, GC has run.
+    client
+        .version(cri::VersionRequest::default())
+        .await
+        .unwrap();
+    let gc: serde_json::Value =
+        serde_json::from_str(calls().lines().nth(1).expect("GC at the restart")).unwrap();
+    let mut valid: Vec<(String, String)> = gc["cni.dev/valid-attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let s = |k: &str| a[k].as_str().unwrap().to_owned();
+            (s("containerID"), s("ifname"))
+        })
+        .collect();
+    valid.sort();
+    let want: Vec<(String, String)> = expected
+        .iter()
+        .map(|id| (id.clone(), "eth0".into()))
+        .collect();
+    assert_eq!(valid, want, "GC names exactly the pods' attachments");
+    assert_eq!(gc["cniVersion"], "1.1.0");
+    assert_eq!(
+        held(),
+        expected,
+        "the lost pod's reservation is released, the pods' kept"
+    );
+
+    for id in &ids {
+        podrun_tests::stop_and_remove(&mut client, id).await;
+    }
+    assert!(held().is_empty(), "DEL released the pods' reservations");
+    node.assert_no_leaks();
+}

@@ -108,7 +108,40 @@ pub enum Chain {
     /// until the file `<dir>/cni-bin/allow-del` exists, and whose ADD hangs while
     /// `<dir>/cni-bin/hang-add` exists.
     FailingDel,
+    /// A network of CNI spec 1.1.0 whose only plugin (a script of the test's, in
+    /// `<dir>/cni-bin`) supports GC: ADD reserves an address (a file in
+    /// `<dir>/cni-bin/reservations`), DEL releases it, GC releases every reservation not
+    /// among the valid attachments and appends its input to `<dir>/cni-bin/gc-calls`.
+    /// (Debian's plugins, 1.1.1, predate spec 1.1 and GC.)
+    GcCapable,
 }
+
+/// The GcCapable plugin.
+const GC_PLUGIN: &str = r#"#!/usr/bin/python3
+import json, os, sys, zlib
+here = os.path.dirname(os.path.abspath(__file__))
+resv = os.path.join(here, "reservations")
+os.makedirs(resv, exist_ok=True)
+conf = json.load(sys.stdin)
+command = os.environ.get("CNI_COMMAND")
+cid = os.environ.get("CNI_CONTAINERID", "")
+if command == "ADD":
+    ip = "10.239.%d.%d/16" % (zlib.crc32(cid.encode()) % 250, 2 + zlib.crc32(cid.encode()[::-1]) % 250)
+    open(os.path.join(resv, cid), "w").write(ip)
+    print(json.dumps({"cniVersion": conf["cniVersion"], "ips": [{"address": ip}]}))
+elif command == "DEL":
+    try: os.remove(os.path.join(resv, cid))
+    except FileNotFoundError: pass
+elif command == "GC":
+    with open(os.path.join(here, "gc-calls"), "a") as f:
+        f.write(json.dumps(conf) + "\n")
+    valid = {a["containerID"] for a in conf.get("cni.dev/valid-attachments", [])}
+    for name in os.listdir(resv):
+        if name not in valid:
+            os.remove(os.path.join(resv, name))
+elif command == "VERSION":
+    print(json.dumps({"cniVersion": "1.1.0", "supportedVersions": ["1.0.0", "1.1.0"]}))
+"#;
 
 /// The FailingDel plugin: passes ADD's prevResult through, fails DEL unless allowed.
 const FAIL_DEL_PLUGIN: &str = r#"#!/usr/bin/python3
@@ -178,7 +211,26 @@ impl TestNode {
         node
     }
 
+    /// Writes a plugin script of the test's into `<dir>/cni-bin`.
+    fn test_plugin(&self, name: &str, script: &str) {
+        let bin = self.dir.join("cni-bin");
+        fs::create_dir_all(&bin).unwrap();
+        let plugin = bin.join(name);
+        fs::write(&plugin, script).unwrap();
+        fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
     fn write_cni(&self, chain: Chain) {
+        fs::create_dir_all(self.dir.join("cni")).unwrap();
+        if let Chain::GcCapable = chain {
+            self.test_plugin("podrun-test-gc", GC_PLUGIN);
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"podrun-test-{}","plugins":[{{"type":"podrun-test-gc"}}]}}"#,
+                self.slot.n
+            );
+            fs::write(self.dir.join("cni/10-test.conflist"), conf).unwrap();
+            return;
+        }
         let extra = match chain {
             Chain::Operator => "",
             Chain::WithLoopback => r#",{"type":"loopback"}"#,
@@ -186,14 +238,10 @@ impl TestNode {
                 r#",{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.no_such_knob":"1"}}"#
             }
             Chain::FailingDel => {
-                let bin = self.dir.join("cni-bin");
-                fs::create_dir_all(&bin).unwrap();
-                let plugin = bin.join("podrun-test-fail-del");
-                fs::write(&plugin, FAIL_DEL_PLUGIN).unwrap();
-                fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                    .unwrap();
+                self.test_plugin("podrun-test-fail-del", FAIL_DEL_PLUGIN);
                 r#",{"type":"podrun-test-fail-del"}"#
             }
+            Chain::GcCapable => unreachable!("written above"),
         };
         let conf = format!(
             r#"{{"cniVersion":"1.0.0","name":"podrun-test-{n}","plugins":[
@@ -205,7 +253,6 @@ impl TestNode {
             p = self.subnet_prefix,
             ipam = self.ipam_dir.display(),
         );
-        fs::create_dir_all(self.dir.join("cni")).unwrap();
         fs::write(self.dir.join("cni/10-test.conflist"), conf).unwrap();
     }
 

@@ -2,7 +2,7 @@
 //! (`.conflist`, `.conf` or `.json`, sorted by file name), ADD through the plugin chain with
 //! each result fed to the next as `prevResult`, DEL in reverse order with the cached
 //! result, and capability arguments (`portMappings`, `dns`) handed only to plugins that
-//! declare them.
+//! declare them. GC (spec 1.1) for networks of that version, at podrund's start.
 
 mod exec;
 
@@ -25,6 +25,9 @@ pub struct Network {
     /// The plugin configurations, in chain order.
     pub plugins: Vec<Value>,
     pub source: PathBuf,
+    /// `disableGC`: the administrator turned GC off for this network.
+    #[serde(default)]
+    pub disable_gc: bool,
 }
 
 impl Network {
@@ -63,6 +66,7 @@ impl Network {
             cni_version,
             plugins,
             source: source.to_owned(),
+            disable_gc: v["disableGC"].as_bool().unwrap_or(false),
         })
     }
 
@@ -88,6 +92,74 @@ impl Network {
             }
         }
         Ok(None)
+    }
+
+    /// A plugin's output, or the error it reported (as a JSON error object on stdout).
+    fn check(
+        &self,
+        command: &'static str,
+        plugin: &Value,
+        out: Result<exec::Output>,
+    ) -> Result<Vec<u8>> {
+        let out = out.map_err(|e| self.fail(command, plugin, e.to_string()))?;
+        if out.success {
+            return Ok(out.stdout);
+        }
+        // Plugins report failure as a JSON error object on stdout.
+        let message = match serde_json::from_slice::<Value>(&out.stdout) {
+            Ok(v) if v["msg"].is_string() => match v["details"].as_str() {
+                Some(d) if !d.is_empty() => {
+                    format!("{}: {d}", v["msg"].as_str().unwrap_or_default())
+                }
+                _ => v["msg"].as_str().unwrap_or_default().to_owned(),
+            },
+            _ => {
+                let text = String::from_utf8_lossy(if out.stderr.is_empty() {
+                    &out.stdout
+                } else {
+                    &out.stderr
+                });
+                format!("{} ({})", text.trim(), out.status)
+            }
+        };
+        Err(self.fail(command, plugin, message))
+    }
+
+    fn fail(&self, command: &'static str, plugin: &Value, message: String) -> Error {
+        Error::Cni {
+            plugin: plugin_type(plugin).to_owned(),
+            command,
+            network: self.name.clone(),
+            message,
+        }
+    }
+
+    /// GC (spec 1.1): tells every plugin of the chain which attachments are in use, so that
+    /// it releases whatever else it holds (IPAM reservations of pods nobody knows). Only
+    /// for networks of version 1.1.0 or later without `disableGC`; answers whether GC ran.
+    /// It must not overlap an ADD: podrund runs it at start, before it serves.
+    pub async fn gc(&self, valid: &[(String, String)], exec: &dyn Exec) -> Result<bool> {
+        if self.disable_gc || version_below(&self.cni_version, (1, 1)) {
+            return Ok(false);
+        }
+        let valid: Vec<Value> = valid
+            .iter()
+            .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+            .collect();
+        let env = [("CNI_COMMAND".to_owned(), "GC".to_owned())];
+        let mut first_err = None;
+        for plugin in &self.plugins {
+            let mut conf = plugin.as_object().cloned().unwrap_or_default();
+            conf.insert("name".into(), json!(self.name));
+            conf.insert("cniVersion".into(), json!(self.cni_version));
+            conf.insert("cni.dev/valid-attachments".into(), json!(valid));
+            let stdin = serde_json::to_vec(&conf).unwrap_or_default();
+            let out = exec.run(plugin_type(plugin), &env, stdin).await;
+            if let Err(e) = self.check("GC", plugin, out) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(true), Err)
     }
 }
 
@@ -186,37 +258,11 @@ impl Attachment {
         plugin: &Value,
         out: Result<exec::Output>,
     ) -> Result<Vec<u8>> {
-        let out = out.map_err(|e| self.fail(command, plugin, e.to_string()))?;
-        if out.success {
-            return Ok(out.stdout);
-        }
-        // Plugins report failure as a JSON error object on stdout.
-        let message = match serde_json::from_slice::<Value>(&out.stdout) {
-            Ok(v) if v["msg"].is_string() => match v["details"].as_str() {
-                Some(d) if !d.is_empty() => {
-                    format!("{}: {d}", v["msg"].as_str().unwrap_or_default())
-                }
-                _ => v["msg"].as_str().unwrap_or_default().to_owned(),
-            },
-            _ => {
-                let text = String::from_utf8_lossy(if out.stderr.is_empty() {
-                    &out.stdout
-                } else {
-                    &out.stderr
-                });
-                format!("{} ({})", text.trim(), out.status)
-            }
-        };
-        Err(self.fail(command, plugin, message))
+        self.network.check(command, plugin, out)
     }
 
     fn fail(&self, command: &'static str, plugin: &Value, message: String) -> Error {
-        Error::Cni {
-            plugin: plugin_type(plugin).to_owned(),
-            command,
-            network: self.network.name.clone(),
-            message,
-        }
+        self.network.fail(command, plugin, message)
     }
 
     /// The pod's IPs from the result: IPv4 first, then the others, in result order.

@@ -99,6 +99,42 @@ async fn add_chains_prev_result_and_gives_capabilities_only_to_plugins_that_ask(
 }
 
 #[tokio::test]
+async fn gc_names_the_valid_attachments_to_every_plugin_only_from_spec_1_1() {
+    let rec = Recorder {
+        calls: Mutex::new(vec![]),
+        fail: None,
+    };
+    let valid = [("abc".to_owned(), "eth0".to_owned())];
+    let list = |version: &str, extra: &str| {
+        let text = format!(
+            r#"{{"cniVersion":"{version}","name":"podnet",{extra}"plugins":[
+            {{"type":"bridge"}},{{"type":"portmap"}}]}}"#
+        );
+        Network::parse(text.as_bytes(), Path::new("/x.conflist")).unwrap()
+    };
+    assert!(!list("1.0.0", "").gc(&valid, &rec).await.unwrap());
+    let off = list("1.1.0", r#""disableGC":true,"#);
+    assert!(!off.gc(&valid, &rec).await.unwrap());
+    assert!(
+        rec.calls.lock().unwrap().is_empty(),
+        "no GC before 1.1.0 or when disabled"
+    );
+
+    assert!(list("1.1.0", "").gc(&valid, &rec).await.unwrap());
+    let calls = rec.calls.lock().unwrap();
+    let plugins: Vec<&str> = calls.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(plugins, ["bridge", "portmap"]);
+    for (command, _, conf) in calls.iter() {
+        assert_eq!(command, "GC");
+        assert_eq!(conf["name"], "podnet");
+        assert_eq!(
+            conf["cni.dev/valid-attachments"],
+            json!([{"containerID": "abc", "ifname": "eth0"}])
+        );
+    }
+}
+
+#[tokio::test]
 async fn del_runs_in_reverse_with_the_cached_result_and_tries_every_plugin() {
     let rec = Recorder {
         calls: Mutex::new(vec![]),
@@ -236,6 +272,7 @@ fn fuzz_conflists_and_results() {
                     cni_version: "1.0.0".into(),
                     plugins: vec![],
                     source: "x".into(),
+                    disable_gc: false,
                 },
                 container_id: "c".into(),
                 netns: "/run/netns/x".into(),

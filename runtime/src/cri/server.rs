@@ -30,6 +30,7 @@ pub async fn serve(
     let recovered = crate::sandbox::recover(&node).await?;
     let containers = crate::container::recover(&node).await?;
     let released = crate::sandbox::release_dead(&node).await;
+    let cni_gc = crate::sandbox::cni_gc(&node).await;
     // CNI DEL of attachments left by pods let go while it failed: now, and every 5 min.
     let n = node.clone();
     let leftovers = tokio::spawn(async move {
@@ -55,7 +56,7 @@ pub async fn serve(
         .audit_at_start
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = crate::doctor::Report::of(&findings);
-    tracing::info!(socket = %path.display(), recovered, containers, released, "podrund serving CRI");
+    tracing::info!(socket = %path.display(), recovered, containers, released, cni_gc, "podrund serving CRI");
     let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
     let cri = Cri { node: node.clone() };
     let routes = tonic::service::Routes::new(

@@ -32,7 +32,7 @@ use crate::cni::Attachment;
 use crate::error::{Error, Result};
 use crate::store::{self, ProcessId};
 
-pub use recover::{recover, release_dead};
+pub use recover::{cni_gc, recover, release_dead};
 pub use remove::remove;
 pub use run::run;
 pub(crate) use status::cri_status;

@@ -120,6 +120,35 @@ pub async fn release_dead(node: &Arc<Node>) -> usize {
     dead.len()
 }
 
+/// CNI GC (spec 1.1) at start, before podrund serves (GC must not overlap an ADD): the
+/// network's plugins learn which attachments podrund's pods hold and release the rest, such
+/// as the IP reservations of pods lost with a wiped root. Networks of an older version, or
+/// with `disableGC`, are left alone. Answers whether GC ran.
+pub async fn cni_gc(node: &Arc<Node>) -> bool {
+    let network = match crate::cni::Network::load_first(&node.config.cni_conf_dir) {
+        Ok(Some(network)) => network,
+        _ => return false,
+    };
+    let valid: Vec<(String, String)> = node
+        .sandboxes
+        .all()
+        .iter()
+        .filter_map(|p| {
+            p.with_view(|r| {
+                let a = r.network.as_ref()?;
+                (a.network.name == network.name).then(|| (a.container_id.clone(), a.ifname.clone()))
+            })
+        })
+        .collect();
+    match network.gc(&valid, node.cni.as_ref()).await {
+        Ok(ran) => ran,
+        Err(e) => {
+            tracing::warn!(error = %e, "CNI GC failed; reservations of lost pods may remain");
+            true
+        }
+    }
+}
+
 /// Reconnects to the pod's shim and checks that it still runs the pod's pause.
 async fn reconnect(record: &Record) -> Result<()> {
     let shim = super::shim::Shim::connect(&record.id, &record.shim_socket).await?;

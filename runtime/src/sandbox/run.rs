@@ -448,6 +448,7 @@ mod tests {
             cni_version: "1.0.0".into(),
             plugins: vec![],
             source: "x".into(),
+            disable_gc: false,
         };
         let att = attachment(net, "id1", std::path::Path::new("/run/netns/p"), &c);
         assert_eq!(
