@@ -1374,3 +1374,103 @@ async fn a_full_log_disk_drops_output_without_stopping_the_container() {
     bed.remove_pod(&pod.0).await;
     bed.assert_no_leaks();
 }
+
+/// podrund's Prometheus endpoint (`--metrics-address`), scraped and parsed as Prometheus
+/// would: CRI requests by method and code, CNI calls by plugin, pods and containers by
+/// state, shim starts, image pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_requests_plugins_pods_and_pulls() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut bed = Bed::start_with(&["--metrics-address", &address]).await;
+    let pod = bed.pod("measured", "").await;
+    let id = bed
+        .run(&pod, bed.container("sleeper", &["sleep", "1000"]))
+        .await;
+    let missing = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: "no-such-pod".into(),
+        verbose: false,
+    };
+    assert!(bed.rt.pod_sandbox_status(missing).await.is_err());
+
+    let scrape = || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&address).unwrap();
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        s.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        assert!(head.to_lowercase().contains("openmetrics-text"), "{head}");
+        // name{labels} value, as Prometheus' text parser reads it.
+        let mut samples = std::collections::BTreeMap::new();
+        for line in body
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+            samples.insert(series.to_owned(), value);
+        }
+        assert!(
+            body.trim_end().ends_with("# EOF"),
+            "OpenMetrics ends with # EOF"
+        );
+        samples
+    };
+    let m = scrape();
+    let get = |series: &str| {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no {series} in {:#?}", m.keys().collect::<Vec<_>>()))
+    };
+    assert_eq!(
+        get(r#"podrun_cri_requests_total{method="RunPodSandbox",code="OK"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"podrun_cri_requests_total{method="PodSandboxStatus",code="NotFound"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"podrun_cri_request_duration_seconds_count{method="RunPodSandbox",code="OK"}"#),
+        1.0
+    );
+    assert!(
+        get(r#"podrun_cri_request_duration_seconds_sum{method="RunPodSandbox",code="OK"}"#) > 0.0
+    );
+    assert_eq!(
+        get(r#"podrun_cni_duration_seconds_count{command="ADD",plugin="bridge"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"podrun_cni_duration_seconds_count{command="ADD",plugin="portmap"}"#),
+        1.0
+    );
+    assert_eq!(get(r#"podrun_pods{state="ready"}"#), 1.0);
+    assert_eq!(get(r#"podrun_containers{state="running"}"#), 1.0);
+    assert_eq!(get("podrun_shim_starts_total"), 1.0);
+    assert_eq!(get(r#"podrun_image_pulls_total{outcome="ok"}"#), 1.0);
+    assert!(
+        get("podrun_image_pull_bytes_total") > 100_000.0,
+        "busybox's layer was fetched"
+    );
+    assert_eq!(get(r#"podrun_leak_audit_findings{kind="netns"}"#), 0.0);
+
+    bed.remove_pod(&pod.0).await;
+    let _ = id;
+    let m = scrape();
+    assert_eq!(m[r#"podrun_pods{state="ready"}"#], 0.0);
+    assert_eq!(m[r#"podrun_containers{state="running"}"#], 0.0);
+    assert_eq!(
+        m[r#"podrun_cni_duration_seconds_count{command="DEL",plugin="bridge"}"#],
+        1.0
+    );
+    bed.assert_no_leaks();
+}

@@ -1084,3 +1084,48 @@ async fn cni_gc_at_start_releases_what_no_pod_holds() {
     assert!(held().is_empty(), "DEL released the pods' reservations");
     node.assert_no_leaks();
 }
+
+/// `--log-format json`: every line podrund writes is one JSON object, and the lines of a
+/// request about a pod carry the method and the pod's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_pod_of_each_request() {
+    let mut node = TestNode::prepare(Chain::Operator);
+    node.extra_args = vec!["--log-format".into(), "json".into()];
+    node.spawn_daemon();
+    let mut client = node.client().await;
+    let id = node
+        .run_pod(&mut client, node.pod_config("logged"))
+        .await
+        .unwrap();
+    podrun_tests::stop_and_remove(&mut client, &id).await;
+    let log = node.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let about = |method: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["span"]["method"] == method)
+            .collect()
+    };
+    for method in ["StopPodSandbox", "RemovePodSandbox"] {
+        let found = about(method);
+        assert!(!found.is_empty(), "no line about {method} in:\n{log}");
+        for line in found {
+            assert_eq!(line["span"]["pod"], id.as_str(), "{line}");
+            assert!(
+                line["level"].is_string() && line["timestamp"].is_string(),
+                "{line}"
+            );
+        }
+    }
+    // RunPodSandbox makes the id: its own lines name the pod as a field.
+    let phases = lines
+        .iter()
+        .find(|l| l["message"] == "RunPodSandbox phases")
+        .unwrap_or_else(|| panic!("no phases line in:\n{log}"));
+    assert_eq!(phases["span"]["method"], "RunPodSandbox");
+    assert!(phases.to_string().contains(&id), "{phases}");
+    node.assert_no_leaks();
+}

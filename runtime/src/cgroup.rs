@@ -279,7 +279,7 @@ pub fn set_resources(
 type Files = Vec<(&'static str, String)>;
 
 /// `rel` in the v1 hierarchy that has `controller`, if one is mounted.
-fn v1_dir(hierarchies: &[Hierarchy], controller: &str, rel: &str) -> Option<PathBuf> {
+pub fn v1_dir(hierarchies: &[Hierarchy], controller: &str, rel: &str) -> Option<PathBuf> {
     hierarchies
         .iter()
         .find(|h| h.controllers.iter().any(|x| x == controller))

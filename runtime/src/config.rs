@@ -19,8 +19,10 @@ pub struct File {
     pub cni_conf_dir: Option<PathBuf>,
     pub cni_bin_dir: Option<Vec<PathBuf>>,
     pub log_level: Option<String>,
+    pub log_format: Option<String>,
     pub registry_config_path: Option<PathBuf>,
     pub streaming_address: Option<String>,
+    pub metrics_address: Option<String>,
     pub streaming_token_ttl: Option<u64>,
     pub registry_timeout: Option<u64>,
     pub cni_timeout: Option<u64>,
@@ -53,8 +55,10 @@ impl File {
             cni_conf_dir: over.cni_conf_dir.or(self.cni_conf_dir),
             cni_bin_dir: over.cni_bin_dir.or(self.cni_bin_dir),
             log_level: over.log_level.or(self.log_level),
+            log_format: over.log_format.or(self.log_format),
             registry_config_path: over.registry_config_path.or(self.registry_config_path),
             streaming_address: over.streaming_address.or(self.streaming_address),
+            metrics_address: over.metrics_address.or(self.metrics_address),
             streaming_token_ttl: over.streaming_token_ttl.or(self.streaming_token_ttl),
             registry_timeout: over.registry_timeout.or(self.registry_timeout),
             cni_timeout: over.cni_timeout.or(self.cni_timeout),
@@ -83,6 +87,8 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
     pub log_level: String,
+    /// `text` (the default) or `json`: one JSON object per line.
+    pub log_format: String,
     /// Where pod network namespaces are pinned (shared by every instance on the node).
     pub netns_dir: PathBuf,
     /// containerd-style registry hosts directory (`<host>/hosts.toml`).
@@ -90,6 +96,8 @@ pub struct Config {
     /// Where the streaming server (exec, attach, port-forward URLs) listens: host:port,
     /// port 0 for any free one.
     pub streaming_address: String,
+    /// host:port of podrund's Prometheus endpoint (`/metrics`); off when None.
+    pub metrics_address: Option<String>,
     /// Seconds an exec, attach or port-forward URL stays valid unused.
     pub streaming_token_ttl: u64,
     /// Seconds a registry may take to accept a connection, or to send the next bytes of
@@ -115,11 +123,13 @@ impl From<File> for Config {
                 .cni_bin_dir
                 .unwrap_or_else(|| vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()]),
             log_level: f.log_level.unwrap_or_else(|| "info".into()),
+            log_format: f.log_format.unwrap_or_else(|| "text".into()),
             netns_dir: "/run/netns".into(),
             registry_config_path: f
                 .registry_config_path
                 .unwrap_or_else(|| "/etc/podrun/certs.d".into()),
             streaming_address: f.streaming_address.unwrap_or_else(|| "127.0.0.1:0".into()),
+            metrics_address: f.metrics_address.filter(|a| !a.is_empty()),
             streaming_token_ttl: f.streaming_token_ttl.unwrap_or(60),
             registry_timeout: f.registry_timeout.unwrap_or(60).max(1),
             cni_timeout: f.cni_timeout.unwrap_or(60).max(1),

@@ -66,6 +66,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// How many of each kind it lists, by the kind's name (`netns`, `veths`, ...).
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let lists = value.as_object().into_iter().flatten();
+        lists
+            .map(|(kind, list)| (kind.clone(), list.as_array().map_or(0, Vec::len)))
+            .collect()
+    }
+
     pub fn of(findings: &[Finding]) -> Report {
         let mut r = Report::default();
         for f in findings {

@@ -15,6 +15,7 @@ pub mod image;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod prometheus;
 pub mod sandbox;
 pub mod spec;
 pub mod stats;

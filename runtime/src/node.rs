@@ -97,6 +97,8 @@ impl Node {
         F: std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
     {
         let node = self.clone();
+        // The request's span (method, pod, container) goes with the work.
+        let work = tracing::Instrument::in_current_span(work);
         tokio::spawn(async move {
             let _inflight = node.inflight.read().await;
             work.await

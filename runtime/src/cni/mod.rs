@@ -154,7 +154,7 @@ impl Network {
             conf.insert("cniVersion".into(), json!(self.cni_version));
             conf.insert("cni.dev/valid-attachments".into(), json!(valid));
             let stdin = serde_json::to_vec(&conf).unwrap_or_default();
-            let out = exec.run(plugin_type(plugin), &env, stdin).await;
+            let out = call(exec, "GC", plugin, &env, stdin).await;
             if let Err(e) = self.check("GC", plugin, out) {
                 first_err.get_or_insert(e);
             }
@@ -183,13 +183,8 @@ impl Attachment {
     pub async fn add(&mut self, exec: &dyn Exec) -> Result<()> {
         let mut prev: Option<Value> = None;
         for plugin in &self.network.plugins {
-            let out = exec
-                .run(
-                    plugin_type(plugin),
-                    &self.env("ADD"),
-                    self.stdin("ADD", plugin, prev.as_ref()),
-                )
-                .await;
+            let stdin = self.stdin("ADD", plugin, prev.as_ref());
+            let out = call(exec, "ADD", plugin, &self.env("ADD"), stdin).await;
             let out = self.check("ADD", plugin, out)?;
             prev = Some(
                 serde_json::from_slice(&out)
@@ -204,13 +199,8 @@ impl Attachment {
     pub async fn del(&self, exec: &dyn Exec) -> Result<()> {
         let mut first_err = None;
         for plugin in self.network.plugins.iter().rev() {
-            let out = exec
-                .run(
-                    plugin_type(plugin),
-                    &self.env("DEL"),
-                    self.stdin("DEL", plugin, self.result.as_ref()),
-                )
-                .await;
+            let stdin = self.stdin("DEL", plugin, self.result.as_ref());
+            let out = call(exec, "DEL", plugin, &self.env("DEL"), stdin).await;
             if let Err(e) = self.check("DEL", plugin, out) {
                 first_err.get_or_insert(e);
             }
@@ -296,6 +286,21 @@ fn version_below(v: &str, (major, minor): (u32, u32)) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (a, b) < (major, minor)
+}
+
+/// Runs one plugin of the chain, counted in podrund's metrics.
+async fn call(
+    exec: &dyn Exec,
+    command: &'static str,
+    plugin: &Value,
+    env: &[(String, String)],
+    stdin: Vec<u8>,
+) -> Result<exec::Output> {
+    let start = std::time::Instant::now();
+    let out = exec.run(plugin_type(plugin), env, stdin).await;
+    let failed = !out.as_ref().is_ok_and(|o| o.success);
+    crate::prometheus::cni_call(command, plugin_type(plugin), start.elapsed(), failed);
+    out
 }
 
 fn plugin_type(plugin: &Value) -> &str {

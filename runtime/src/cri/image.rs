@@ -7,7 +7,7 @@ use podrun_proto::cri;
 use podrun_proto::cri::image_service_server::ImageService;
 use tonic::{Request, Response, Status};
 
-use super::{handle, Cri, Stream};
+use super::{handle, subject, Cri, Stream};
 use crate::error::Error;
 use crate::image::{Auth, Image, Progress};
 
@@ -68,7 +68,7 @@ impl ImageService for Cri {
         req: Request<cri::ListImagesRequest>,
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
         let images = self.images(req.into_inner().filter);
-        handle("ListImages", async {
+        handle("ListImages", Default::default(), async {
             Ok(cri::ListImagesResponse { images })
         })
         .await
@@ -89,7 +89,7 @@ impl ImageService for Cri {
         &self,
         req: Request<cri::ImageStatusRequest>,
     ) -> Result<Response<cri::ImageStatusResponse>, Status> {
-        handle("ImageStatus", async {
+        handle("ImageStatus", subject(req.get_ref()), async {
             let req = req.into_inner();
             let name = image_name(req.image.as_ref(), "image.image")?;
             // CRI: an image that is not present is an empty answer, not an error.
@@ -111,7 +111,7 @@ impl ImageService for Cri {
         req: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
         let node = self.node.clone();
-        handle("PullImage", async move {
+        handle("PullImage", subject(req.get_ref()), async move {
             let req = req.into_inner();
             let name = image_name(req.image.as_ref(), "image.image")?;
             // A pull runs to its end even if the client gives up: the next one reuses it.
@@ -119,7 +119,11 @@ impl ImageService for Cri {
             let n = node.clone();
             let image = node
                 .detached("PullImage", async move {
-                    n.images.pull(&name, auth, &Progress::new(Vec::new())).await
+                    let (start, progress) = (std::time::Instant::now(), Progress::new(Vec::new()));
+                    let image = n.images.pull(&name, auth, &progress).await;
+                    let bytes = progress.borrow().iter().map(|l| l.fetched).sum();
+                    crate::prometheus::image_pull(image.is_ok(), bytes, start.elapsed());
+                    image
                 })
                 .await?;
             Ok(cri::PullImageResponse {
@@ -133,7 +137,7 @@ impl ImageService for Cri {
         &self,
         req: Request<cri::RemoveImageRequest>,
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
-        handle("RemoveImage", async {
+        handle("RemoveImage", subject(req.get_ref()), async {
             let name = image_name(req.get_ref().image.as_ref(), "image.image")?;
             let node = self.node.clone();
             tokio::task::spawn_blocking(move || {
@@ -151,7 +155,7 @@ impl ImageService for Cri {
         &self,
         _: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
-        handle("ImageFsInfo", async {
+        handle("ImageFsInfo", Default::default(), async {
             let node = self.node.clone();
             let (dir, bytes, inodes) = tokio::task::spawn_blocking(move || node.images.usage())
                 .await

@@ -37,21 +37,70 @@ fn to_status(e: &Error) -> Status {
     }
 }
 
-/// Runs one request: logs it with its duration and maps its error.
+/// The pod and the container a request is about, as far as its fields say.
+fn subject(req: &dyn std::any::Any) -> (String, String) {
+    macro_rules! by {
+        ($field:ident, $($t:ident),*) => {
+            $(if let Some(r) = req.downcast_ref::<cri::$t>() {
+                return by!(@$field r);
+            })*
+        };
+        (@pod $r:ident) => { ($r.pod_sandbox_id.clone(), String::new()) };
+        (@container $r:ident) => { (String::new(), $r.container_id.clone()) };
+    }
+    by!(
+        pod,
+        StopPodSandboxRequest,
+        RemovePodSandboxRequest,
+        PodSandboxStatusRequest,
+        CreateContainerRequest,
+        PodSandboxStatsRequest,
+        PortForwardRequest,
+        UpdatePodSandboxResourcesRequest
+    );
+    by!(
+        container,
+        StartContainerRequest,
+        StopContainerRequest,
+        RemoveContainerRequest,
+        ContainerStatusRequest,
+        UpdateContainerResourcesRequest,
+        ReopenContainerLogRequest,
+        ExecSyncRequest,
+        ExecRequest,
+        AttachRequest,
+        ContainerStatsRequest,
+        CheckpointContainerRequest
+    );
+    (String::new(), String::new())
+}
+
+/// Runs one request: logs it with its duration, in a span naming the method and the pod or
+/// container it is about (JSON logs put those on every line), and maps its error.
 async fn handle<T>(
     method: &'static str,
+    (pod, container): (String, String),
     work: impl Future<Output = Result<T, Error>>,
 ) -> Result<Response<T>, Status> {
+    let span = match (pod.is_empty(), container.is_empty()) {
+        (false, _) => tracing::info_span!("cri", method, pod),
+        (_, false) => tracing::info_span!("cri", method, container),
+        _ => tracing::info_span!("cri", method),
+    };
     let start = Instant::now();
-    let result = work.await;
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let result = tracing::Instrument::instrument(work, span.clone()).await;
+    let _entered = span.enter();
+    let took = start.elapsed();
+    let ms = took.as_secs_f64() * 1000.0;
     match result {
         Ok(v) => {
+            crate::prometheus::cri_request(method, "OK".into(), took);
             tracing::debug!(method, ms, "ok");
             Ok(Response::new(v))
         }
         Err(e) => {
             let status = to_status(&e);
+            crate::prometheus::cri_request(method, format!("{:?}", status.code()), took);
             match e.kind() {
                 Kind::Internal | Kind::DeadlineExceeded => {
                     tracing::error!(method, ms, error = %e, "failed")
@@ -112,7 +161,7 @@ async fn pages<T: Send + 'static, R: Send + 'static>(
     list: impl Future<Output = Result<Vec<T>, Error>>,
     page: fn(Vec<T>) -> R,
 ) -> Result<Response<Stream<R>>, Status> {
-    let items = handle(method, list).await?.into_inner();
+    let items = handle(method, Default::default(), list).await?.into_inner();
     let mut out = Vec::new();
     let mut items = items.into_iter().peekable();
     loop {
@@ -134,13 +183,13 @@ macro_rules! unimplemented_rpcs {
     ($($fn:ident($req:ty) -> $resp:ty = $name:literal;)*) => {
         $(fn $fn<'life0, 'async_trait>(
             &'life0 self,
-            _: Request<$req>,
+            req: Request<$req>,
         ) -> Pin<Box<dyn Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
         where
             'life0: 'async_trait,
             Self: 'async_trait,
         {
-            Box::pin(handle($name, async { Err(Error::Unimplemented($name)) }))
+            Box::pin(handle($name, subject(req.get_ref()), async { Err(Error::Unimplemented($name)) }))
         })*
     };
 }
@@ -161,7 +210,7 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::VersionRequest>,
     ) -> Result<Response<cri::VersionResponse>, Status> {
-        handle("Version", async {
+        handle("Version", Default::default(), async {
             Ok(cri::VersionResponse {
                 version: KUBELET_API_VERSION.into(),
                 runtime_name: RUNTIME_NAME.into(),
@@ -176,7 +225,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
-        handle("Status", async {
+        handle("Status", subject(req.get_ref()), async {
             let conditions = vec![self.runtime_condition(), self.network_condition()];
             let mut info = std::collections::HashMap::new();
             if req.get_ref().verbose {
@@ -222,7 +271,7 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::RuntimeConfigRequest>,
     ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        handle("RuntimeConfig", async {
+        handle("RuntimeConfig", Default::default(), async {
             let linux = cri::LinuxRuntimeConfiguration {
                 cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
             };
@@ -236,7 +285,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let node = self.node.clone();
-        handle("RunPodSandbox", async move {
+        handle("RunPodSandbox", subject(req.get_ref()), async move {
             let pod_sandbox_id = sandbox::run(node, req.into_inner()).await?;
             Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
         })
@@ -247,7 +296,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        handle("StopPodSandbox", async {
+        handle("StopPodSandbox", subject(req.get_ref()), async {
             sandbox::stop(self.node.clone(), req.into_inner())
                 .await
                 .map(|_| cri::StopPodSandboxResponse {})
@@ -259,7 +308,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        handle("RemovePodSandbox", async {
+        handle("RemovePodSandbox", subject(req.get_ref()), async {
             sandbox::remove(self.node.clone(), req.into_inner())
                 .await
                 .map(|_| cri::RemovePodSandboxResponse {})
@@ -273,6 +322,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         handle(
             "PodSandboxStatus",
+            subject(req.get_ref()),
             sandbox::status(self.node.clone(), req.into_inner()),
         )
         .await
@@ -284,6 +334,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
         handle(
             "ListPodSandbox",
+            subject(req.get_ref()),
             sandbox::list(self.node.clone(), req.into_inner()),
         )
         .await
@@ -293,7 +344,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        handle("CreateContainer", async {
+        handle("CreateContainer", subject(req.get_ref()), async {
             let container_id = container::create(self.node.clone(), req.into_inner()).await?;
             Ok(cri::CreateContainerResponse { container_id })
         })
@@ -305,7 +356,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let node = self.node.clone();
-        handle("StartContainer", async move {
+        handle("StartContainer", subject(req.get_ref()), async move {
             node.detached(
                 "StartContainer",
                 container::start(node.clone(), req.into_inner()),
@@ -321,7 +372,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let node = self.node.clone();
-        handle("StopContainer", async move {
+        handle("StopContainer", subject(req.get_ref()), async move {
             node.detached(
                 "StopContainer",
                 container::stop(node.clone(), req.into_inner()),
@@ -337,7 +388,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let node = self.node.clone();
-        handle("RemoveContainer", async move {
+        handle("RemoveContainer", subject(req.get_ref()), async move {
             node.detached(
                 "RemoveContainer",
                 container::remove(node.clone(), req.into_inner()),
@@ -354,6 +405,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
         handle(
             "ListContainers",
+            subject(req.get_ref()),
             container::list(self.node.clone(), req.into_inner()),
         )
         .await
@@ -365,6 +417,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         handle(
             "ContainerStatus",
+            subject(req.get_ref()),
             container::status(self.node.clone(), req.into_inner()),
         )
         .await
@@ -374,7 +427,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        handle("ReopenContainerLog", async {
+        handle("ReopenContainerLog", subject(req.get_ref()), async {
             container::reopen_log(self.node.clone(), req.into_inner())
                 .await
                 .map(|_| cri::ReopenContainerLogResponse {})
@@ -386,7 +439,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        handle("Exec", async {
+        handle("Exec", subject(req.get_ref()), async {
             let url = crate::stream::exec_url(&self.node, req.into_inner())?;
             Ok(cri::ExecResponse { url })
         })
@@ -397,7 +450,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        handle("Attach", async {
+        handle("Attach", subject(req.get_ref()), async {
             let url = crate::stream::attach_url(&self.node, req.into_inner())?;
             Ok(cri::AttachResponse { url })
         })
@@ -408,7 +461,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        handle("PortForward", async {
+        handle("PortForward", subject(req.get_ref()), async {
             let url = crate::stream::port_forward_url(&self.node, req.into_inner())?;
             Ok(cri::PortForwardResponse { url })
         })
@@ -420,7 +473,7 @@ impl RuntimeService for Cri {
         req: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let node = self.node.clone();
-        handle("ExecSync", async move {
+        handle("ExecSync", subject(req.get_ref()), async move {
             node.detached(
                 "ExecSync",
                 container::exec_sync(node.clone(), req.into_inner()),
@@ -496,7 +549,7 @@ impl RuntimeService for Cri {
         &self,
         _: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        handle("ListMetricDescriptors", async {
+        handle("ListMetricDescriptors", Default::default(), async {
             Ok(crate::metrics::descriptors())
         })
         .await
@@ -507,7 +560,7 @@ impl RuntimeService for Cri {
         _: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         let node = self.node.clone();
-        handle("ListPodSandboxMetrics", async move {
+        handle("ListPodSandboxMetrics", Default::default(), async move {
             let pod_metrics = crate::metrics::pod_metrics(node).await?;
             Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
         })
@@ -531,7 +584,7 @@ impl RuntimeService for Cri {
         &self,
         req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        handle("UpdateRuntimeConfig", async {
+        handle("UpdateRuntimeConfig", subject(req.get_ref()), async {
             let cidr = req
                 .into_inner()
                 .runtime_config
@@ -554,19 +607,23 @@ impl RuntimeService for Cri {
         req: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
         let node = self.node.clone();
-        handle("UpdatePodSandboxResources", async move {
-            let req = req.into_inner();
-            let pod = node.sandboxes.get(&req.pod_sandbox_id)?.view();
-            if let Some(resources) = req.resources {
-                tokio::task::spawn_blocking(move || {
-                    let hierarchies = crate::cgroup::hierarchies()?;
-                    crate::cgroup::set_resources(&hierarchies, &pod.cgroup, &resources)
-                })
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
-            }
-            Ok(cri::UpdatePodSandboxResourcesResponse {})
-        })
+        handle(
+            "UpdatePodSandboxResources",
+            subject(req.get_ref()),
+            async move {
+                let req = req.into_inner();
+                let pod = node.sandboxes.get(&req.pod_sandbox_id)?.view();
+                if let Some(resources) = req.resources {
+                    tokio::task::spawn_blocking(move || {
+                        let hierarchies = crate::cgroup::hierarchies()?;
+                        crate::cgroup::set_resources(&hierarchies, &pod.cgroup, &resources)
+                    })
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??;
+                }
+                Ok(cri::UpdatePodSandboxResourcesResponse {})
+            },
+        )
         .await
     }
 
@@ -586,10 +643,14 @@ impl RuntimeService for Cri {
         req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let node = self.node.clone();
-        handle("UpdateContainerResources", async move {
-            container::update(node, req.into_inner()).await?;
-            Ok(cri::UpdateContainerResourcesResponse {})
-        })
+        handle(
+            "UpdateContainerResources",
+            subject(req.get_ref()),
+            async move {
+                container::update(node, req.into_inner()).await?;
+                Ok(cri::UpdateContainerResourcesResponse {})
+            },
+        )
         .await
     }
 
@@ -598,7 +659,12 @@ impl RuntimeService for Cri {
         req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
         let node = self.node.clone();
-        handle("ContainerStats", stats::container(node, req.into_inner())).await
+        handle(
+            "ContainerStats",
+            subject(req.get_ref()),
+            stats::container(node, req.into_inner()),
+        )
+        .await
     }
 
     async fn list_container_stats(
@@ -608,6 +674,7 @@ impl RuntimeService for Cri {
         let node = self.node.clone();
         handle(
             "ListContainerStats",
+            subject(req.get_ref()),
             stats::list_containers(node, req.into_inner()),
         )
         .await
@@ -618,7 +685,12 @@ impl RuntimeService for Cri {
         req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         let node = self.node.clone();
-        handle("PodSandboxStats", stats::pod(node, req.into_inner())).await
+        handle(
+            "PodSandboxStats",
+            subject(req.get_ref()),
+            stats::pod(node, req.into_inner()),
+        )
+        .await
     }
 
     async fn list_pod_sandbox_stats(
@@ -628,6 +700,7 @@ impl RuntimeService for Cri {
         let node = self.node.clone();
         handle(
             "ListPodSandboxStats",
+            subject(req.get_ref()),
             stats::list_pods(node, req.into_inner()),
         )
         .await

@@ -9,7 +9,7 @@ use podrun_proto::podrun::v1::images_server::Images;
 use tonic::{Request, Response, Status};
 
 use super::image::{auth, image_name, to_cri};
-use super::{handle, to_status, Cri, Stream};
+use super::{handle, subject, to_status, Cri, Stream};
 use crate::error::Error;
 use crate::image::{LayerProgress, Progress};
 
@@ -37,7 +37,7 @@ impl Images for Cri {
         req: Request<api::PullRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
         let node = self.node.clone();
-        handle("podrun.Pull", async move {
+        handle("podrun.Pull", subject(req.get_ref()), async move {
             let req = req.into_inner();
             let name = image_name(req.image.as_ref(), "image.image")?;
             let auth = auth(req.auth);
@@ -84,7 +84,7 @@ impl Images for Cri {
         req: Request<api::ImportRequest>,
     ) -> Result<Response<api::ImportResponse>, Status> {
         let node = self.node.clone();
-        handle("podrun.Import", async move {
+        handle("podrun.Import", subject(req.get_ref()), async move {
             let req = req.into_inner();
             if req.path.is_empty() {
                 return Err(Error::invalid("path", "is required"));
@@ -125,7 +125,7 @@ impl api::doctor_server::Doctor for Cri {
         req: Request<api::AuditRequest>,
     ) -> Result<Response<api::AuditResponse>, Status> {
         let node = self.node.clone();
-        handle("podrun.Audit", async move {
+        handle("podrun.Audit", subject(req.get_ref()), async move {
             // No pod is half-made or half-removed while the audit looks (or fixes).
             let _quiet = node.inflight.write().await;
             let n = node.clone();

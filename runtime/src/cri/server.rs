@@ -58,6 +58,17 @@ pub async fn serve(
         .unwrap_or_else(|p| p.into_inner()) = crate::doctor::Report::of(&findings);
     tracing::info!(socket = %path.display(), recovered, containers, released, cni_gc, "podrund serving CRI");
     let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
+    let metrics = match node.config.metrics_address.clone() {
+        Some(address) => {
+            let n = node.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::prometheus::serve(n, &address).await {
+                    tracing::error!(error = %e, "the metrics endpoint failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let cri = Cri { node: node.clone() };
     let routes = tonic::service::Routes::new(
         RuntimeServiceServer::new(cri.clone()).max_decoding_message_size(16 << 20),
@@ -70,6 +81,9 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
     streaming.abort();
     leftovers.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // Let pod operations already under way finish (their clients may be gone).
     let drained = tokio::time::timeout(Duration::from_secs(120), node.inflight.write()).await;
     if drained.is_err() {

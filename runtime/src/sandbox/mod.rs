@@ -187,6 +187,9 @@ impl Sandbox {
                 _ = shim.exited() => "its shim died",
             };
             if let Some(pod) = pod.upgrade() {
+                if pod.with_view(|r| r.state == State::Ready) {
+                    crate::prometheus::pod_died(reason);
+                }
                 let _ = pod.died.set(reason);
             }
         });

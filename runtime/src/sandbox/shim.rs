@@ -75,6 +75,7 @@ pub fn spawn(
     // moves to /): the standard library then spawns with posix_spawn rather than a fork of
     // podrund, which costs milliseconds.
     let child = cmd.spawn().map_err(Error::io("starting shim", shim))?;
+    crate::prometheus::shim_started();
     let pid = child.id().unwrap_or_default() as i32;
     // Reap the shim if it exits while we run; after a restart of podrund, init does.
     tokio::spawn(async move {

@@ -34,6 +34,10 @@ struct Flags {
     /// error, warn, info, debug or trace (or a tracing filter).
     #[arg(long)]
     log_level: Option<String>,
+    /// text, or json: one JSON object per line, with the method and the pod and container
+    /// ids of the request it is about [default: text].
+    #[arg(long)]
+    log_format: Option<String>,
     /// Registry hosts directory in containerd's certs.d layout [default: /etc/podrun/certs.d].
     #[arg(long)]
     registry_config_path: Option<PathBuf>,
@@ -41,6 +45,10 @@ struct Flags {
     /// 127.0.0.1:0, a free port].
     #[arg(long)]
     streaming_address: Option<String>,
+    /// host:port of podrund's Prometheus endpoint, GET /metrics (e.g. 127.0.0.1:9090)
+    /// [default: none, off].
+    #[arg(long)]
+    metrics_address: Option<String>,
     /// Seconds an exec, attach or port-forward URL stays valid unused [default: 60].
     #[arg(long)]
     streaming_token_ttl: Option<u64>,
@@ -84,8 +92,10 @@ fn main() -> Result<()> {
             cni_conf_dir: flags.cni_conf_dir,
             cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
             log_level: flags.log_level,
+            log_format: flags.log_format,
             registry_config_path: flags.registry_config_path,
             streaming_address: flags.streaming_address,
+            metrics_address: flags.metrics_address,
             streaming_token_ttl: flags.streaming_token_ttl,
             registry_timeout: flags.registry_timeout,
             cni_timeout: flags.cni_timeout,
@@ -94,14 +104,25 @@ fn main() -> Result<()> {
             default_runtime_handler: flags.default_runtime_handler,
         }),
     );
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(log_filter(&config.log_level))
                 .context("--log-level")?,
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format.as_str() {
+        "text" => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The request's span (method, pod, container) goes onto each line as fields.
+        "json" => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        other => anyhow::bail!("--log-format: {other:?} is neither text nor json"),
+    }
     let node = Arc::new(Node::new(config)?);
     match (&node.binaries.shim, &node.binaries.pause) {
         (Ok(shim), Ok(pause)) => {
