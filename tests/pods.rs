@@ -1129,3 +1129,81 @@ async fn json_logs_name_the_pod_of_each_request() {
     assert!(phases.to_string().contains(&id), "{phases}");
     node.assert_no_leaks();
 }
+
+/// The init-less service (`hack/service/podrund.init`, which hack/setup installs as
+/// /etc/init.d/podrund): start, status, stop (pods keep running) and start again (the pod
+/// is found Ready), run against this test's own podrund instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_script_starts_stops_and_restarts_podrund_and_pods_survive() {
+    let node = TestNode::prepare(Chain::Operator);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/service/podrund.init");
+    let d = |p: &str| node.dir.join(p).display().to_string();
+    let args = format!(
+        "--root {} --state {} --cni-conf-dir {} --cni-bin-dir /usr/lib/cni --log-level debug",
+        d("root"),
+        d("state"),
+        d("cni")
+    );
+    let service = |verb: &str| {
+        std::process::Command::new(&script)
+            .arg(verb)
+            .env("PODRUND", podrun_tests::bin_dir().join("podrund"))
+            .env("PODRUND_ARGS", &args)
+            .env("PIDFILE", d("podrund.pid"))
+            .env("LOGFILE", d("podrund.log"))
+            .output()
+            .unwrap()
+    };
+    // Stops the service however the test ends.
+    struct Stop<'a>(&'a dyn Fn(&str) -> std::process::Output);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            (self.0)("stop");
+        }
+    }
+    let _stop = Stop(&service);
+
+    assert_eq!(service("status").status.code(), Some(3), "not running yet");
+    assert!(service("start").status.success());
+    let mut client = node.client().await;
+    assert_eq!(service("status").status.code(), Some(0));
+    let pid: i32 = std::fs::read_to_string(d("podrund.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let id = node
+        .run_pod(&mut client, node.pod_config("serviced"))
+        .await
+        .unwrap();
+
+    let out = service("stop");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .expect("podrund stopped");
+    assert_eq!(service("status").status.code(), Some(3));
+    assert!(
+        !podrun_tests::processes_mentioning(&id).is_empty(),
+        "the pod's shim runs on"
+    );
+
+    assert!(service("start").status.success());
+    let mut client = node.client().await;
+    let pods = client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
+    podrun_tests::stop_and_remove(&mut client, &id).await;
+    node.assert_no_leaks();
+}
