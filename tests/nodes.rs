@@ -392,9 +392,55 @@ async fn netcheck_passes_on_a_healthy_bed_and_names_a_missing_route() {
         remote.iter().all(|c| c["failed_hop"] == "node route"),
         "{report:#}"
     );
-    let text = bed.nodes[0].podctl(&["netcheck", "--probe-timeout", "2", "--peer-node", &socket2]);
+    let svg = std::env::temp_dir().join(format!("podrun-netcheck-{}.svg", bed.number));
+    let svg_arg = svg.display().to_string();
+    let text = bed.nodes[0].podctl(&[
+        "netcheck",
+        "--probe-timeout",
+        "2",
+        "--peer-node",
+        &socket2,
+        "--svg",
+        &svg_arg,
+    ]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("broken at: node route"), "{text}");
+    // The picture: every pod with its IP, the bridge, the failed hop in red; rendered to
+    // PNG by librsvg, as a browser or a document would.
+    let picture = std::fs::read_to_string(&svg).expect("netcheck --svg wrote the file");
+    for p in &pods {
+        assert!(
+            picture.contains(&p.ip.to_string()),
+            "pod {} missing:\n{picture}",
+            p.ip
+        );
+    }
+    assert!(
+        picture.contains("bridge") && picture.contains("node routes"),
+        "{picture}"
+    );
+    assert!(
+        picture.contains(r#"class="bad">pod-to-pod other-node"#)
+            && picture.contains("broken at: node route")
+            && picture.contains("#cf222e"),
+        "{picture}"
+    );
+    let png = svg.with_extension("png");
+    let rendered = Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg)
+        .output()
+        .expect("rsvg-convert is missing: install librsvg2-bin (hack/setup does)");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let png_bytes = std::fs::read(&png).unwrap();
+    assert!(png_bytes.starts_with(b"\x89PNG\r\n\x1a\n") && png_bytes.len() > 10_000);
+    let _ = std::fs::remove_file(&svg);
+    let _ = std::fs::remove_file(&png);
     assert!(
         text.contains(&format!("no route to {}", pods[2].ip)),
         "{text}"

@@ -9,6 +9,7 @@
 
 mod path;
 mod probe;
+mod svg;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ pub(crate) struct Args {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw the pod network and the checks as an SVG picture in FILE (failed hops in
+    /// red).
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 /// A pod to probe from or to.
@@ -152,12 +157,16 @@ pub(crate) async fn run(endpoint: &std::path::Path, args: Args) -> Result<()> {
     for peer in &args.peer_nodes {
         remote.extend(pods_of(peer, &peer.display().to_string(), &[]).await?);
     }
-    let json_out = args.json;
+    let (json_out, svg) = (args.json, args.svg.clone());
     // Probes block and switch namespaces on threads of their own: off the async runtime.
     let checks = tokio::task::spawn_blocking(move || check_all(local, remote, &args))
         .await
         .context("netcheck thread")??;
     let failed = checks.iter().filter(|c| !c.ok).count();
+    if let Some(file) = svg {
+        std::fs::write(&file, svg::draw(&checks, &here))
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     if json_out {
         println!(
             "{}",
