@@ -2,14 +2,12 @@
 //! service. See docs/ARCHITECTURE.md for the picture.
 
 pub mod cgroup;
-pub mod clock;
 pub mod cni;
 pub mod config;
 pub mod container;
 pub mod crash;
 pub mod cri;
 pub mod doctor;
-pub mod error;
 pub mod events;
 pub mod image;
 pub mod metrics;
@@ -17,10 +15,10 @@ pub mod netns;
 pub mod node;
 pub mod prometheus;
 pub mod sandbox;
-pub mod spec;
 pub mod stats;
 pub mod store;
 pub mod stream;
 pub mod userns;
 
 pub use error::{Error, Kind, Result};
+pub use podrun_core::{clock, error, oci_config};

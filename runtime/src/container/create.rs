@@ -258,8 +258,8 @@ async fn make(
         "io.podrun.oci-runtime".into(),
         record.runtime.display().to_string(),
     );
-    annotations.insert(crate::spec::CONTAINER_TYPE.into(), "container".into());
-    annotations.insert(crate::spec::SANDBOX_ID.into(), pod.id.clone());
+    annotations.insert(crate::oci_config::CONTAINER_TYPE.into(), "container".into());
+    annotations.insert(crate::oci_config::SANDBOX_ID.into(), pod.id.clone());
     record.user = user.clone();
     // Volumes kubelet asks to idmap (a user-namespaced pod's) reach the runtime through
     // idmapped mounts of their sources, staged until the runtime has mounted them.

@@ -24,7 +24,7 @@ use crate::store::ProcessId;
 
 /// Tells the shim which fd its listening socket is (containerd's convention, fd 3, when
 /// unset).
-pub const LISTENER_ENV: &str = "PODRUN_SHIM_LISTENER_FD";
+pub use podrun_core::SHIM_LISTENER_ENV as LISTENER_ENV;
 
 /// How long one shim call may take before podrund gives up on the shim.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use podrun_proto::cri::NamespaceMode;
 
 use super::{namespace_mode, Record};
-use crate::spec::{
+use crate::oci_config::{
     Linux, Namespace, Process, Spec, CONTAINER_TYPE, CONTAINER_TYPE_SANDBOX, SANDBOX_ID,
 };
 

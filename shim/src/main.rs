@@ -113,7 +113,7 @@ fn main() -> Result<()> {
 /// The listening socket we inherited: fd 3 as containerd hands it over, or the fd podrund
 /// names (its stdin, which then becomes /dev/null).
 fn take_listener() -> Result<UnixListener> {
-    let name = podrun_runtime::sandbox::SHIM_LISTENER_ENV;
+    let name = podrun_core::SHIM_LISTENER_ENV;
     let fd = match std::env::var(name) {
         Ok(fd) => fd.parse().context("bad listener fd")?,
         Err(_) => LISTENER_FD,

@@ -292,7 +292,7 @@ async fn events(rt: &mut RuntimeServiceClient<Channel>, output: Output) -> Resul
 /// Nanoseconds since the epoch as RFC 3339 UTC.
 fn time(nanos: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64);
-    podrun_runtime::clock::rfc3339_nano(t)
+    podrun_core::clock::rfc3339_nano(t)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use containerd_shim_protos::cgroups::metrics::{
 use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::Message;
-use podrun_runtime::cgroup::{v1_dir, Hierarchy};
+use podrun_core::cgroup::{v1_dir, Hierarchy};
 
 pub const METRICS_TYPE: &str = "io.containerd.cgroups.v1.Metrics";
 pub const METRICS_V2_TYPE: &str = "io.containerd.cgroups.v2.Metrics";
@@ -42,7 +42,7 @@ impl Cgroup {
     }
 
     fn on_this_host(path: &str) -> Option<Cgroup> {
-        Cgroup::of(podrun_runtime::cgroup::hierarchies().ok()?, path)
+        Cgroup::of(podrun_core::cgroup::hierarchies().ok()?, path)
     }
 }
 
@@ -265,7 +265,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("kubepods/pod1/ctr");
         std::fs::create_dir_all(&dir).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin/shim/testdata/cgroup2");
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/cgroup2");
         for e in std::fs::read_dir(&fixtures).unwrap() {
             let e = e.unwrap();
             std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();

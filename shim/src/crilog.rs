@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use podrun_runtime::clock::rfc3339_nano;
+use podrun_core::clock::rfc3339_nano;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe::Receiver;

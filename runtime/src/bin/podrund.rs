@@ -155,7 +155,7 @@ fn main() -> Result<()> {
 fn log_filter(level: &str) -> String {
     match level {
         "error" | "warn" | "info" | "debug" | "trace" => {
-            format!("warn,podrund={level},podrun_runtime={level}")
+            format!("warn,podrund={level},podrun_runtime={level},podrun_core={level}")
         }
         filter => filter.to_owned(),
     }

@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use podrun_runtime::spec::Spec;
+use podrun_core::oci_config::Spec;
 
 /// Locates `podrun-pause`: where podrund says (`PODRUN_PAUSE`), else next to this
 /// executable, else on PATH.

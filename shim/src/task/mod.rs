@@ -35,7 +35,7 @@ use containerd_shim_protos::protobuf::{EnumOrUnknown, MessageField};
 use containerd_shim_protos::shim_async::Task as TaskService;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
-use podrun_runtime::spec::Spec;
+use podrun_core::oci_config::Spec;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -626,7 +626,7 @@ impl TaskService for Shim {
                 if let (None, Some(cgroup), true) =
                     (&task.runtime, &task.cgroup, self.events.active())
                 {
-                    let _ = podrun_runtime::cgroup::remove(cgroup);
+                    let _ = podrun_core::cgroup::remove(cgroup);
                 }
             }
         } else if let Some(task) = lock(&self.tasks).get_mut(&req.id) {
@@ -663,7 +663,7 @@ impl TaskService for Shim {
             .get(&req.id)
             .and_then(|t| t.cgroup.clone())
         {
-            Some(cgroup) => podrun_runtime::cgroup::pids(&cgroup).unwrap_or_default(),
+            Some(cgroup) => podrun_core::cgroup::pids(&cgroup).unwrap_or_default(),
             None => Vec::new(),
         };
         if pids.is_empty() {

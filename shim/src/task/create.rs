@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use containerd_shim_protos::api;
 use containerd_shim_protos::ttrpc;
-use podrun_runtime::spec::Spec;
+use podrun_core::oci_config::Spec;
 use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::task::AbortHandle;
 
@@ -21,13 +21,13 @@ impl Shim {
         let pause = crate::pause::find_pause()
             .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
         if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
-            podrun_runtime::cgroup::create(cgroup).map_err(|e| internal(e.into()))?;
+            podrun_core::cgroup::create(cgroup).map_err(|e| internal(e.into()))?;
         }
         let pid = crate::pause::spawn(spec, &pause).map_err(internal)?;
         // No await since the spawn: the reaper cannot have collected it yet.
         let exit = self.reaper.watch(pid);
         if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
-            if let Err(e) = podrun_runtime::cgroup::join(cgroup, pid) {
+            if let Err(e) = podrun_core::cgroup::join(cgroup, pid) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
