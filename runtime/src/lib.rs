@@ -17,7 +17,7 @@ pub mod prometheus;
 pub mod sandbox;
 pub mod stats;
 pub mod store;
-pub mod stream;
+pub mod streaming;
 pub mod userns;
 
 pub use error::{Error, Kind, Result};

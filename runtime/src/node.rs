@@ -24,7 +24,7 @@ pub struct Node {
     /// Held shared by every operation that changes pods; shutdown takes it exclusively,
     /// so podrund never exits half-way through making or tearing down a pod.
     pub inflight: tokio::sync::RwLock<()>,
-    pub streaming: crate::stream::Streaming,
+    pub streaming: crate::streaming::Streaming,
     /// The previous CPU sample of each cgroup, for usage_nano_cores.
     pub samples: crate::stats::Samples,
     /// Container and pod events, for GetContainerEvents.
@@ -69,7 +69,7 @@ impl Node {
             containers: Containers::default(),
             default_runtime: default_runtime(),
             inflight: tokio::sync::RwLock::new(()),
-            streaming: crate::stream::Streaming::bind(
+            streaming: crate::streaming::Streaming::bind(
                 &config.streaming_address,
                 Duration::from_secs(config.streaming_token_ttl),
             )?,

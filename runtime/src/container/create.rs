@@ -1,6 +1,6 @@
 //! CreateContainer: check the request against the pod and the image store, then make the
 //! rootfs (an overlay of the image's layers with a per-container upper dir), the bundle
-//! (config.json from [`spec::build`]) and the task in the pod's shim. A failure undoes every
+//! (config.json from [`oci_spec::build`]) and the task in the pod's shim. A failure undoes every
 //! earlier step; a retry of the same (pod, name, attempt) gets the same container.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use podrun_proto::cri;
 
-use super::spec::{self, Pod};
+use super::oci_spec::{self, Pod};
 use super::{now_nanos, persist, user, Dirs, Record, State, RECORD_VERSION};
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -268,7 +268,7 @@ async fn make(
         Some(u) => stage_idmapped_volumes(dirs, &mut spec_config, u)?,
         None => Vec::new(),
     };
-    let input = spec::Input {
+    let input = oci_spec::Input {
         id: &record.id,
         config: &spec_config,
         image: &image.config,
@@ -285,7 +285,7 @@ async fn make(
             false => Vec::new(),
         },
     };
-    store::write_volatile(&dirs.state.join("config.json"), &spec::build(&input))?;
+    store::write_volatile(&dirs.state.join("config.json"), &oci_spec::build(&input))?;
     let stdout = match record.log_path.as_str() {
         "" => String::new(),
         path => format!("cri-log://{path}"),
@@ -580,7 +580,7 @@ fn own_capabilities() -> Vec<&'static str> {
             .find_map(|l| l.strip_prefix("CapEff:"))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
             .unwrap_or(u64::MAX);
-        spec::ALL_CAPS
+        oci_spec::ALL_CAPS
             .iter()
             .enumerate()
             .filter(|(bit, _)| effective & (1 << bit) != 0)

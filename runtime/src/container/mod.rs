@@ -12,8 +12,8 @@
 mod create;
 pub(crate) mod exec;
 pub(crate) mod lifecycle;
+pub mod oci_spec;
 mod seccomp;
-pub mod spec;
 mod status;
 mod update;
 pub mod user;
@@ -91,7 +91,7 @@ pub struct Record {
     pub stop_signal: i32,
     /// The user its processes run as, as resolved at creation.
     #[serde(default)]
-    pub user: spec::User,
+    pub user: oci_spec::User,
 }
 
 impl Record {

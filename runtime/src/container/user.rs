@@ -7,7 +7,7 @@ use std::path::Path;
 
 use podrun_proto::cri;
 
-use super::spec::User;
+use super::oci_spec::User;
 use crate::error::{Error, Result};
 
 struct Entry {

@@ -440,7 +440,7 @@ impl RuntimeService for Cri {
         req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
         handle("Exec", subject(req.get_ref()), async {
-            let url = crate::stream::exec_url(&self.node, req.into_inner())?;
+            let url = crate::streaming::exec_url(&self.node, req.into_inner())?;
             Ok(cri::ExecResponse { url })
         })
         .await
@@ -451,7 +451,7 @@ impl RuntimeService for Cri {
         req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
         handle("Attach", subject(req.get_ref()), async {
-            let url = crate::stream::attach_url(&self.node, req.into_inner())?;
+            let url = crate::streaming::attach_url(&self.node, req.into_inner())?;
             Ok(cri::AttachResponse { url })
         })
         .await
@@ -462,7 +462,7 @@ impl RuntimeService for Cri {
         req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         handle("PortForward", subject(req.get_ref()), async {
-            let url = crate::stream::port_forward_url(&self.node, req.into_inner())?;
+            let url = crate::streaming::port_forward_url(&self.node, req.into_inner())?;
             Ok(cri::PortForwardResponse { url })
         })
         .await

@@ -57,7 +57,7 @@ pub async fn serve(
         .lock()
         .unwrap_or_else(|p| p.into_inner()) = crate::doctor::Report::of(&findings);
     tracing::info!(socket = %path.display(), recovered, containers, released, cni_gc, "podrund serving CRI");
-    let streaming = tokio::spawn(crate::stream::Streaming::serve(node.clone()));
+    let streaming = tokio::spawn(crate::streaming::Streaming::serve(node.clone()));
     let metrics = match node.config.metrics_address.clone() {
         Some(address) => {
             let n = node.clone();

@@ -17,7 +17,7 @@ mod remove;
 mod run;
 pub(crate) mod shim;
 pub use shim::LISTENER_ENV as SHIM_LISTENER_ENV;
-mod spec;
+mod infra_spec;
 mod status;
 mod stop;
 

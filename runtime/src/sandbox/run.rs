@@ -11,7 +11,7 @@ use podrun_proto::cri;
 use serde_json::{json, Map, Value};
 
 use super::{
-    files, namespace_mode, persist, shim, spec, stop, PodDirs, PodKey, Record, State,
+    files, infra_spec, namespace_mode, persist, shim, stop, PodDirs, PodKey, Record, State,
     RECORD_VERSION,
 };
 use crate::cni::{Attachment, Network};
@@ -303,16 +303,19 @@ async fn make(node: &Node, dirs: &PodDirs, record: &mut Record) -> Result<()> {
         cgroup::create(&cgroup)?;
         shm.as_deref().map_or(Ok(()), files::mount_shm)
     });
-    let spawned = store::write_volatile(&dirs.state.join("config.json"), &spec::pause_spec(record))
-        .and_then(|()| {
-            shim::spawn(
-                &node.binaries,
-                &record.id,
-                &record.shim_socket,
-                &dirs.state.join("shim.log"),
-                &node.config.listen,
-            )
-        });
+    let spawned = store::write_volatile(
+        &dirs.state.join("config.json"),
+        &infra_spec::pause_spec(record),
+    )
+    .and_then(|()| {
+        shim::spawn(
+            &node.binaries,
+            &record.id,
+            &record.shim_socket,
+            &dirs.state.join("shim.log"),
+            &node.config.listen,
+        )
+    });
     if let Ok(process) = &spawned {
         record.shim = Some(*process);
     }
