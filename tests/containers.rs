@@ -1118,13 +1118,7 @@ async fn a_crash_at_any_step_leaves_each_pod_fully_there_or_fully_gone() {
             Some(0),
             "{point}: doctor after the restart: {audit:#}"
         );
-        let pods = bed
-            .rt
-            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let pods = podrun_tests::list_pods(&mut bed.rt).await;
         for p in &pods {
             if p.state == cri::PodSandboxState::SandboxReady as i32 {
                 // Fully there: its network and pause are up.

@@ -713,12 +713,7 @@ async fn a_full_disk_fails_pulls_and_pods_cleanly_until_there_is_room() {
         .await
         .unwrap_err();
     assert!(err.message().contains("No space left"), "{err:?}");
-    let pods = rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     node.assert_no_leaks();
 

@@ -380,12 +380,7 @@ async fn pods_survive_a_podrund_crash_and_are_managed_after_it() {
     node.spawn_daemon();
 
     let mut client = node.client().await;
-    let pods = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut client).await;
     assert_eq!(pods.len(), 2);
     for (id, before) in [(&a, &before_a), (&b, &before_b)] {
         let (status, info) = pod_info(&mut client, id).await.unwrap();
@@ -518,12 +513,7 @@ async fn bad_input_gets_the_right_code_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    let pods = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut client).await;
     assert!(pods.is_empty());
     node.assert_no_leaks();
 }
@@ -542,12 +532,7 @@ async fn a_failing_cni_plugin_fails_the_pod_with_its_message_and_leaves_nothing(
         "{}",
         err.message()
     );
-    let pods = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut client).await;
     assert!(pods.is_empty(), "a failed pod is listed: {pods:?}");
     // The bridge plugin had attached the pod before tuning failed: all of it is rolled back.
     node.assert_no_leaks();
@@ -623,12 +608,7 @@ async fn a_kubelet_retry_of_the_same_pod_gets_the_same_pod() {
     assert_eq!(first, second);
     assert_eq!(first, third);
     let mut client = client;
-    let pods = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut client).await;
     assert_eq!(pods.len(), 1);
     // A new attempt is a new pod.
     let mut next = config;
@@ -857,11 +837,8 @@ async fn two_instances_run_side_by_side_without_seeing_each_other() {
     let ids = |c: &mut Client| {
         let mut c = c.clone();
         async move {
-            c.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            podrun_tests::list_pods(&mut c)
                 .await
-                .unwrap()
-                .into_inner()
-                .items
                 .into_iter()
                 .map(|p| p.id)
                 .collect::<Vec<_>>()
@@ -998,12 +975,7 @@ async fn a_hanging_cni_plugin_times_out_and_the_pod_is_rolled_back() {
         podrun_tests::processes_mentioning(&plugin),
         Vec::<i32>::new()
     );
-    let pods = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut client).await;
     assert!(pods.is_empty(), "{pods:?}");
     node.assert_no_leaks();
 }
@@ -1196,12 +1168,7 @@ async fn the_init_script_starts_stops_and_restarts_podrund_and_pods_survive() {
 
     assert!(service("start").status.success());
     let mut client = node.client().await;
-    let pods = client
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = podrun_tests::list_pods(&mut client).await;
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
     podrun_tests::stop_and_remove(&mut client, &id).await;

@@ -704,6 +704,16 @@ pub fn ip_reservations(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Every pod podrund lists (ListPodSandbox without a filter), which must succeed.
+pub async fn list_pods(client: &mut Client) -> Vec<cri::PodSandbox> {
+    client
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
 /// StopPodSandbox then RemovePodSandbox, both required to succeed.
 pub async fn stop_and_remove(client: &mut Client, id: &str) {
     client
