@@ -199,6 +199,28 @@ async fn security_contexts(handler: &str) {
         },
     );
     refused(&mut bed, &pod, group_only, "run_as_group").await;
+    // A capability Linux does not define, added or dropped.
+    for (add, drop, field) in [
+        (vec!["NET_ADMINN"], vec![], "capabilities.add_capabilities"),
+        (
+            vec![],
+            vec!["CAP_NO_SUCH"],
+            "capabilities.drop_capabilities",
+        ),
+    ] {
+        let typo = with_context(
+            bed.container("typo", &["id"]),
+            cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+                    drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        );
+        refused(&mut bed, &pod, typo, field).await;
+    }
     for escape in ["../escape.log", "/tmp/escape.log", "a/../../escape.log"] {
         let mut c = bed.container("escape", &["echo", "hi"]);
         c.log_path = escape.into();

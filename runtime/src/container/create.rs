@@ -89,6 +89,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             "is set without run_as_user or run_as_username",
         ));
     }
+    check_capabilities(sc)?;
     let seccomp_localhost = super::seccomp::localhost(sc)?;
     check_userns(&pod, sc)?;
     let privileged = sc.is_some_and(|s| s.privileged);
@@ -570,24 +571,45 @@ fn host_devices() -> Vec<serde_json::Value> {
 /// The capabilities podrund itself holds (its effective set): all that a privileged or
 /// `ALL` container can get, since no child of podrund can gain more. A host whose bounding
 /// set lacks one (CAP_SYS_RESOURCE, on some) runs such containers without it.
-fn own_capabilities() -> Vec<&'static str> {
+fn own_capabilities() -> Vec<String> {
     // They do not change: read once, not on every CreateContainer.
-    static OWN: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    OWN.get_or_init(|| {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let effective = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(u64::MAX);
-        oci_spec::ALL_CAPS
-            .iter()
-            .enumerate()
-            .filter(|(bit, _)| effective & (1 << bit) != 0)
-            .map(|(_, name)| *name)
-            .collect()
+    static OWN: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| match caps::read(None, caps::CapSet::Effective) {
+        Ok(held) => oci_spec::names(held),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read podrund's own capabilities; assuming all");
+            oci_spec::all_caps()
+        }
     })
     .clone()
+}
+
+/// Refuses a capability Linux does not define (a typo would otherwise reach the OCI
+/// runtime, or be dropped without a word).
+fn check_capabilities(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<()> {
+    let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) else {
+        return Ok(());
+    };
+    for (field, list) in [
+        ("add_capabilities", &c.add_capabilities),
+        ("drop_capabilities", &c.drop_capabilities),
+    ] {
+        let unknown = list
+            .iter()
+            .find(|n| !n.eq_ignore_ascii_case("ALL") && oci_spec::capability(n).is_none());
+        if let Some(name) = unknown {
+            return Err(Error::invalid(
+                match field {
+                    "add_capabilities" => {
+                        "config.linux.security_context.capabilities.add_capabilities"
+                    }
+                    _ => "config.linux.security_context.capabilities.drop_capabilities",
+                },
+                format!("{name:?} is not a Linux capability"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The oom_score_adj of podrund itself: without CAP_SYS_RESOURCE no child may go lower.

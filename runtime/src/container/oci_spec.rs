@@ -26,51 +26,29 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability Linux defines, in the order of their numbers (bit `i` of a capability
-/// mask is `ALL_CAPS[i]`). Privileged containers and `ALL` get those podrund holds.
-pub const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
+/// Every capability Linux defines (the `caps` crate's list), in the order of their numbers.
+/// Privileged containers and `ALL` get those of them that podrund holds.
+pub fn all_caps() -> Vec<String> {
+    names(caps::all())
+}
+
+/// Capability names, in the order of their numbers.
+pub fn names(set: caps::CapsHashSet) -> Vec<String> {
+    let mut caps: Vec<caps::Capability> = set.into_iter().collect();
+    caps.sort_by_key(|c| c.index());
+    caps.iter().map(|c| c.to_string()).collect()
+}
+
+/// A capability as the CRI names it (`NET_ADMIN` or `CAP_NET_ADMIN`, any case) as Linux
+/// names it; None for a name Linux does not define.
+pub fn capability(name: &str) -> Option<String> {
+    let name = name.to_uppercase();
+    let name = match name.starts_with("CAP_") {
+        true => name,
+        false => format!("CAP_{name}"),
+    };
+    name.parse::<caps::Capability>().ok().map(|c| c.to_string())
+}
 
 const MASKED: &[&str] = &[
     "/proc/acpi",
@@ -133,7 +111,7 @@ pub struct Input<'a> {
     /// For `pid: TARGET` (ephemeral debug containers): the target container's pid.
     pub pid_target: Option<i32>,
     /// The capabilities podrund holds: what privileged and `ALL` mean on this host.
-    pub own_caps: Vec<&'static str>,
+    pub own_caps: Vec<String>,
     /// The Localhost seccomp profile, read and checked by the caller.
     pub seccomp_localhost: Option<Value>,
     /// For a privileged container: the node's devices (OCI `linux.devices` entries).
@@ -177,21 +155,19 @@ pub fn env(config: &cri::ContainerConfig, image: &Value) -> Vec<String> {
     env
 }
 
-fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32, own: &[&str]) -> Value {
+fn capabilities(
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+    uid: u32,
+    own: &[String],
+) -> Value {
     let privileged = sc.is_some_and(|s| s.privileged);
-    let all = || own.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let all = || own.to_vec();
     let mut caps: Vec<String> = match privileged {
         true => all(),
         false => DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
     };
-    let norm = |c: &String| {
-        let c = c.to_uppercase();
-        if c.starts_with("CAP_") {
-            c
-        } else {
-            format!("CAP_{c}")
-        }
-    };
+    // Names were checked at CreateContainer (`capability`); an unknown one is left out.
+    let norm = |c: &String| capability(c);
     // containerd's order: add ALL, drop ALL, then the single adds, then the single drops.
     if let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) {
         let names_all = |list: &[String]| list.iter().any(|a| a.eq_ignore_ascii_case("ALL"));
@@ -205,13 +181,13 @@ fn capabilities(sc: Option<&cri::LinuxContainerSecurityContext>, uid: u32, own: 
             .add_capabilities
             .iter()
             .filter(|a| !a.eq_ignore_ascii_case("ALL"))
-            .map(norm)
+            .filter_map(norm)
         {
             if !caps.contains(&add) {
                 caps.push(add);
             }
         }
-        let dropped: Vec<String> = c.drop_capabilities.iter().map(norm).collect();
+        let dropped: Vec<String> = c.drop_capabilities.iter().filter_map(norm).collect();
         caps.retain(|c| !dropped.contains(c));
     }
     // Like containerd: a non-root user keeps the bounding set but starts without effective

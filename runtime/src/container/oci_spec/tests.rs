@@ -28,7 +28,7 @@ fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -
         oom_floor: -998,
         annotations: BTreeMap::new(),
         pid_target: None,
-        own_caps: ALL_CAPS.to_vec(),
+        own_caps: all_caps(),
         seccomp_localhost: None,
         host_devices: Vec::new(),
     }
@@ -134,7 +134,23 @@ fn capabilities_add_drop_all_privileged_and_non_root() {
         privileged,
         ..Default::default()
     };
-    let all = ALL_CAPS;
+    let all = &all_caps();
+    assert_eq!(
+        all.len(),
+        41,
+        "Linux 5.9's capabilities, CAP_CHECKPOINT_RESTORE last"
+    );
+    assert_eq!(all[0], "CAP_CHOWN");
+    assert_eq!(all[40], "CAP_CHECKPOINT_RESTORE");
+    for c in DEFAULT_CAPS {
+        assert_eq!(
+            capability(c).as_deref(),
+            Some(*c),
+            "containerd's default {c}"
+        );
+    }
+    assert_eq!(capability("net_admin").as_deref(), Some("CAP_NET_ADMIN"));
+    assert_eq!(capability("CAP_NET_ADMINN"), None);
     let caps = capabilities(Some(&sc(&["NET_ADMIN"], &["CAP_KILL"], false)), 0, all);
     let bounding = strings(&caps["bounding"]);
     assert!(
@@ -147,21 +163,21 @@ fn capabilities_add_drop_all_privileged_and_non_root() {
     );
     assert_eq!(
         strings(&capabilities(Some(&sc(&["ALL"], &[], false)), 0, all)["bounding"]).len(),
-        ALL_CAPS.len()
+        all.len()
     );
     assert_eq!(
         strings(&capabilities(Some(&sc(&[], &[], true)), 0, all)["bounding"]).len(),
-        ALL_CAPS.len()
+        all.len()
     );
     // On a host whose own set lacks a capability, ALL and privileged mean what it holds.
-    let held: Vec<&str> = ALL_CAPS
+    let held: Vec<String> = all
         .iter()
-        .copied()
         .filter(|c| *c != "CAP_SYS_RESOURCE")
+        .cloned()
         .collect();
     for c in [sc(&["ALL"], &[], false), sc(&[], &[], true)] {
         let bounding = strings(&capabilities(Some(&c), 0, &held)["bounding"]);
-        assert_eq!(bounding.len(), ALL_CAPS.len() - 1);
+        assert_eq!(bounding.len(), all.len() - 1);
         assert!(!bounding.contains(&"CAP_SYS_RESOURCE".to_owned()));
     }
     let non_root = capabilities(None, 1000, all);
