@@ -172,32 +172,31 @@ fn metrics_v2(dir: &Path) -> Any {
 
 /// cgroup v1's files, each from the hierarchy of its controller.
 fn metrics_v1(hierarchies: &[Hierarchy], path: &str) -> Any {
-    let read = |controller: &str, _: &str, file: &str| {
-        read_in(&v1_dir(hierarchies, controller, path)?, file)
-    };
-    let number = |controller: &str, path: &str, file: &str| -> u64 {
-        read(controller, path, file)
+    let read =
+        |controller: &str, file: &str| read_in(&v1_dir(hierarchies, controller, path)?, file);
+    let number = |controller: &str, file: &str| -> u64 {
+        read(controller, file)
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     };
     let mut m = Metrics::new();
     let mut pids = PidsStat::new();
-    pids.current = number("pids", path, "pids.current");
-    pids.limit = read("pids", path, "pids.max")
+    pids.current = number("pids", "pids.current");
+    pids.limit = read("pids", "pids.max")
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     m.pids = Some(pids).into();
 
     let mut usage = CPUUsage::new();
-    usage.total = number("cpuacct", path, "cpuacct.usage");
-    usage.user = number("cpuacct", path, "cpuacct.usage_user");
-    usage.kernel = number("cpuacct", path, "cpuacct.usage_sys");
-    usage.per_cpu = read("cpuacct", path, "cpuacct.usage_percpu")
+    usage.total = number("cpuacct", "cpuacct.usage");
+    usage.user = number("cpuacct", "cpuacct.usage_user");
+    usage.kernel = number("cpuacct", "cpuacct.usage_sys");
+    usage.per_cpu = read("cpuacct", "cpuacct.usage_percpu")
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|n| n.parse().ok())
         .collect();
-    let stat = read("cpu", path, "cpu.stat").unwrap_or_default();
+    let stat = read("cpu", "cpu.stat").unwrap_or_default();
     let mut throttle = Throttle::new();
     throttle.periods = keyed(&stat, "nr_periods");
     throttle.throttled_periods = keyed(&stat, "nr_throttled");
@@ -207,13 +206,13 @@ fn metrics_v1(hierarchies: &[Hierarchy], path: &str) -> Any {
     cpu.throttling = Some(throttle).into();
     m.cpu = Some(cpu).into();
 
-    let stat = read("memory", path, "memory.stat").unwrap_or_default();
+    let stat = read("memory", "memory.stat").unwrap_or_default();
     let entry = |prefix: &str| {
         let mut e = MemoryEntry::new();
-        e.usage = number("memory", path, &format!("{prefix}usage_in_bytes"));
-        e.limit = number("memory", path, &format!("{prefix}limit_in_bytes"));
-        e.max = number("memory", path, &format!("{prefix}max_usage_in_bytes"));
-        e.failcnt = number("memory", path, &format!("{prefix}failcnt"));
+        e.usage = number("memory", &format!("{prefix}usage_in_bytes"));
+        e.limit = number("memory", &format!("{prefix}limit_in_bytes"));
+        e.max = number("memory", &format!("{prefix}max_usage_in_bytes"));
+        e.failcnt = number("memory", &format!("{prefix}failcnt"));
         e
     };
     let mut mem = MemoryStat::new();

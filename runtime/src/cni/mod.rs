@@ -185,10 +185,10 @@ impl Attachment {
         for plugin in &self.network.plugins {
             let stdin = self.stdin("ADD", plugin, prev.as_ref());
             let out = call(exec, "ADD", plugin, &self.env("ADD"), stdin).await;
-            let out = self.check("ADD", plugin, out)?;
+            let out = self.network.check("ADD", plugin, out)?;
             prev = Some(
                 serde_json::from_slice(&out)
-                    .map_err(|e| self.fail("ADD", plugin, format!("bad result: {e}")))?,
+                    .map_err(|e| self.network.fail("ADD", plugin, format!("bad result: {e}")))?,
             );
         }
         self.result = prev;
@@ -201,7 +201,7 @@ impl Attachment {
         for plugin in self.network.plugins.iter().rev() {
             let stdin = self.stdin("DEL", plugin, self.result.as_ref());
             let out = call(exec, "DEL", plugin, &self.env("DEL"), stdin).await;
-            if let Err(e) = self.check("DEL", plugin, out) {
+            if let Err(e) = self.network.check("DEL", plugin, out) {
                 first_err.get_or_insert(e);
             }
         }
@@ -240,19 +240,6 @@ impl Attachment {
             conf.insert("runtimeConfig".into(), Value::Object(wanted));
         }
         serde_json::to_vec(&conf).unwrap_or_default()
-    }
-
-    fn check(
-        &self,
-        command: &'static str,
-        plugin: &Value,
-        out: Result<exec::Output>,
-    ) -> Result<Vec<u8>> {
-        self.network.check(command, plugin, out)
-    }
-
-    fn fail(&self, command: &'static str, plugin: &Value, message: String) -> Error {
-        self.network.fail(command, plugin, message)
     }
 
     /// The pod's IPs from the result: IPv4 first, then the others, in result order.
