@@ -169,6 +169,9 @@ async fn security_contexts(handler: &str) {
     .unwrap();
     let bad = dir.join("bad.json");
     std::fs::write(&bad, "{not json").unwrap();
+    // JSON, but an action no OCI runtime knows: refused where it enters, by its name.
+    let misspelt = dir.join("misspelt.json");
+    std::fs::write(&misspelt, r#"{"defaultAction":"SCMP_ACT_ALOW"}"#).unwrap();
     let base = bed.container("seccomp", &["sleep", "1000"]);
     let profile = |path: &Path| {
         with_context(
@@ -185,6 +188,7 @@ async fn security_contexts(handler: &str) {
     let field = "seccomp.localhost_ref";
     refused(&mut bed, &pod, profile(&dir.join("missing.json")), field).await;
     refused(&mut bed, &pod, profile(&bad), field).await;
+    refused(&mut bed, &pod, profile(&misspelt), field).await;
     refused(&mut bed, &pod, profile(Path::new("relative.json")), field).await;
     let filtered = bed.run(&pod, profile(&good)).await;
     let made = bed.exec(&filtered, &["mkdir", "/tmp/d"], 10).await.unwrap();
@@ -221,6 +225,17 @@ async fn security_contexts(handler: &str) {
         );
         refused(&mut bed, &pod, typo, field).await;
     }
+    // Paths inside the container must be absolute.
+    let mut relative = bed.container("relative", &["id"]);
+    relative.working_dir = "work".into();
+    refused(&mut bed, &pod, relative, "config.working_dir").await;
+    let mut relative = bed.container("relative", &["id"]);
+    relative.mounts = vec![cri::Mount {
+        container_path: "data".into(),
+        host_path: dir.display().to_string(),
+        ..Default::default()
+    }];
+    refused(&mut bed, &pod, relative, "config.mounts.container_path").await;
     for escape in ["../escape.log", "/tmp/escape.log", "a/../../escape.log"] {
         let mut c = bed.container("escape", &["echo", "hi"]);
         c.log_path = escape.into();

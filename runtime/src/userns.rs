@@ -33,10 +33,6 @@ impl Mapping {
     fn line(&self) -> String {
         format!("{} {} {}\n", self.container_id, self.host_id, self.length)
     }
-
-    pub fn oci(&self) -> serde_json::Value {
-        serde_json::json!({"containerID": self.container_id, "hostID": self.host_id, "size": self.length})
-    }
 }
 
 /// A pod's user namespace: its mappings and where it is pinned.

@@ -183,7 +183,7 @@ async fn make(
     image: &crate::image::Image,
     record: &mut Record,
     pid_target: Option<i32>,
-    seccomp_localhost: Option<serde_json::Value>,
+    seccomp_localhost: Option<::oci_spec::runtime::LinuxSeccomp>,
 ) -> Result<()> {
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
@@ -286,7 +286,7 @@ async fn make(
             false => Vec::new(),
         },
     };
-    store::write_volatile(&dirs.state.join("config.json"), &oci_spec::build(&input))?;
+    store::write_volatile(&dirs.state.join("config.json"), &oci_spec::build(&input)?)?;
     let stdout = match record.log_path.as_str() {
         "" => String::new(),
         path => format!("cri-log://{path}"),
@@ -524,7 +524,8 @@ fn validate_log_path(log_path: &str) -> Result<()> {
 
 /// The node's devices, for a privileged container (as containerd gives them): every
 /// character and block device under /dev, but the per-session and per-container ones.
-fn host_devices() -> Vec<serde_json::Value> {
+fn host_devices() -> Vec<::oci_spec::runtime::LinuxDevice> {
+    use ::oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceType};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     const SKIP: &[&str] = &[
         "pts",
@@ -536,7 +537,7 @@ fn host_devices() -> Vec<serde_json::Value> {
         ".udev",
         "console",
     ];
-    fn walk(dir: &Path, out: &mut Vec<serde_json::Value>) {
+    fn walk(dir: &Path, out: &mut Vec<::oci_spec::runtime::LinuxDevice>) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = e.path();
             let name = e.file_name();
@@ -551,16 +552,21 @@ fn host_devices() -> Vec<serde_json::Value> {
                     walk(&path, out);
                     continue;
                 }
-                t if t.is_char_device() => "c",
-                t if t.is_block_device() => "b",
+                t if t.is_char_device() => LinuxDeviceType::C,
+                t if t.is_block_device() => LinuxDeviceType::B,
                 _ => continue,
             };
             let rdev = meta.rdev();
-            out.push(serde_json::json!({
-                "path": path, "type": kind,
-                "major": nix::sys::stat::major(rdev), "minor": nix::sys::stat::minor(rdev),
-                "fileMode": meta.mode() & 0o777, "uid": meta.uid(), "gid": meta.gid(),
-            }));
+            let device = LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(kind)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build();
+            out.extend(device.ok());
         }
     }
     let mut out = Vec::new();

@@ -89,18 +89,19 @@ pub async fn exec_sync(
 
 /// The OCI process (JSON) of an exec of `cmd`: the container's own, with these args.
 pub(crate) fn process(dirs: &Dirs, cmd: &[String], terminal: bool) -> Result<Vec<u8>> {
-    let mut process: serde_json::Value = store::read_json(&dirs.state.join("config.json"))
-        .map(|s: serde_json::Value| s["process"].clone())?;
-    process["args"] = serde_json::json!(cmd);
-    process["terminal"] = serde_json::json!(terminal);
+    let spec: ::oci_spec::runtime::Spec = store::read_json(&dirs.state.join("config.json"))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| Error::Internal("the container's spec has no process".into()))?;
+    process
+        .set_args(Some(cmd.to_vec()))
+        .set_terminal(Some(terminal));
     // A terminal gets a TERM, as kubelet's runtimes give one, unless the container has it.
-    if let Some(env) = process["env"].as_array_mut().filter(|_| terminal) {
-        if !env
-            .iter()
-            .any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM=")))
-        {
-            env.push(serde_json::json!("TERM=xterm"));
-        }
+    let mut env = process.env().clone().unwrap_or_default();
+    if terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+        process.set_env(Some(env));
     }
     serde_json::to_vec(&process).map_err(|e| Error::Internal(e.to_string()))
 }

@@ -7,14 +7,17 @@
 //! operations bypass the filter. Names the host's libseccomp does not know are skipped by
 //! the OCI runtime.
 
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction as Action, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator as Op, LinuxSyscall, LinuxSyscallBuilder,
+};
 use podrun_proto::cri;
-use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 
 /// The Localhost profile a security context names, read and checked: a file that cannot
 /// be read or is no seccomp profile is refused, never run without seccomp.
-pub fn localhost(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Option<Value>> {
+pub fn localhost(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Option<LinuxSeccomp>> {
     const FIELD: &str = "config.linux.security_context.seccomp.localhost_ref";
     let Some(profile) = sc.and_then(|s| s.seccomp.as_ref()) else {
         return Ok(None);
@@ -30,15 +33,14 @@ pub fn localhost(sc: Option<&cri::LinuxContainerSecurityContext>) -> Result<Opti
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::invalid(FIELD, format!("{path:?}: {e}")))?;
-    let value: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::invalid(FIELD, format!("{path:?} is not JSON: {e}")))?;
-    if !value["defaultAction"].is_string() {
-        return Err(Error::invalid(
+    // Typed: an unknown action, architecture or operator is refused here, by name.
+    let profile: LinuxSeccomp = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(
             FIELD,
-            format!("{path:?} is not a seccomp profile: it has no defaultAction"),
-        ));
-    }
-    Ok(Some(value))
+            format!("{path:?} is not an OCI seccomp profile: {e}"),
+        )
+    })?;
+    Ok(Some(profile))
 }
 
 /// Allowed to every container.
@@ -477,8 +479,34 @@ const NAMESPACE_FLAGS: u64 = 0x7e02_0000;
 /// and the query.
 const PERSONAS: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
+fn built<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
+    r.map_err(|e| Error::Internal(format!("building the seccomp profile: {e}")))
+}
+
+/// A rule: `action` for `names`, when argument `index` compares with `op` to `value` (and
+/// `value_two`, for a masked compare).
+fn rule(names: &[&str], action: Action, arg: Option<(u32, Op, u64, u64)>) -> Result<LinuxSyscall> {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut rule = built(
+        LinuxSyscallBuilder::default()
+            .names(names)
+            .action(action)
+            .build(),
+    )?;
+    if let Some((index, op, value, value_two)) = arg {
+        let arg = LinuxSeccompArgBuilder::default()
+            .index(index as usize)
+            .op(op)
+            .value(value)
+            .value_two(value_two)
+            .build();
+        rule.set_args(Some(vec![built(arg)?]));
+    }
+    Ok(rule)
+}
+
 /// The profile for a container whose bounding set is `caps`.
-pub fn runtime_default(caps: &[String]) -> Value {
+pub fn runtime_default(caps: &[String]) -> Result<LinuxSeccomp> {
     let has = |c: &str| caps.iter().any(|have| have == c);
     let mut names: Vec<&str> = ALLOWED.to_vec();
     for (cap, calls) in BY_CAPABILITY {
@@ -491,36 +519,45 @@ pub fn runtime_default(caps: &[String]) -> Value {
             );
         }
     }
-    let allow = |names: &[&str]| json!({"names": names, "action": "SCMP_ACT_ALLOW"});
-    let mut syscalls = vec![allow(&names)];
+    let mut syscalls = vec![rule(&names, Action::ScmpActAllow, None)?];
     for persona in PERSONAS {
-        syscalls.push(json!({
-            "names": ["personality"], "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": persona, "op": "SCMP_CMP_EQ"}],
-        }));
+        let arg = (0, Op::ScmpCmpEq, *persona, 0);
+        syscalls.push(rule(&["personality"], Action::ScmpActAllow, Some(arg))?);
     }
     if !has("CAP_SYS_ADMIN") {
-        syscalls.push(json!({
-            "names": ["clone"], "action": "SCMP_ACT_ALLOW",
-            "args": [{"index": 0, "value": NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
-        }));
-        syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}));
+        let arg = (0, Op::ScmpCmpMaskedEq, NAMESPACE_FLAGS, 0);
+        syscalls.push(rule(&["clone"], Action::ScmpActAllow, Some(arg))?);
+        let mut clone3 = rule(&["clone3"], Action::ScmpActErrno, None)?;
+        clone3.set_errno_ret(Some(libc::ENOSYS as u32));
+        syscalls.push(clone3);
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": 1,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": syscalls,
-    })
+    built(
+        LinuxSeccompBuilder::default()
+            .default_action(Action::ScmpActErrno)
+            .default_errno_ret(libc::EPERM as u32)
+            .architectures(vec![
+                Arch::ScmpArchX86_64,
+                Arch::ScmpArchX86,
+                Arch::ScmpArchX32,
+            ])
+            .syscalls(syscalls)
+            .build(),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    /// The profile as the OCI runtime reads it.
+    fn profile(caps: &[String]) -> Value {
+        serde_json::to_value(runtime_default(caps).unwrap()).unwrap()
+    }
 
     fn allowed(caps: &[&str]) -> Vec<String> {
         let caps: Vec<String> = caps.iter().map(|c| c.to_string()).collect();
-        let p = runtime_default(&caps);
+        let p = profile(&caps);
         assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO", "default deny");
         p["syscalls"]
             .as_array()
@@ -575,7 +612,7 @@ mod tests {
 
     #[test]
     fn clone_without_namespace_flags_and_clone3_enosys_without_admin() {
-        let p = runtime_default(&[]);
+        let p = profile(&[]);
         let rules = p["syscalls"].as_array().unwrap();
         let clone = rules
             .iter()
@@ -588,7 +625,7 @@ mod tests {
             (clone3["action"].as_str(), clone3["errnoRet"].as_u64()),
             (Some("SCMP_ACT_ERRNO"), Some(38))
         );
-        let admin = runtime_default(&["CAP_SYS_ADMIN".to_owned()]);
+        let admin = profile(&["CAP_SYS_ADMIN".to_owned()]);
         assert!(!admin["syscalls"]
             .as_array()
             .unwrap()

@@ -25,7 +25,7 @@ pub async fn update(node: Arc<Node>, req: cri::UpdateContainerResourcesRequest) 
         )));
     }
     let shim = shim_of(&node, &r.pod_id).await?;
-    shim.update_resources(&r.id, &oci_spec::oci_resources(&resources))
+    shim.update_resources(&r.id, &oci_spec::oci_resources(&resources)?)
         .await?;
     let oom_score_adj = r
         .config

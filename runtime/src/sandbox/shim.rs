@@ -324,7 +324,11 @@ impl Shim {
     }
 
     /// Has the OCI runtime apply `resources` (an OCI LinuxResources) to task `id`.
-    pub async fn update_resources(&self, id: &str, resources: &serde_json::Value) -> Result<()> {
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<()> {
         let value = serde_json::to_vec(resources).map_err(|e| Error::Internal(e.to_string()))?;
         let req = api::UpdateTaskRequest {
             id: id.to_owned(),

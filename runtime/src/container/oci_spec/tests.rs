@@ -1,4 +1,17 @@
 use super::*;
+use serde_json::json;
+
+/// The spec as config.json holds it.
+fn json_of(input: &Input) -> Value {
+    serde_json::to_value(build(input).unwrap()).unwrap()
+}
+
+/// A capability set as sorted names.
+fn sorted(set: &Value) -> Vec<String> {
+    let mut names = strings(set);
+    names.sort();
+    names
+}
 
 fn pod() -> Pod {
     Pod {
@@ -83,16 +96,18 @@ fn default_spec_joins_the_pod_and_matches_expected_json() {
     };
     let image = json!({"Cmd": ["sh"], "WorkingDir": "/work"});
     let p = pod();
-    let spec = build(&input(&c, &image, &p));
+    let spec = json_of(&input(&c, &image, &p));
     assert_eq!(spec["process"]["args"], json!(["sh"]));
     assert_eq!(spec["process"]["cwd"], "/work");
     assert_eq!(
         spec["process"]["oomScoreAdj"], -998,
         "clamped to what podrund may set"
     );
+    let mut defaults: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+    defaults.sort();
     assert_eq!(
-        spec["process"]["capabilities"]["bounding"],
-        json!(DEFAULT_CAPS)
+        sorted(&spec["process"]["capabilities"]["bounding"]),
+        defaults
     );
     assert_eq!(
         spec["linux"]["namespaces"],
@@ -151,24 +166,13 @@ fn capabilities_add_drop_all_privileged_and_non_root() {
     }
     assert_eq!(capability("net_admin").as_deref(), Some("CAP_NET_ADMIN"));
     assert_eq!(capability("CAP_NET_ADMINN"), None);
-    let caps = capabilities(Some(&sc(&["NET_ADMIN"], &["CAP_KILL"], false)), 0, all);
-    let bounding = strings(&caps["bounding"]);
-    assert!(
-        bounding.contains(&"CAP_NET_ADMIN".to_owned())
-            && !bounding.contains(&"CAP_KILL".to_owned())
-    );
-    assert_eq!(
-        strings(&capabilities(Some(&sc(&[], &["ALL"], false)), 0, all)["bounding"]).len(),
-        0
-    );
-    assert_eq!(
-        strings(&capabilities(Some(&sc(&["ALL"], &[], false)), 0, all)["bounding"]).len(),
-        all.len()
-    );
-    assert_eq!(
-        strings(&capabilities(Some(&sc(&[], &[], true)), 0, all)["bounding"]).len(),
-        all.len()
-    );
+    let bounding_of =
+        |c: cri::LinuxContainerSecurityContext, own: &[String]| bounding(Some(&c), own);
+    let caps = bounding_of(sc(&["NET_ADMIN"], &["CAP_KILL"], false), all);
+    assert!(caps.contains(&"CAP_NET_ADMIN".to_owned()) && !caps.contains(&"CAP_KILL".to_owned()));
+    assert_eq!(bounding_of(sc(&[], &["ALL"], false), all).len(), 0);
+    assert_eq!(bounding_of(sc(&["ALL"], &[], false), all).len(), all.len());
+    assert_eq!(bounding_of(sc(&[], &[], true), all).len(), all.len());
     // On a host whose own set lacks a capability, ALL and privileged mean what it holds.
     let held: Vec<String> = all
         .iter()
@@ -176,20 +180,23 @@ fn capabilities_add_drop_all_privileged_and_non_root() {
         .cloned()
         .collect();
     for c in [sc(&["ALL"], &[], false), sc(&[], &[], true)] {
-        let bounding = strings(&capabilities(Some(&c), 0, &held)["bounding"]);
-        assert_eq!(bounding.len(), all.len() - 1);
-        assert!(!bounding.contains(&"CAP_SYS_RESOURCE".to_owned()));
+        let caps = bounding_of(c, &held);
+        assert_eq!(caps.len(), all.len() - 1);
+        assert!(!caps.contains(&"CAP_SYS_RESOURCE".to_owned()));
     }
-    let non_root = capabilities(None, 1000, all);
+    // Every capability Linux defines is one the OCI types know, so none is lost on the way.
+    let set = serde_json::to_value(capabilities(all, 0).unwrap()).unwrap();
+    assert_eq!(strings(&set["bounding"]).len(), all.len());
+    let non_root = serde_json::to_value(capabilities(&bounding(None, all), 1000).unwrap()).unwrap();
     assert_eq!(strings(&non_root["bounding"]).len(), DEFAULT_CAPS.len());
     assert!(strings(&non_root["effective"]).is_empty());
 }
 
 #[test]
 fn the_security_contexts_masked_and_readonly_paths_replace_the_defaults() {
-    let (pod, image) = (pod(), json!({}));
+    let (pod, image) = (pod(), json!({"Cmd": ["sh"]}));
     let mut config = cri::ContainerConfig::default();
-    let spec = build(&input(&config, &image, &pod));
+    let spec = json_of(&input(&config, &image, &pod));
     assert_eq!(spec["linux"]["maskedPaths"], json!(MASKED));
     assert_eq!(spec["linux"]["readonlyPaths"], json!(READONLY));
     config.linux = Some(cri::LinuxContainerConfig {
@@ -200,14 +207,14 @@ fn the_security_contexts_masked_and_readonly_paths_replace_the_defaults() {
         }),
         ..Default::default()
     });
-    let spec = build(&input(&config, &image, &pod));
+    let spec = json_of(&input(&config, &image, &pod));
     assert_eq!(spec["linux"]["maskedPaths"], json!(["/bin/ls"]));
     assert_eq!(spec["linux"]["readonlyPaths"], json!(["/tmp"]));
 }
 
 #[test]
 fn volume_propagation_sets_the_rootfs_propagation() {
-    let (pod, image) = (pod(), json!({}));
+    let (pod, image) = (pod(), json!({"Cmd": ["sh"]}));
     let with = |propagations: &[cri::MountPropagation]| {
         let config = cri::ContainerConfig {
             mounts: propagations
@@ -221,7 +228,7 @@ fn volume_propagation_sets_the_rootfs_propagation() {
                 .collect(),
             ..Default::default()
         };
-        build(&input(&config, &image, &pod))["linux"]["rootfsPropagation"].clone()
+        json_of(&input(&config, &image, &pod))["linux"]["rootfsPropagation"].clone()
     };
     use cri::MountPropagation::*;
     assert_eq!(with(&[]), Value::Null);
@@ -231,4 +238,67 @@ fn volume_propagation_sets_the_rootfs_propagation() {
         with(&[PropagationHostToContainer, PropagationBidirectional]),
         json!("rshared")
     );
+}
+
+#[test]
+fn what_no_runtime_could_run_is_refused_naming_the_field() {
+    let (pod, image) = (pod(), json!({"Cmd": ["sh"]}));
+    let field =
+        |config: &cri::ContainerConfig, image: &Value| match build(&input(config, image, &pod)) {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        };
+    let no_command = cri::ContainerConfig::default();
+    assert_eq!(
+        field(&no_command, &json!({"Env": ["A=1"]})),
+        "config.command"
+    );
+    let relative_cwd = cri::ContainerConfig {
+        working_dir: "work".into(),
+        ..Default::default()
+    };
+    assert_eq!(field(&relative_cwd, &image), "config.working_dir");
+    for path in ["data", "/data/../../etc"] {
+        let volume = cri::ContainerConfig {
+            mounts: vec![cri::Mount {
+                container_path: path.into(),
+                host_path: "/srv".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            field(&volume, &image),
+            "config.mounts.container_path",
+            "{path}"
+        );
+    }
+    // An image's relative WorkingDir is taken from /, as Docker does.
+    let c = cri::ContainerConfig::default();
+    let spec = json_of(&input(
+        &c,
+        &json!({"Cmd": ["sh"], "WorkingDir": "app"}),
+        &pod,
+    ));
+    assert_eq!(spec["process"]["cwd"], "/app");
+}
+
+#[test]
+fn the_spec_round_trips_through_the_oci_types_and_validates() {
+    let (pod, image) = (pod(), json!({"Cmd": ["sh"]}));
+    let c = cri::ContainerConfig::default();
+    let text = serde_json::to_vec(&build(&input(&c, &image, &pod)).unwrap()).unwrap();
+    let back: oci::Spec = serde_json::from_slice(&text).unwrap();
+    validate(&back).unwrap();
+    assert_eq!(
+        back.process().as_ref().unwrap().rlimits(),
+        &None,
+        "no example rlimits"
+    );
+    let mut twice = back.clone();
+    let linux = twice.linux_mut().as_mut().unwrap();
+    let mut namespaces = linux.namespaces().clone().unwrap();
+    namespaces.push(namespaces[0].clone());
+    linux.set_namespaces(Some(namespaces));
+    assert!(matches!(validate(&twice), Err(Error::Internal(m)) if m.contains("twice")));
 }
