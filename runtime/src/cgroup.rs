@@ -94,3 +94,24 @@ pub fn set_resources(
 
 /// Files of a cgroup and what to write in them.
 type Files = Vec<(&'static str, String)>;
+
+/// The previous CPU sample of each cgroup: (timestamp ns, cpu ns).
+#[derive(Default)]
+pub struct CpuSamples(std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>);
+
+impl CpuSamples {
+    /// The rate since the previous sample of `path`, recording this one.
+    pub fn rate(&self, path: &str, now: i64, cpu_ns: u64) -> Option<u64> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = map.insert(path.to_owned(), (now, cpu_ns));
+        let (then, used) = previous?;
+        let elapsed = u64::try_from(now - then).ok().filter(|e| *e > 0)?;
+        Some((cpu_ns.saturating_sub(used) as u128 * 1_000_000_000 / elapsed as u128) as u64)
+    }
+
+    /// Forgets cgroups that are not in `live` (their owners are gone).
+    pub fn keep(&self, live: &[String]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|path, _| live.contains(path));
+    }
+}

@@ -11,8 +11,6 @@
 use podrun_proto::cri;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::node::Node;
-
 /// Events kept for a subscriber that has not read them yet.
 pub const BACKLOG: usize = 1024;
 
@@ -52,45 +50,22 @@ impl Events {
         out
     }
 
-    fn publish(&self, event: cri::ContainerEventResponse) {
+    /// Whether anyone listens: an event nobody reads need not be built.
+    pub(crate) fn listened(&self) -> bool {
+        self.0.receiver_count() > 0
+    }
+
+    pub(crate) fn publish(&self, event: cri::ContainerEventResponse) {
         // No subscriber is not an error.
         let _ = self.0.send(event);
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as i64
-}
-
-impl Node {
-    /// Publishes `kind` for `id` (a container, or a pod) of pod `pod_id`, with the pod's
-    /// status and its containers' as they are now.
-    pub(crate) fn publish_event(&self, pod_id: &str, id: &str, kind: cri::ContainerEventType) {
-        if self.events.0.receiver_count() == 0 {
-            return;
-        }
-        let pod_sandbox_status = self
-            .sandboxes
-            .get(pod_id)
-            .ok()
-            .map(|p| crate::sandbox::cri_status(&p.view()));
-        let containers_statuses = self
-            .containers
-            .of_pod(pod_id)
-            .iter()
-            .map(|c| crate::container::cri_status(&c.view()))
-            .collect();
-        self.events.publish(cri::ContainerEventResponse {
-            container_id: id.to_owned(),
-            container_event_type: kind as i32,
-            created_at: now(),
-            pod_sandbox_status,
-            containers_statuses,
-        });
-    }
 }
 
 #[cfg(test)]

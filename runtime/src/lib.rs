@@ -1,6 +1,7 @@
 //! podrun's runtime library: sandbox lifecycle, namespaces, CNI, cgroups, state and the CRI
 //! service. See docs/ARCHITECTURE.md for the picture.
 
+pub mod binaries;
 pub mod cgroup;
 pub mod cni;
 pub mod config;
@@ -10,9 +11,11 @@ pub mod cri;
 pub mod doctor;
 pub mod events;
 pub mod image;
+pub mod leak;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod pod;
 pub mod prometheus;
 pub mod sandbox;
 pub mod stats;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::binaries::{find_binary, Binaries};
 use crate::cni::{Exec, ProcessExec};
 use crate::config::Config;
 use crate::container::Containers;
@@ -26,14 +27,14 @@ pub struct Node {
     pub inflight: tokio::sync::RwLock<()>,
     pub streaming: crate::streaming::Streaming,
     /// The previous CPU sample of each cgroup, for usage_nano_cores.
-    pub samples: crate::stats::Samples,
+    pub samples: crate::cgroup::CpuSamples,
     /// Container and pod events, for GetContainerEvents.
     pub events: crate::events::Events,
     /// The node's pod CIDR, as kubelet last gave it (UpdateRuntimeConfig). The CNI
     /// configuration decides addresses; this is reported in verbose Status.
     pub pod_cidr: std::sync::Mutex<String>,
     /// What the leak audit found when podrund started (verbose Status shows it).
-    pub audit_at_start: std::sync::Mutex<crate::doctor::Report>,
+    pub audit_at_start: std::sync::Mutex<crate::leak::Report>,
     /// What each runtime handler can do, found out on first use.
     handlers: std::sync::OnceLock<Vec<podrun_proto::cri::RuntimeHandler>>,
 }
@@ -278,48 +279,75 @@ fn default_runtime() -> Result<PathBuf, String> {
     .map_err(|_| "no OCI runtime: install crun or runc (hack/setup does)".to_owned())
 }
 
-/// The helper binaries podrund starts, found next to its own executable first, then on PATH.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    pub shim: Result<PathBuf, String>,
-    pub pause: Result<PathBuf, String>,
+impl Node {
+    /// Publishes `kind` for `id` (a container, or a pod) of pod `pod_id`, with the pod's
+    /// status and its containers' as they are now.
+    pub(crate) fn publish_event(
+        &self,
+        pod_id: &str,
+        id: &str,
+        kind: podrun_proto::cri::ContainerEventType,
+    ) {
+        if !self.events.listened() {
+            return;
+        }
+        let pod_sandbox_status = self
+            .sandboxes
+            .get(pod_id)
+            .ok()
+            .map(|p| crate::sandbox::cri_status(&p.view()));
+        let containers_statuses = self
+            .containers
+            .of_pod(pod_id)
+            .iter()
+            .map(|c| crate::container::cri_status(&c.view()))
+            .collect();
+        self.events
+            .publish(podrun_proto::cri::ContainerEventResponse {
+                container_id: id.to_owned(),
+                container_event_type: kind as i32,
+                created_at: crate::events::now(),
+                pod_sandbox_status,
+                containers_statuses,
+            });
+    }
 }
 
-pub const SHIM_BINARY: &str = "containerd-shim-podrun-v2";
-pub const PAUSE_BINARY: &str = "podrun-pause";
-
-impl Binaries {
-    pub fn find() -> Binaries {
-        let own_dir = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_owned));
-        Binaries {
-            shim: find_binary(SHIM_BINARY, own_dir.as_deref()),
-            pause: find_binary(PAUSE_BINARY, own_dir.as_deref()),
+impl Node {
+    /// The Prometheus gauges as the node stands now.
+    pub fn gauges(&self) -> crate::prometheus::Gauges {
+        use crate::container::State as C;
+        use crate::sandbox::State as P;
+        let mut pods = vec![("ready", 0), ("notready", 0), ("creating", 0)];
+        for pod in self.sandboxes.all() {
+            let i = pod.with_view(|r| match r.state {
+                P::Ready => 0,
+                P::NotReady => 1,
+                P::Creating => 2,
+            });
+            pods[i].1 += 1;
+        }
+        let mut containers = vec![
+            ("created", 0),
+            ("running", 0),
+            ("exited", 0),
+            ("unknown", 0),
+        ];
+        for c in self.containers.all() {
+            let i = c.with_view(|r| match r.state {
+                C::Created => 0,
+                C::Running => 1,
+                C::Exited => 2,
+                _ => 3,
+            });
+            containers[i].1 += 1;
+        }
+        let audit = self.audit_at_start.lock();
+        let findings = audit.unwrap_or_else(|p| p.into_inner()).counts();
+        crate::prometheus::Gauges {
+            pods,
+            containers,
+            findings,
         }
     }
-
-    /// Why the runtime cannot start pods, if it cannot.
-    pub fn missing(&self) -> Option<String> {
-        let missing: Vec<&str> = [&self.shim, &self.pause]
-            .into_iter()
-            .filter_map(|b| b.as_ref().err().map(String::as_str))
-            .collect();
-        (!missing.is_empty()).then(|| missing.join("; "))
-    }
-}
-
-fn find_binary(name: &str, own_dir: Option<&Path>) -> Result<PathBuf, String> {
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    own_dir
-        .into_iter()
-        .map(Path::to_owned)
-        .chain(path_dirs)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!("{name} not found next to podrund or on PATH (install it with hack/setup)")
-        })
 }

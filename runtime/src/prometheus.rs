@@ -21,7 +21,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
-use crate::node::Node;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Rpc {
@@ -188,46 +187,24 @@ pub fn image_pull(ok: bool, bytes: u64, took: Duration) {
     METRICS.pull_seconds.observe(took.as_secs_f64());
 }
 
-/// The metrics as Prometheus' text format, with the gauges read from `node` now.
-pub fn render(node: &Node) -> String {
-    use crate::container::State as C;
-    use crate::sandbox::State as P;
-    let mut pods = [("ready", 0), ("notready", 0), ("creating", 0)];
-    for pod in node.sandboxes.all() {
-        let i = pod.with_view(|r| match r.state {
-            P::Ready => 0,
-            P::NotReady => 1,
-            P::Creating => 2,
-        });
-        pods[i].1 += 1;
-    }
-    let mut containers = [
-        ("created", 0),
-        ("running", 0),
-        ("exited", 0),
-        ("unknown", 0),
-    ];
-    for c in node.containers.all() {
-        let i = c.with_view(|r| match r.state {
-            C::Created => 0,
-            C::Running => 1,
-            C::Exited => 2,
-            _ => 3,
-        });
-        containers[i].1 += 1;
-    }
-    for (state, n) in pods {
+/// What the gauges show, read at each scrape: pods and containers by state, and the leak
+/// audit's findings at start by kind.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    pub pods: Vec<(&'static str, i64)>,
+    pub containers: Vec<(&'static str, i64)>,
+    pub findings: Vec<(String, usize)>,
+}
+
+/// The metrics as Prometheus' text format, with these gauges.
+pub fn render(gauges: Gauges) -> String {
+    for (state, n) in gauges.pods {
         METRICS.pods.get_or_create(&State { state }).set(n);
     }
-    for (state, n) in containers {
+    for (state, n) in gauges.containers {
         METRICS.containers.get_or_create(&State { state }).set(n);
     }
-    let counts = node
-        .audit_at_start
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .counts();
-    for (kind, found) in counts {
+    for (kind, found) in gauges.findings {
         let labels = Finding { kind };
         METRICS
             .audit_findings
@@ -240,7 +217,10 @@ pub fn render(node: &Node) -> String {
 }
 
 /// Serves `GET /metrics` on `address` until the process ends.
-pub async fn serve(node: Arc<Node>, address: &str) -> Result<()> {
+pub async fn serve<F>(address: &str, gauges: Arc<F>) -> Result<()>
+where
+    F: Fn() -> Gauges + Send + Sync + 'static,
+{
     let addr: SocketAddr = address
         .parse()
         .map_err(|e| Error::invalid("metrics-address", format!("{address:?}: {e}")))?;
@@ -252,11 +232,12 @@ pub async fn serve(node: Arc<Node>, address: &str) -> Result<()> {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let node = node.clone();
+        let gauges = gauges.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let node = node.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&node, &req)) }
+                let text = (req.method() == hyper::Method::GET && req.uri().path() == "/metrics")
+                    .then(|| render(gauges()));
+                async move { Ok::<_, std::convert::Infallible>(answer(text)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
@@ -268,10 +249,11 @@ pub async fn serve(node: Arc<Node>, address: &str) -> Result<()> {
     }
 }
 
-fn answer(node: &Node, req: &Request<Incoming>) -> Response<String> {
-    let mut response = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/metrics") => Response::new(render(node)),
-        _ => {
+/// The metrics for `GET /metrics` (`text`), else 404.
+fn answer(text: Option<String>) -> Response<String> {
+    let mut response = match text {
+        Some(text) => Response::new(text),
+        None => {
             let mut r = Response::new("only GET /metrics is served here\n".to_owned());
             *r.status_mut() = StatusCode::NOT_FOUND;
             r

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use podrun_proto::cri;
 
@@ -17,27 +17,6 @@ use crate::container::{self, Dirs};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::sandbox;
-
-/// The previous CPU sample of each cgroup: (timestamp ns, cpu ns).
-#[derive(Default)]
-pub struct Samples(Mutex<HashMap<String, (i64, u64)>>);
-
-impl Samples {
-    /// The rate since the previous sample of `path`, recording this one.
-    fn rate(&self, path: &str, now: i64, cpu_ns: u64) -> Option<u64> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = map.insert(path.to_owned(), (now, cpu_ns));
-        let (then, used) = previous?;
-        let elapsed = u64::try_from(now - then).ok().filter(|e| *e > 0)?;
-        Some((cpu_ns.saturating_sub(used) as u128 * 1_000_000_000 / elapsed as u128) as u64)
-    }
-
-    /// Forgets cgroups that are not in `live` (their owners are gone).
-    fn keep(&self, live: &[String]) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|path, _| live.contains(path));
-    }
-}
 
 fn now_nanos() -> i64 {
     std::time::SystemTime::now()
@@ -331,7 +310,7 @@ mod tests {
 
     #[test]
     fn cpu_rate_comes_from_the_previous_sample_of_the_same_cgroup() {
-        let s = Samples::default();
+        let s = crate::cgroup::CpuSamples::default();
         assert_eq!(s.rate("/p/c", 1_000_000_000, 5_000_000_000), None);
         // 0.5 s of CPU in 1 s: half a core.
         assert_eq!(

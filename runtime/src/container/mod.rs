@@ -9,13 +9,9 @@
 //! The container runs in its pod's shim through the OCI runtime; podrund keeps one task per
 //! running container waiting on the shim for its exit, and records it.
 
-mod create;
-pub(crate) mod exec;
-pub(crate) mod lifecycle;
 pub mod oci_spec;
-mod seccomp;
+pub(crate) mod seccomp;
 mod status;
-mod update;
 pub mod user;
 
 use std::collections::HashMap;
@@ -28,15 +24,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::store;
 
-pub use create::create;
-pub(crate) use create::mounts_under;
-pub use exec::exec_sync;
-pub use lifecycle::{recover, remove, remove_all_of_pod, reopen_log, start, stop, stop_all_of_pod};
 pub(crate) use status::cri_status;
 pub use status::{list, status};
-pub use update::update;
 
-const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -47,7 +38,7 @@ pub enum State {
 }
 
 impl State {
-    fn to(self, next: State) -> Result<State> {
+    pub(crate) fn to(self, next: State) -> Result<State> {
         use State::*;
         match (self, next) {
             (Created, Running)
@@ -95,7 +86,7 @@ pub struct Record {
 }
 
 impl Record {
-    fn key(&self) -> NameKey {
+    pub(crate) fn key(&self) -> NameKey {
         let m = self.config.metadata.clone().unwrap_or_default();
         (self.pod_id.clone(), m.name, m.attempt)
     }
@@ -105,12 +96,12 @@ pub struct Container {
     pub id: String,
     pub pod_id: String,
     key: NameKey,
-    record: tokio::sync::Mutex<Record>,
+    pub(crate) record: tokio::sync::Mutex<Record>,
     view: Mutex<Record>,
 }
 
 impl Container {
-    fn publish(&self, r: &Record) {
+    pub(crate) fn publish(&self, r: &Record) {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = r.clone();
     }
 
@@ -135,11 +126,11 @@ pub struct Containers {
 }
 
 impl Containers {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+    pub(crate) fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.all.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, r: Record) -> Arc<Container> {
+    pub(crate) fn insert(&self, r: Record) -> Arc<Container> {
         let c = Arc::new(Container {
             id: r.id.clone(),
             key: r.key(),
@@ -151,7 +142,7 @@ impl Containers {
         c
     }
 
-    fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         self.map().remove(id);
     }
 
@@ -198,11 +189,11 @@ impl Containers {
         Ok(r)
     }
 
-    fn name_lock(&self, key: NameKey) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn name_lock(&self, key: NameKey) -> Arc<tokio::sync::Mutex<()>> {
         self.names.get(key)
     }
 
-    fn find_by_key(&self, key: &NameKey) -> Option<String> {
+    pub(crate) fn find_by_key(&self, key: &NameKey) -> Option<String> {
         self.map()
             .values()
             .find(|c| c.key == *key)
@@ -227,18 +218,32 @@ impl Dirs {
         }
     }
 
-    fn record(&self) -> PathBuf {
+    pub(crate) fn record(&self) -> PathBuf {
         self.root.join("container.json")
     }
 }
 
-fn persist(dirs: &Dirs, r: &Record) -> Result<()> {
+pub(crate) fn persist(dirs: &Dirs, r: &Record) -> Result<()> {
     store::write_atomic(&dirs.record(), r)
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos() as i64
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub(crate) fn mounts_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    points
 }

@@ -1,13 +1,11 @@
 //! ContainerStatus and ListContainers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use podrun_proto::cri;
 
-use super::{Record, State};
+use super::{Containers, Record, State};
 use crate::error::Result;
-use crate::node::Node;
 
 fn cri_state(s: State) -> cri::ContainerState {
     match s {
@@ -23,10 +21,10 @@ fn mounts(r: &Record) -> Vec<cri::Mount> {
 }
 
 pub async fn status(
-    node: Arc<Node>,
+    containers: &Containers,
     req: cri::ContainerStatusRequest,
 ) -> Result<cri::ContainerStatusResponse> {
-    let r = node.containers.get(&req.container_id)?.view();
+    let r = containers.get(&req.container_id)?.view();
     let status = cri_status(&r);
     let mut info = HashMap::new();
     if req.verbose {
@@ -107,12 +105,11 @@ fn listed(r: &Record, f: &cri::ContainerFilter) -> Option<cri::Container> {
 }
 
 pub async fn list(
-    node: Arc<Node>,
+    containers: &Containers,
     req: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse> {
     let f = req.filter.unwrap_or_default();
-    let mut containers: Vec<cri::Container> = node
-        .containers
+    let mut containers: Vec<cri::Container> = containers
         .all()
         .iter()
         .filter_map(|c| c.with_view(|r| listed(r, &f)))

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::cni::Network;
 use crate::error::{Error, Kind};
 use crate::node::Node;
-use crate::{container, sandbox, stats};
+use crate::{container, pod, sandbox, stats};
 
 pub use server::serve;
 
@@ -286,7 +286,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let node = self.node.clone();
         handle("RunPodSandbox", subject(req.get_ref()), async move {
-            let pod_sandbox_id = sandbox::run(node, req.into_inner()).await?;
+            let pod_sandbox_id = pod::run(node, req.into_inner()).await?;
             Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
         })
         .await
@@ -297,7 +297,7 @@ impl RuntimeService for Cri {
         req: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         handle("StopPodSandbox", subject(req.get_ref()), async {
-            sandbox::stop(self.node.clone(), req.into_inner())
+            pod::stop(self.node.clone(), req.into_inner())
                 .await
                 .map(|_| cri::StopPodSandboxResponse {})
         })
@@ -309,7 +309,7 @@ impl RuntimeService for Cri {
         req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         handle("RemovePodSandbox", subject(req.get_ref()), async {
-            sandbox::remove(self.node.clone(), req.into_inner())
+            pod::remove(self.node.clone(), req.into_inner())
                 .await
                 .map(|_| cri::RemovePodSandboxResponse {})
         })
@@ -323,7 +323,7 @@ impl RuntimeService for Cri {
         handle(
             "PodSandboxStatus",
             subject(req.get_ref()),
-            sandbox::status(self.node.clone(), req.into_inner()),
+            sandbox::status(&self.node.sandboxes, req.into_inner()),
         )
         .await
     }
@@ -335,7 +335,7 @@ impl RuntimeService for Cri {
         handle(
             "ListPodSandbox",
             subject(req.get_ref()),
-            sandbox::list(self.node.clone(), req.into_inner()),
+            sandbox::list(&self.node.sandboxes, req.into_inner()),
         )
         .await
     }
@@ -345,7 +345,7 @@ impl RuntimeService for Cri {
         req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         handle("CreateContainer", subject(req.get_ref()), async {
-            let container_id = container::create(self.node.clone(), req.into_inner()).await?;
+            let container_id = pod::container::create(self.node.clone(), req.into_inner()).await?;
             Ok(cri::CreateContainerResponse { container_id })
         })
         .await
@@ -359,7 +359,7 @@ impl RuntimeService for Cri {
         handle("StartContainer", subject(req.get_ref()), async move {
             node.detached(
                 "StartContainer",
-                container::start(node.clone(), req.into_inner()),
+                pod::container::start(node.clone(), req.into_inner()),
             )
             .await?;
             Ok(cri::StartContainerResponse {})
@@ -375,7 +375,7 @@ impl RuntimeService for Cri {
         handle("StopContainer", subject(req.get_ref()), async move {
             node.detached(
                 "StopContainer",
-                container::stop(node.clone(), req.into_inner()),
+                pod::container::stop(node.clone(), req.into_inner()),
             )
             .await?;
             Ok(cri::StopContainerResponse {})
@@ -391,7 +391,7 @@ impl RuntimeService for Cri {
         handle("RemoveContainer", subject(req.get_ref()), async move {
             node.detached(
                 "RemoveContainer",
-                container::remove(node.clone(), req.into_inner()),
+                pod::container::remove(node.clone(), req.into_inner()),
             )
             .await?;
             Ok(cri::RemoveContainerResponse {})
@@ -406,7 +406,7 @@ impl RuntimeService for Cri {
         handle(
             "ListContainers",
             subject(req.get_ref()),
-            container::list(self.node.clone(), req.into_inner()),
+            container::list(&self.node.containers, req.into_inner()),
         )
         .await
     }
@@ -418,7 +418,7 @@ impl RuntimeService for Cri {
         handle(
             "ContainerStatus",
             subject(req.get_ref()),
-            container::status(self.node.clone(), req.into_inner()),
+            container::status(&self.node.containers, req.into_inner()),
         )
         .await
     }
@@ -428,7 +428,7 @@ impl RuntimeService for Cri {
         req: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         handle("ReopenContainerLog", subject(req.get_ref()), async {
-            container::reopen_log(self.node.clone(), req.into_inner())
+            pod::container::reopen_log(self.node.clone(), req.into_inner())
                 .await
                 .map(|_| cri::ReopenContainerLogResponse {})
         })
@@ -440,7 +440,11 @@ impl RuntimeService for Cri {
         req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
         handle("Exec", subject(req.get_ref()), async {
-            let url = crate::streaming::exec_url(&self.node, req.into_inner())?;
+            let url = crate::streaming::exec_url(
+                &self.node.streaming,
+                &self.node.containers,
+                req.into_inner(),
+            )?;
             Ok(cri::ExecResponse { url })
         })
         .await
@@ -451,7 +455,11 @@ impl RuntimeService for Cri {
         req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
         handle("Attach", subject(req.get_ref()), async {
-            let url = crate::streaming::attach_url(&self.node, req.into_inner())?;
+            let url = crate::streaming::attach_url(
+                &self.node.streaming,
+                &self.node.containers,
+                req.into_inner(),
+            )?;
             Ok(cri::AttachResponse { url })
         })
         .await
@@ -462,7 +470,11 @@ impl RuntimeService for Cri {
         req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
         handle("PortForward", subject(req.get_ref()), async {
-            let url = crate::streaming::port_forward_url(&self.node, req.into_inner())?;
+            let url = crate::streaming::port_forward_url(
+                &self.node.streaming,
+                &self.node.sandboxes,
+                req.into_inner(),
+            )?;
             Ok(cri::PortForwardResponse { url })
         })
         .await
@@ -476,7 +488,7 @@ impl RuntimeService for Cri {
         handle("ExecSync", subject(req.get_ref()), async move {
             node.detached(
                 "ExecSync",
-                container::exec_sync(node.clone(), req.into_inner()),
+                pod::container::exec_sync(node.clone(), req.into_inner()),
             )
             .await
         })
@@ -492,7 +504,7 @@ impl RuntimeService for Cri {
         let filter = req.into_inner().filter;
         let list = async {
             let req = cri::ListPodSandboxRequest { filter };
-            Ok(sandbox::list(self.node.clone(), req).await?.items)
+            Ok(sandbox::list(&self.node.sandboxes, req).await?.items)
         };
         pages("StreamPodSandboxes", list, |pod_sandboxes| {
             cri::StreamPodSandboxesResponse { pod_sandboxes }
@@ -507,7 +519,9 @@ impl RuntimeService for Cri {
         let filter = req.into_inner().filter;
         let list = async {
             let req = cri::ListContainersRequest { filter };
-            Ok(container::list(self.node.clone(), req).await?.containers)
+            Ok(container::list(&self.node.containers, req)
+                .await?
+                .containers)
         };
         pages("StreamContainers", list, |containers| {
             cri::StreamContainersResponse { containers }
@@ -647,7 +661,7 @@ impl RuntimeService for Cri {
             "UpdateContainerResources",
             subject(req.get_ref()),
             async move {
-                container::update(node, req.into_inner()).await?;
+                pod::container::update(node, req.into_inner()).await?;
                 Ok(cri::UpdateContainerResourcesResponse {})
             },
         )

@@ -103,7 +103,7 @@ impl Images for Cri {
     }
 }
 
-fn to_report(r: crate::doctor::Report) -> api::AuditReport {
+fn to_report(r: crate::leak::Report) -> api::AuditReport {
     api::AuditReport {
         netns: r.netns,
         veths: r.veths,
@@ -133,7 +133,7 @@ impl api::doctor_server::Doctor for Cri {
                 .await
                 .map_err(|e| Error::Internal(format!("audit: {e}")))?;
             let mut response = api::AuditResponse {
-                found: Some(to_report(crate::doctor::Report::of(&found))),
+                found: Some(to_report(crate::leak::Report::of(&found))),
                 ..Default::default()
             };
             if req.get_ref().fix {
@@ -142,7 +142,7 @@ impl api::doctor_server::Doctor for Cri {
                 let left = tokio::task::spawn_blocking(move || crate::doctor::audit(&n))
                     .await
                     .map_err(|e| Error::Internal(format!("audit: {e}")))?;
-                response.left = Some(to_report(crate::doctor::Report::of(&left)));
+                response.left = Some(to_report(crate::leak::Report::of(&left)));
             }
             Ok(response)
         })

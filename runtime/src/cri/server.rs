@@ -27,10 +27,10 @@ pub async fn serve(
 ) -> Result<()> {
     let path = node.config.listen.clone();
     let listener = bind(&path).await?;
-    let recovered = crate::sandbox::recover(&node).await?;
-    let containers = crate::container::recover(&node).await?;
-    let released = crate::sandbox::release_dead(&node).await;
-    let cni_gc = crate::sandbox::cni_gc(&node).await;
+    let recovered = crate::pod::recover(&node).await?;
+    let containers = crate::pod::container::recover(&node).await?;
+    let released = crate::pod::release_dead(&node).await;
+    let cni_gc = crate::pod::cni_gc(&node).await;
     // CNI DEL of attachments left by pods let go while it failed: now, and every 5 min.
     let n = node.clone();
     let leftovers = tokio::spawn(async move {
@@ -55,14 +55,15 @@ pub async fn serve(
     *node
         .audit_at_start
         .lock()
-        .unwrap_or_else(|p| p.into_inner()) = crate::doctor::Report::of(&findings);
+        .unwrap_or_else(|p| p.into_inner()) = crate::leak::Report::of(&findings);
     tracing::info!(socket = %path.display(), recovered, containers, released, cni_gc, "podrund serving CRI");
-    let streaming = tokio::spawn(crate::streaming::Streaming::serve(node.clone()));
+    let streaming = tokio::spawn(crate::pod::sessions::serve(node.clone()));
     let metrics = match node.config.metrics_address.clone() {
         Some(address) => {
             let n = node.clone();
+            let gauges = Arc::new(move || n.gauges());
             Some(tokio::spawn(async move {
-                if let Err(e) = crate::prometheus::serve(n, &address).await {
+                if let Err(e) = crate::prometheus::serve(&address, gauges).await {
                     tracing::error!(error = %e, "the metrics endpoint failed");
                 }
             }))

@@ -11,15 +11,11 @@
 //! resource the pod will own (netns pin, cgroup, shim socket, CNI attachment), so that a
 //! crash at any point leaves enough on disk for Stop and Remove to clean up.
 
-mod files;
-mod recover;
-mod remove;
-mod run;
+pub(crate) mod files;
+pub(crate) mod infra_spec;
 pub(crate) mod shim;
-pub use shim::LISTENER_ENV as SHIM_LISTENER_ENV;
-mod infra_spec;
 mod status;
-mod stop;
+pub use shim::LISTENER_ENV as SHIM_LISTENER_ENV;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,17 +28,14 @@ use crate::cni::Attachment;
 use crate::error::{Error, Result};
 use crate::store::{self, ProcessId};
 
-pub use recover::{cni_gc, recover, release_dead};
-pub use remove::remove;
-pub use run::run;
 pub(crate) use status::cri_status;
 pub use status::{list, status};
-pub use stop::stop;
 
 /// The format version of [`Record`].
-const RECORD_VERSION: u32 = 1;
+pub(crate) const RECORD_VERSION: u32 = 1;
 
-pub(crate) use run::DEFAULT_CGROUP_PARENT;
+/// The cgroup parent for pods whose config names none.
+pub(crate) const DEFAULT_CGROUP_PARENT: &str = "/podrun";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -53,7 +46,7 @@ pub enum State {
 
 impl State {
     /// Checks a transition against the diagram above.
-    fn to(self, next: State) -> Result<State> {
+    pub(crate) fn to(self, next: State) -> Result<State> {
         use State::*;
         match (self, next) {
             (Creating, Ready) | (Creating, NotReady) | (Ready, NotReady) | (NotReady, NotReady) => {
@@ -103,11 +96,11 @@ pub struct Record {
 }
 
 impl Record {
-    fn metadata(&self) -> cri::PodSandboxMetadata {
+    pub(crate) fn metadata(&self) -> cri::PodSandboxMetadata {
         self.config.metadata.clone().unwrap_or_default()
     }
 
-    fn key(&self) -> PodKey {
+    pub(crate) fn key(&self) -> PodKey {
         PodKey::of(&self.metadata())
     }
 }
@@ -131,7 +124,7 @@ pub(crate) fn namespace_mode(
 pub struct PodKey(String, String, String, u32);
 
 impl PodKey {
-    fn of(m: &cri::PodSandboxMetadata) -> PodKey {
+    pub(crate) fn of(m: &cri::PodSandboxMetadata) -> PodKey {
         PodKey(
             m.name.clone(),
             m.namespace.clone(),
@@ -146,7 +139,7 @@ impl PodKey {
 pub struct Sandbox {
     pub id: String,
     key: PodKey,
-    record: tokio::sync::Mutex<Record>,
+    pub(crate) record: tokio::sync::Mutex<Record>,
     view: Mutex<Record>,
     /// Set when the pause or the shim of a Ready pod exits, by a task that waits on their
     /// pidfds: why the pod is no longer ready.
@@ -155,7 +148,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Makes `record` what readers see.
-    fn publish(&self, record: &Record) {
+    pub(crate) fn publish(&self, record: &Record) {
         *self.view.lock().unwrap_or_else(|p| p.into_inner()) = record.clone();
     }
 
@@ -176,7 +169,7 @@ impl Sandbox {
 
     /// Watches the pause and the shim of a Ready pod: when either exits, the pod is no
     /// longer ready (without which no container can run, be stopped or waited for).
-    fn watch(self: &Arc<Sandbox>, pause: ProcessId, shim: ProcessId) {
+    pub(crate) fn watch(self: &Arc<Sandbox>, pause: ProcessId, shim: ProcessId) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -204,11 +197,11 @@ pub struct Sandboxes {
 }
 
 impl Sandboxes {
-    fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
+    pub(crate) fn pods(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
         self.pods.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(&self, record: Record) -> Arc<Sandbox> {
+    pub(crate) fn insert(&self, record: Record) -> Arc<Sandbox> {
         let watched = match (record.state, record.pause, record.shim) {
             (State::Ready, Some(pause), Some(shim)) => Some((pause, shim)),
             _ => None,
@@ -227,7 +220,7 @@ impl Sandboxes {
         pod
     }
 
-    fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         self.pods().remove(id);
     }
 
@@ -241,11 +234,11 @@ impl Sandboxes {
     }
 
     /// The lock that serializes RunPodSandbox calls for one pod identity.
-    fn key_lock(&self, key: &PodKey) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn key_lock(&self, key: &PodKey) -> Arc<tokio::sync::Mutex<()>> {
         self.keys.get(key.clone())
     }
 
-    fn find_by_key(&self, key: &PodKey) -> Option<String> {
+    pub(crate) fn find_by_key(&self, key: &PodKey) -> Option<String> {
         self.pods()
             .values()
             .find(|p| p.key == *key)
@@ -270,13 +263,26 @@ impl PodDirs {
         }
     }
 
-    fn record(&self) -> PathBuf {
+    pub(crate) fn record(&self) -> PathBuf {
         self.root.join("sandbox.json")
     }
 }
 
-fn persist(dirs: &PodDirs, record: &Record) -> Result<()> {
+pub(crate) fn persist(dirs: &PodDirs, record: &Record) -> Result<()> {
     store::write_atomic(&dirs.record(), record)
+}
+
+/// The pod's user-namespace options, if it gives any.
+pub(crate) fn user_namespace(config: &cri::PodSandboxConfig) -> Option<&cri::UserNamespace> {
+    config
+        .linux
+        .as_ref()?
+        .security_context
+        .as_ref()?
+        .namespace_options
+        .as_ref()?
+        .userns_options
+        .as_ref()
 }
 
 #[cfg(test)]
@@ -284,7 +290,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_drawn_transitions_are_allowed() {
+    pub(crate) fn only_the_drawn_transitions_are_allowed() {
         use State::*;
         assert!(Creating.to(Ready).is_ok());
         assert!(Ready.to(NotReady).is_ok());

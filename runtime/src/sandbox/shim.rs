@@ -18,8 +18,8 @@ use containerd_shim_protos::api;
 use containerd_shim_protos::shim_async::{Client, TaskClient};
 use containerd_shim_protos::ttrpc::context;
 
+use crate::binaries::Binaries;
 use crate::error::{Error, Result};
-use crate::node::Binaries;
 use crate::store::ProcessId;
 
 /// Tells the shim which fd its listening socket is (containerd's convention, fd 3, when

@@ -1,14 +1,12 @@
 //! PodSandboxStatus and ListPodSandbox.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use podrun_proto::cri;
 use serde_json::json;
 
-use super::{Record, State};
+use super::{Record, Sandboxes, State};
 use crate::error::Result;
-use crate::node::Node;
 
 fn cri_state(state: State) -> cri::PodSandboxState {
     match state {
@@ -18,10 +16,10 @@ fn cri_state(state: State) -> cri::PodSandboxState {
 }
 
 pub async fn status(
-    node: Arc<Node>,
+    sandboxes: &Sandboxes,
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse> {
-    let pod = node.sandboxes.get(&req.pod_sandbox_id)?;
+    let pod = sandboxes.get(&req.pod_sandbox_id)?;
     let r = pod.view();
     let status = cri_status(&r);
     let mut info = HashMap::new();
@@ -82,12 +80,12 @@ pub(crate) fn cri_status(r: &Record) -> cri::PodSandboxStatus {
 }
 
 pub async fn list(
-    node: Arc<Node>,
+    sandboxes: &Sandboxes,
     req: cri::ListPodSandboxRequest,
 ) -> Result<cri::ListPodSandboxResponse> {
     let filter = req.filter.unwrap_or_default();
     let mut items = Vec::new();
-    for pod in node.sandboxes.all() {
+    for pod in sandboxes.all() {
         if !filter.id.is_empty() && !pod.id.starts_with(&filter.id) {
             continue;
         }

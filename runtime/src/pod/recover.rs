@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{persist, PodDirs, Record, State, RECORD_VERSION};
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::sandbox::{persist, PodDirs, Record, State, RECORD_VERSION};
 use crate::store;
 
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -110,7 +110,7 @@ pub async fn release_dead(node: &Arc<Node>) -> usize {
         let req = podrun_proto::cri::StopPodSandboxRequest {
             pod_sandbox_id: id.clone(),
         };
-        match super::stop(node.clone(), req).await {
+        match super::stop::stop(node.clone(), req).await {
             Ok(()) => tracing::info!(pod = %id, "released a pod whose pause died"),
             Err(e) => {
                 tracing::warn!(pod = %id, error = %e, "releasing a dead pod failed; Stop retries")
@@ -151,7 +151,7 @@ pub async fn cni_gc(node: &Arc<Node>) -> bool {
 
 /// Reconnects to the pod's shim and checks that it still runs the pod's pause.
 async fn reconnect(record: &Record) -> Result<()> {
-    let shim = super::shim::Shim::connect(&record.id, &record.shim_socket).await?;
+    let shim = crate::sandbox::shim::Shim::connect(&record.id, &record.shim_socket).await?;
     let state = shim.state(&record.id).await?;
     let running = state.status.value() == containerd_shim_protos::api::Status::RUNNING as i32;
     match running && Some(state.pid as i32) == record.pause.map(|p| p.pid) {

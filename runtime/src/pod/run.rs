@@ -10,17 +10,16 @@ use std::time::{Duration, Instant, SystemTime};
 use podrun_proto::cri;
 use serde_json::{json, Map, Value};
 
-use super::{
-    files, infra_spec, namespace_mode, persist, shim, stop, PodDirs, PodKey, Record, State,
-    RECORD_VERSION,
-};
+use super::stop;
 use crate::cni::{Attachment, Network};
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::sandbox::{
+    files, infra_spec, namespace_mode, persist, shim, user_namespace, PodDirs, PodKey, Record,
+    State, DEFAULT_CGROUP_PARENT, RECORD_VERSION,
+};
 use crate::{cgroup, netns, store};
 
-/// The cgroup parent for pods whose config names none.
-pub(crate) const DEFAULT_CGROUP_PARENT: &str = "/podrun";
 /// The time rollback gets, whatever was left of the request's.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -201,19 +200,6 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
         del_failures: 0,
         config,
     })
-}
-
-/// The pod's user-namespace options, if it gives any.
-pub(crate) fn user_namespace(config: &cri::PodSandboxConfig) -> Option<&cri::UserNamespace> {
-    config
-        .linux
-        .as_ref()?
-        .security_context
-        .as_ref()?
-        .namespace_options
-        .as_ref()?
-        .userns_options
-        .as_ref()
 }
 
 fn attachment(

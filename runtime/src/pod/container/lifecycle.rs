@@ -7,7 +7,7 @@ use std::time::Duration;
 use podrun_proto::cri;
 
 use super::create::teardown_files;
-use super::{now_nanos, persist, Container, Dirs, Record, State, RECORD_VERSION};
+use crate::container::{now_nanos, persist, Container, Dirs, Record, State, RECORD_VERSION};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::sandbox::shim::Shim;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use podrun_proto::cri;
 use tokio::io::AsyncReadExt;
 
-use super::Dirs;
+use crate::container::Dirs;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::store;

@@ -20,11 +20,11 @@ use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::container::exec::{fifo_reader, process};
-use crate::container::lifecycle::shim_of;
 use crate::container::Dirs;
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::pod::container::exec::{fifo_reader, process};
+use crate::pod::container::lifecycle::shim_of;
 use crate::sandbox::shim::Shim;
 use crate::store;
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use podrun_proto::cri;
 
-use super::{files, persist, shim, PodDirs, Record, State};
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::sandbox::{files, persist, shim, PodDirs, Record, State};
 use crate::{cgroup, netns};
 
 pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()> {
@@ -44,7 +44,7 @@ pub(super) async fn stop_locked(node: &Node, record: &mut Record) -> Result<()> 
         return Ok(());
     }
     let dirs = PodDirs::new(&node.config, &record.id);
-    crate::container::stop_all_of_pod(node, &record.id).await?;
+    crate::pod::container::stop_all_of_pod(node, &record.id).await?;
     crate::crash::point("stop:containers-stopped");
     let result = teardown(node, record).await;
     record.state = record.state.to(State::NotReady)?;

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use podrun_proto::cri;
 
-use super::oci_spec::{self, Pod};
-use super::{now_nanos, persist, user, Dirs, Record, State, RECORD_VERSION};
+use crate::container::oci_spec::{self, Pod};
+use crate::container::{
+    mounts_under, now_nanos, persist, user, Dirs, Record, State, RECORD_VERSION,
+};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::sandbox;
@@ -90,7 +92,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         ));
     }
     check_capabilities(sc)?;
-    let seccomp_localhost = super::seccomp::localhost(sc)?;
+    let seccomp_localhost = crate::container::seccomp::localhost(sc)?;
     check_userns(&pod, sc)?;
     let privileged = sc.is_some_and(|s| s.privileged);
     let pod_privileged = pod
@@ -722,20 +724,6 @@ pub(super) fn teardown_files(dirs: &Dirs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Mount points at or below `dir`, deepest first.
-pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    points.dedup();
-    points
 }
 
 /// "SIGTERM", "TERM", "15" -> 15.

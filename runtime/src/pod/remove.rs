@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use podrun_proto::cri;
 
-use super::{stop, PodDirs};
+use super::stop;
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::sandbox::PodDirs;
 
 pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Result<()> {
     let pod = match node.sandboxes.get(&req.pod_sandbox_id) {
@@ -22,7 +23,7 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
             let stopped = stop::stop_locked(&node, &mut record).await;
             // Containers go before their pod's shim does (stop_locked leaves it for them when
             // it failed; when it succeeded the shim is gone and removal only cleans files).
-            crate::container::remove_all_of_pod(&node, &record.id).await?;
+            crate::pod::container::remove_all_of_pod(&node, &record.id).await?;
             crate::crash::point("remove:containers-removed");
             pod.publish(&record);
             stopped?;

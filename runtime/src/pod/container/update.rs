@@ -8,7 +8,7 @@ use std::sync::Arc;
 use podrun_proto::cri;
 
 use super::lifecycle::shim_of;
-use super::{oci_spec, persist, Dirs, State};
+use crate::container::{oci_spec, persist, Dirs, State};
 use crate::error::{Error, Result};
 use crate::node::Node;
 
