@@ -9,6 +9,7 @@
 //! The container runs in its pod's shim through the OCI runtime; podrund keeps one task per
 //! running container waiting on the shim for its exit, and records it.
 
+pub mod capabilities;
 pub mod oci_spec;
 pub(crate) mod seccomp;
 mod status;

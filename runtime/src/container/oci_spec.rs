@@ -10,49 +10,8 @@ use ::oci_spec::runtime as oci;
 use podrun_proto::cri;
 use serde_json::Value;
 
+use super::capabilities::{bounding, capabilities};
 use crate::error::{Error, Result};
-
-/// containerd's default capabilities for unprivileged containers.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
-/// Every capability Linux defines (the `caps` crate's list), in the order of their numbers.
-/// Privileged containers and `ALL` get those of them that podrund holds.
-pub fn all_caps() -> Vec<String> {
-    names(caps::all())
-}
-
-/// Capability names, in the order of their numbers.
-pub fn names(set: caps::CapsHashSet) -> Vec<String> {
-    let mut caps: Vec<caps::Capability> = set.into_iter().collect();
-    caps.sort_by_key(|c| c.index());
-    caps.iter().map(|c| c.to_string()).collect()
-}
-
-/// A capability as the CRI names it (`NET_ADMIN` or `CAP_NET_ADMIN`, any case) as Linux
-/// names it; None for a name Linux does not define.
-pub fn capability(name: &str) -> Option<String> {
-    let name = name.to_uppercase();
-    let name = match name.starts_with("CAP_") {
-        true => name,
-        false => format!("CAP_{name}"),
-    };
-    name.parse::<caps::Capability>().ok().map(|c| c.to_string())
-}
 
 const MASKED: &[&str] = &[
     "/proc/acpi",
@@ -163,67 +122,6 @@ pub fn env(config: &cri::ContainerConfig, image: &Value) -> Vec<String> {
 /// failure is podrun's own bug.
 fn built<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
     r.map_err(|e| Error::Internal(format!("building the OCI spec: {e}")))
-}
-
-/// Capability names (as [`capability`] gives them) as an OCI capability set.
-fn cap_set(names: &[String]) -> Result<oci::Capabilities> {
-    let one = |name: &String| {
-        let bare = name.strip_prefix("CAP_").unwrap_or(name);
-        bare.parse::<oci::Capability>()
-            .map_err(|_| Error::Internal(format!("the OCI types do not know {name}")))
-    };
-    names.iter().map(one).collect()
-}
-
-/// The bounding set a security context gives, in the order of containerd's rules.
-fn bounding(sc: Option<&cri::LinuxContainerSecurityContext>, own: &[String]) -> Vec<String> {
-    let privileged = sc.is_some_and(|s| s.privileged);
-    let mut caps: Vec<String> = match privileged {
-        true => own.to_vec(),
-        false => DEFAULT_CAPS.iter().map(|c| c.to_string()).collect(),
-    };
-    let Some(c) = sc.and_then(|s| s.capabilities.as_ref()) else {
-        return caps;
-    };
-    // containerd's order: add ALL, drop ALL, then the single adds, then the single drops.
-    // Names were checked at CreateContainer (`capability`); an unknown one is left out.
-    let names_all = |list: &[String]| list.iter().any(|a| a.eq_ignore_ascii_case("ALL"));
-    if names_all(&c.add_capabilities) {
-        caps = own.to_vec();
-    }
-    if names_all(&c.drop_capabilities) {
-        caps.clear();
-    }
-    for add in c.add_capabilities.iter().filter_map(|c| capability(c)) {
-        if !caps.contains(&add) {
-            caps.push(add);
-        }
-    }
-    let dropped: Vec<String> = c
-        .drop_capabilities
-        .iter()
-        .filter_map(|c| capability(c))
-        .collect();
-    caps.retain(|c| !dropped.contains(c));
-    caps
-}
-
-/// Like containerd: a non-root user keeps the bounding set but starts without effective
-/// and permitted capabilities.
-fn capabilities(bounding: &[String], uid: u32) -> Result<oci::LinuxCapabilities> {
-    let effective = match uid {
-        0 => cap_set(bounding)?,
-        _ => oci::Capabilities::new(),
-    };
-    built(
-        oci::LinuxCapabilitiesBuilder::default()
-            .bounding(cap_set(bounding)?)
-            .effective(effective.clone())
-            .permitted(effective)
-            .inheritable(oci::Capabilities::new())
-            .ambient(oci::Capabilities::new())
-            .build(),
-    )
 }
 
 fn mount(dest: &str, kind: &str, source: &Path, options: &[&str]) -> Result<oci::Mount> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::container::capabilities::{all_caps, DEFAULT_CAPS};
 use serde_json::json;
 
 /// The spec as config.json holds it.
@@ -136,60 +137,6 @@ fn default_spec_joins_the_pod_and_matches_expected_json() {
         find("/data"),
         json!({"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "rslave", "ro"]})
     );
-}
-
-#[test]
-fn capabilities_add_drop_all_privileged_and_non_root() {
-    let sc = |add: &[&str], drop: &[&str], privileged: bool| cri::LinuxContainerSecurityContext {
-        capabilities: Some(cri::Capability {
-            add_capabilities: add.iter().map(|s| s.to_string()).collect(),
-            drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }),
-        privileged,
-        ..Default::default()
-    };
-    let all = &all_caps();
-    assert_eq!(
-        all.len(),
-        41,
-        "Linux 5.9's capabilities, CAP_CHECKPOINT_RESTORE last"
-    );
-    assert_eq!(all[0], "CAP_CHOWN");
-    assert_eq!(all[40], "CAP_CHECKPOINT_RESTORE");
-    for c in DEFAULT_CAPS {
-        assert_eq!(
-            capability(c).as_deref(),
-            Some(*c),
-            "containerd's default {c}"
-        );
-    }
-    assert_eq!(capability("net_admin").as_deref(), Some("CAP_NET_ADMIN"));
-    assert_eq!(capability("CAP_NET_ADMINN"), None);
-    let bounding_of =
-        |c: cri::LinuxContainerSecurityContext, own: &[String]| bounding(Some(&c), own);
-    let caps = bounding_of(sc(&["NET_ADMIN"], &["CAP_KILL"], false), all);
-    assert!(caps.contains(&"CAP_NET_ADMIN".to_owned()) && !caps.contains(&"CAP_KILL".to_owned()));
-    assert_eq!(bounding_of(sc(&[], &["ALL"], false), all).len(), 0);
-    assert_eq!(bounding_of(sc(&["ALL"], &[], false), all).len(), all.len());
-    assert_eq!(bounding_of(sc(&[], &[], true), all).len(), all.len());
-    // On a host whose own set lacks a capability, ALL and privileged mean what it holds.
-    let held: Vec<String> = all
-        .iter()
-        .filter(|c| *c != "CAP_SYS_RESOURCE")
-        .cloned()
-        .collect();
-    for c in [sc(&["ALL"], &[], false), sc(&[], &[], true)] {
-        let caps = bounding_of(c, &held);
-        assert_eq!(caps.len(), all.len() - 1);
-        assert!(!caps.contains(&"CAP_SYS_RESOURCE".to_owned()));
-    }
-    // Every capability Linux defines is one the OCI types know, so none is lost on the way.
-    let set = serde_json::to_value(capabilities(all, 0).unwrap()).unwrap();
-    assert_eq!(strings(&set["bounding"]).len(), all.len());
-    let non_root = serde_json::to_value(capabilities(&bounding(None, all), 1000).unwrap()).unwrap();
-    assert_eq!(strings(&non_root["bounding"]).len(), DEFAULT_CAPS.len());
-    assert!(strings(&non_root["effective"]).is_empty());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use podrun_proto::cri;
 
-use super::create::teardown_files;
+use super::rootfs::teardown_files;
 use crate::container::{now_nanos, persist, Container, Dirs, Record, State, RECORD_VERSION};
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -311,7 +311,7 @@ pub async fn recover(node: &Arc<Node>) -> Result<usize> {
             // before it: a crash in between leaves only the dirs.
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(container = %id, "container dir without a record; removing it");
-                if let Err(e) = super::create::teardown_files(&dirs) {
+                if let Err(e) = super::rootfs::teardown_files(&dirs) {
                     tracing::error!(container = %id, error = %e, "removing it failed");
                 }
                 continue;

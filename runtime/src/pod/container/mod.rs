@@ -1,9 +1,12 @@
 //! The container verbs: CreateContainer, Start, Stop, Remove, ExecSync, UpdateContainerResources
 //! and ReopenContainerLog, and bringing containers back after a restart.
 
+mod checks;
 mod create;
 pub(crate) mod exec;
+mod host;
 pub(crate) mod lifecycle;
+mod rootfs;
 mod update;
 
 pub use create::create;
