@@ -1,23 +1,115 @@
-//! Making a task's processes: the built-in pause for a sandbox, a container through its
-//! OCI runtime (stdio on pipes, FIFOs or a terminal), and an exec.
+//! Create: making a task's init. The built-in pause serves a sandbox whose spec asks for
+//! the usual pause; any other task is a container made through its OCI runtime (stdio on
+//! pipes, FIFOs or a terminal), on the rootfs the shim mounts for it.
 
-use std::os::fd::OwnedFd;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use containerd_shim_protos::api;
+use containerd_shim_protos::events::task as events;
+use containerd_shim_protos::topics;
 use containerd_shim_protos::ttrpc;
 use podrun_core::oci_config::Spec;
 use tokio::net::unix::pipe::{Receiver, Sender};
 use tokio::task::AbortHandle;
 
-use super::{internal, status, Exec, Proc, Shim, CRI_LOG_SCHEME};
+use super::{internal, lock, status, Proc, Shim, Task, CRI_LOG_SCHEME};
 use crate::crilog::{self, Log};
 use crate::oci::{self, Runtime, Stdio3};
 use crate::reaper::ExitWatch;
 use crate::stdio::{self, Attached, ConsoleSocket};
 
 impl Shim {
-    pub(super) fn create_pause(&self, spec: &Spec) -> ttrpc::Result<(i32, ExitWatch)> {
+    pub(super) async fn create_task(
+        &self,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        if lock(&self.tasks).contains_key(&req.id) {
+            return Err(status(
+                ttrpc::Code::ALREADY_EXISTS,
+                format!("task {:?} already exists", req.id),
+            ));
+        }
+        let path = std::path::Path::new(&req.bundle).join("config.json");
+        let spec: Spec = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        let builtin = spec.is_sandbox() && builtin_pause_fits(&spec);
+        let bundle = std::path::Path::new(&req.bundle);
+        if builtin {
+            mark_builtin_pause(bundle);
+        }
+        let mounted = !builtin && !req.rootfs.is_empty();
+        if mounted {
+            crate::mounts::mount_rootfs(bundle, &req.rootfs).map_err(internal)?;
+        }
+        let created = match builtin {
+            true => {
+                let (pid, exit) = self.create_pause(&spec)?;
+                let init = Proc {
+                    pid,
+                    exit: Some(exit),
+                    ..Default::default()
+                };
+                (None, None, Arc::default(), init)
+            }
+            false => match self.create_container(&req, &spec).await {
+                Ok((runtime, log, attached, init)) => (Some(runtime), log, attached, init),
+                Err(e) => {
+                    if mounted {
+                        crate::mounts::unmount_rootfs(bundle);
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        let (runtime, log, attached, init) = created;
+        let pid = init.pid;
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            events::TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(events::TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                checkpoint: req.checkpoint.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            },
+        );
+        let task = Task {
+            stdio: (req.stdin, req.stdout, req.stderr, req.terminal),
+            cgroup: spec.linux.as_ref().and_then(|l| l.cgroups_path.clone()),
+            mounted,
+            bundle: req.bundle,
+            runtime,
+            log,
+            attached,
+            init,
+            execs: HashMap::new(),
+        };
+        lock(&self.tasks).insert(req.id.clone(), task);
+        tracing::info!(id = %req.id, pid, sandbox = spec.is_sandbox(), builtin_pause = builtin, "task created");
+        Ok(api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    fn create_pause(&self, spec: &Spec) -> ttrpc::Result<(i32, ExitWatch)> {
         let pause = crate::pause::find_pause()
             .map_err(|e| status(ttrpc::Code::FAILED_PRECONDITION, e.to_string()))?;
         if let Some(cgroup) = spec.linux.as_ref().and_then(|l| l.cgroups_path.as_deref()) {
@@ -38,7 +130,7 @@ impl Shim {
         Ok((pid, exit))
     }
 
-    pub(super) async fn create_container(
+    async fn create_container(
         &self,
         req: &api::CreateTaskRequest,
         spec: &Spec,
@@ -166,99 +258,11 @@ impl Shim {
         };
         Ok((runtime, log, attached, init))
     }
-
-    /// Starts exec `exec_id` of `runtime`'s container with its FIFOs (or a terminal).
-    pub(super) async fn start_exec(
-        &self,
-        runtime: &Runtime,
-        exec_id: &str,
-        exec: Exec,
-    ) -> ttrpc::Result<Proc> {
-        if !exec.terminal {
-            let stdin = match exec.stdin.is_empty() {
-                true => std::process::Stdio::null(),
-                false => stdio::fifo_for_child(&exec.stdin).map_err(internal)?,
-            };
-            // Outputs through pipes the shim copies, so the exit waits for them.
-            let mut stdio = Stdio3 {
-                stdin,
-                ..Stdio3::null()
-            };
-            let mut outputs = Vec::new();
-            for (i, path) in [&exec.stdout, &exec.stderr].into_iter().enumerate() {
-                if path.is_empty() {
-                    continue;
-                }
-                let (r, w) = oci::pipe().map_err(internal)?;
-                outputs.push((r, stdio::fifo_writer(path).map_err(internal)?));
-                match i {
-                    0 => stdio.stdout = w.into(),
-                    _ => stdio.stderr = w.into(),
-                }
-            }
-            let pid = runtime
-                .exec(exec_id, &exec.spec, stdio, None)
-                .await
-                .map_err(internal)?;
-            let exit = self.reaper.watch(pid);
-            let mut copiers = Vec::new();
-            for (r, to) in outputs {
-                let from = Receiver::from_owned_fd(r).map_err(|e| internal(e.into()))?;
-                copiers.push(tokio::spawn(stdio::copy(from, to)));
-            }
-            return Ok(Proc {
-                pid,
-                exit: Some(exit),
-                started: true,
-                io: Some(stdio::IoDone::after(copiers)),
-                ..Default::default()
-            });
-        }
-        let console = ConsoleSocket::new().map_err(internal)?;
-        let pid = runtime
-            .exec(exec_id, &exec.spec, Stdio3::null(), Some(&console.path))
-            .await
-            .map_err(internal)?;
-        let exit = self.reaper.watch(pid);
-        let mut copiers = Vec::new();
-        let wired = (|| -> anyhow::Result<(Arc<OwnedFd>, Option<AbortHandle>)> {
-            let master = Arc::new(console.receive()?);
-            let (r, w) = stdio::split(&master)?;
-            if !exec.stdout.is_empty() {
-                let to = stdio::fifo_writer(&exec.stdout)?;
-                copiers.push(tokio::spawn(stdio::copy(r, to)));
-            }
-            let stdin = match exec.stdin.is_empty() {
-                true => None,
-                false => {
-                    let from = stdio::fifo_reader(&exec.stdin, false)?;
-                    Some(tokio::spawn(stdio::copy(from, w)).abort_handle())
-                }
-            };
-            Ok((master, stdin))
-        })();
-        let (master, stdin) = wired.map_err(|e| {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            internal(e)
-        })?;
-        Ok(Proc {
-            pid,
-            exit: Some(exit),
-            started: true,
-            console: Some(master),
-            stdin,
-            io: Some(stdio::IoDone::after(copiers)),
-            ..Default::default()
-        })
-    }
 }
 
 /// The built-in pause stands in for a sandbox's own process when that process is the usual
 /// pause (`/pause` with no arguments): it does the same and costs no OCI runtime run.
-pub(super) fn builtin_pause_fits(spec: &Spec) -> bool {
+fn builtin_pause_fits(spec: &Spec) -> bool {
     // A user namespace to make (no path: containerd's sandboxes) is the OCI runtime's job.
     let new_userns = spec.linux.as_ref().is_some_and(|l| {
         l.namespaces
@@ -272,7 +276,7 @@ pub(super) fn builtin_pause_fits(spec: &Spec) -> bool {
 pub const BUILTIN_PAUSE: &str = "io.podrun.pause";
 
 /// Says so in the task's spec (`<bundle>/config.json`): `io.podrun.pause: builtin`.
-pub(super) fn mark_builtin_pause(bundle: &std::path::Path) {
+fn mark_builtin_pause(bundle: &std::path::Path) {
     let path = bundle.join("config.json");
     let Ok(mut spec) = std::fs::read(&path)
         .map_err(|_| ())
