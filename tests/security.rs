@@ -46,6 +46,28 @@ async fn refused(
     config: cri::ContainerConfig,
     field: &str,
 ) {
+    refused_with(bed, pod, config, field, tonic::Code::InvalidArgument).await
+}
+
+/// A key of verbose Status' info, parsed.
+async fn status_info(bed: &mut Bed, key: &str) -> serde_json::Value {
+    let status = bed
+        .rt
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&status.info[key]).unwrap()
+}
+
+/// CreateContainer fails with `code`, naming `field`, and makes nothing.
+async fn refused_with(
+    bed: &mut Bed,
+    pod: &(String, cri::PodSandboxConfig),
+    config: cri::ContainerConfig,
+    field: &str,
+    code: tonic::Code,
+) {
     let before = container_count(bed).await;
     let err = bed
         .rt
@@ -56,7 +78,7 @@ async fn refused(
         })
         .await
         .expect_err(field);
-    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+    assert_eq!(err.code(), code, "{field}: {err:?}");
     assert!(err.message().contains(field), "{field}: {}", err.message());
     assert_eq!(
         container_count(bed).await,
@@ -225,6 +247,121 @@ async fn security_contexts(handler: &str) {
         );
         refused(&mut bed, &pod, typo, field).await;
     }
+    // AppArmor and SELinux: this host enforces neither, so a container that asks for a
+    // profile or a label is refused, naming the field, instead of running unconfined.
+    let lsm = status_info(&mut bed, "lsm").await;
+    assert_eq!(
+        lsm,
+        serde_json::json!({"apparmor": false, "selinux": false})
+    );
+    for (profile, field) in [
+        (
+            cri::security_profile::ProfileType::RuntimeDefault,
+            "security_context.apparmor",
+        ),
+        (
+            cri::security_profile::ProfileType::Localhost,
+            "security_context.apparmor",
+        ),
+    ] {
+        let confined = with_context(
+            bed.container("apparmor", &["id"]),
+            cri::LinuxContainerSecurityContext {
+                apparmor: Some(cri::SecurityProfile {
+                    profile_type: profile as i32,
+                    localhost_ref: match profile {
+                        cri::security_profile::ProfileType::Localhost => {
+                            "localhost/deny-write".into()
+                        }
+                        _ => String::new(),
+                    },
+                }),
+                ..Default::default()
+            },
+        );
+        refused_with(
+            &mut bed,
+            &pod,
+            confined,
+            field,
+            tonic::Code::FailedPrecondition,
+        )
+        .await;
+    }
+    let labelled = with_context(
+        bed.container("selinux", &["id"]),
+        cri::LinuxContainerSecurityContext {
+            selinux_options: Some(cri::SeLinuxOption {
+                level: "s0:c1,c2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    refused_with(
+        &mut bed,
+        &pod,
+        labelled,
+        "selinux_options",
+        tonic::Code::FailedPrecondition,
+    )
+    .await;
+    // The same for a pod's own settings, at RunPodSandbox: refused, nothing made.
+    let pods_before = bed
+        .rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len();
+    let mut labelled = bed.node.pod_config("labelled");
+    labelled.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        selinux_options: Some(cri::SeLinuxOption {
+            r#type: "container_t".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = bed
+        .rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(labelled),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an SELinux label on a host without SELinux");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("selinux_options"),
+        "{}",
+        err.message()
+    );
+    let pods_after = bed
+        .rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len();
+    assert_eq!(
+        pods_after, pods_before,
+        "RunPodSandbox made a pod it refused"
+    );
+    // Unconfined asks for nothing the host lacks.
+    let unconfined = with_context(
+        bed.container("unconfined", &["sleep", "1000"]),
+        cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    );
+    bed.run(&pod, unconfined).await;
+
     // Paths inside the container must be absolute.
     let mut relative = bed.container("relative", &["id"]);
     relative.working_dir = "work".into();

@@ -35,6 +35,8 @@ pub struct Node {
     pub pod_cidr: std::sync::Mutex<String>,
     /// What the leak audit found when podrund started (verbose Status shows it).
     pub audit_at_start: std::sync::Mutex<crate::leak::Report>,
+    /// The LSMs the host's kernel enforces (AppArmor, SELinux).
+    pub lsm: crate::container::lsm::Host,
     /// What each runtime handler can do, found out on first use.
     handlers: std::sync::OnceLock<Vec<podrun_proto::cri::RuntimeHandler>>,
 }
@@ -79,6 +81,7 @@ impl Node {
             pod_cidr: Default::default(),
             audit_at_start: Default::default(),
             events: Default::default(),
+            lsm: crate::container::lsm::Host::detect(),
             config,
         })
     }

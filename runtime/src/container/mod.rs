@@ -10,6 +10,7 @@
 //! running container waiting on the shim for its exit, and records it.
 
 pub mod capabilities;
+pub mod lsm;
 pub mod oci_spec;
 pub(crate) mod seccomp;
 mod status;

@@ -77,6 +77,9 @@ pub struct Input<'a> {
     pub own_caps: Vec<String>,
     /// The Localhost seccomp profile, read and checked by the caller.
     pub seccomp_localhost: Option<oci::LinuxSeccomp>,
+    /// The AppArmor profile and SELinux label to run under (`lsm.rs` checked them).
+    pub apparmor_profile: Option<String>,
+    pub selinux_label: Option<String>,
     /// For a privileged container: the node's devices.
     pub host_devices: Vec<oci::LinuxDevice>,
 }
@@ -453,6 +456,9 @@ fn process(input: &Input, bounding: &[String]) -> Result<oci::Process> {
     )?;
     // The builder starts from runc's example process; podrun sets no rlimits of its own.
     process.set_rlimits(None);
+    process
+        .set_apparmor_profile(input.apparmor_profile.clone())
+        .set_selinux_label(input.selinux_label.clone());
     Ok(process)
 }
 

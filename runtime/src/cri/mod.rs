@@ -135,6 +135,9 @@ impl RuntimeService for Cri {
                 )
                 .unwrap_or_default();
                 info.insert("auditAtStart".to_owned(), audit);
+                // The CRI has no field for the host's LSMs (kubelet checks AppArmor itself).
+                let lsm = serde_json::to_string(&self.node.lsm).unwrap_or_default();
+                info.insert("lsm".to_owned(), lsm);
             }
             Ok(cri::StatusResponse {
                 status: Some(cri::RuntimeStatus { conditions }),

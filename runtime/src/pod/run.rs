@@ -28,6 +28,11 @@ pub async fn run(node: Arc<Node>, req: cri::RunPodSandboxRequest) -> Result<Stri
         .config
         .ok_or_else(|| Error::invalid("config", "is required"))?;
     validate(&config)?;
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    crate::container::lsm::check_pod(sc, &node.lsm)?;
     // An unknown handler is refused before anything is made (its runtime is looked for
     // when a container is created: it may be installed in between).
     node.handler(&req.runtime_handler)?;

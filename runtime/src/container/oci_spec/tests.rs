@@ -44,6 +44,8 @@ fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -
         pid_target: None,
         own_caps: all_caps(),
         seccomp_localhost: None,
+        apparmor_profile: None,
+        selinux_label: None,
         host_devices: Vec::new(),
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use nix::mount::{umount2, MntFlags};
 use podrun_proto::cri;
 
+use crate::container::lsm;
 use crate::container::oci_spec::{self, Pod};
 use crate::container::{now_nanos, persist, user, Dirs, Record, State, RECORD_VERSION};
 use crate::error::{Error, Result};
@@ -94,7 +95,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         ));
     }
     check_capabilities(sc)?;
-    let seccomp_localhost = crate::container::seccomp::localhost(sc)?;
+    let confinement = confinement(&node, sc)?;
     check_userns(&pod, sc)?;
     let privileged = sc.is_some_and(|s| s.privileged);
     let pod_privileged = pod
@@ -158,7 +159,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             config,
             user: Default::default(),
         };
-        match make(&node, &dirs, &pod, &image, &mut record, pid_target, seccomp_localhost).await {
+        match make(&node, &dirs, &pod, &image, &mut record, pid_target, confinement).await {
             Ok(()) => {
                 let pod_id = record.pod_id.clone();
                 node.containers.insert(record);
@@ -180,6 +181,35 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     .await
 }
 
+/// What the security context confines the container with on this host: checked, and the
+/// request refused, before anything is made.
+struct Confinement {
+    seccomp: Option<::oci_spec::runtime::LinuxSeccomp>,
+    apparmor: Option<String>,
+    selinux: Option<String>,
+}
+
+fn confinement(
+    node: &Node,
+    sc: Option<&cri::LinuxContainerSecurityContext>,
+) -> Result<Confinement> {
+    const APPARMOR: &str = "config.linux.security_context.apparmor";
+    const SELINUX: &str = "config.linux.security_context.selinux_options";
+    let wanted = lsm::apparmor_requested(sc, APPARMOR)?;
+    let apparmor = lsm::apparmor_profile(&wanted, &node.lsm, &lsm::loaded_profiles(), APPARMOR)?;
+    if apparmor.as_deref() == Some(lsm::DEFAULT_PROFILE) {
+        lsm::load_default_profile()?;
+    }
+    let options = sc
+        .filter(|s| !s.privileged)
+        .and_then(|s| s.selinux_options.as_ref());
+    Ok(Confinement {
+        seccomp: crate::container::seccomp::localhost(sc)?,
+        apparmor,
+        selinux: lsm::selinux_label(options, &node.lsm, SELINUX)?,
+    })
+}
+
 async fn make(
     node: &Node,
     dirs: &Dirs,
@@ -187,7 +217,7 @@ async fn make(
     image: &crate::image::Image,
     record: &mut Record,
     pid_target: Option<i32>,
-    seccomp_localhost: Option<::oci_spec::runtime::LinuxSeccomp>,
+    confinement: Confinement,
 ) -> Result<()> {
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
@@ -284,7 +314,9 @@ async fn make(
         annotations,
         pid_target,
         own_caps: own_capabilities(),
-        seccomp_localhost,
+        seccomp_localhost: confinement.seccomp,
+        apparmor_profile: confinement.apparmor,
+        selinux_label: confinement.selinux,
         host_devices: match sc.is_some_and(|s| s.privileged) {
             true => host_devices(),
             false => Vec::new(),
