@@ -18,6 +18,8 @@ pub struct File {
     pub state: Option<PathBuf>,
     pub cni_conf_dir: Option<PathBuf>,
     pub cni_bin_dir: Option<Vec<PathBuf>>,
+    /// Where CDI spec files are, in rising priority (a later dir's device wins).
+    pub cdi_spec_dir: Option<Vec<PathBuf>>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub registry_config_path: Option<PathBuf>,
@@ -54,6 +56,7 @@ impl File {
             state: over.state.or(self.state),
             cni_conf_dir: over.cni_conf_dir.or(self.cni_conf_dir),
             cni_bin_dir: over.cni_bin_dir.or(self.cni_bin_dir),
+            cdi_spec_dir: over.cdi_spec_dir.or(self.cdi_spec_dir),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
             registry_config_path: over.registry_config_path.or(self.registry_config_path),
@@ -86,6 +89,8 @@ pub struct Config {
     pub state: PathBuf,
     pub cni_conf_dir: PathBuf,
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// CDI spec dirs, lowest priority first.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     pub log_level: String,
     /// `text` (the default) or `json`: one JSON object per line.
     pub log_format: String,
@@ -122,6 +127,9 @@ impl From<File> for Config {
             cni_bin_dirs: f
                 .cni_bin_dir
                 .unwrap_or_else(|| vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()]),
+            cdi_spec_dirs: f
+                .cdi_spec_dir
+                .unwrap_or_else(|| vec!["/etc/cdi".into(), "/var/run/cdi".into()]),
             log_level: f.log_level.unwrap_or_else(|| "info".into()),
             log_format: f.log_format.unwrap_or_else(|| "text".into()),
             netns_dir: "/run/netns".into(),

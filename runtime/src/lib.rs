@@ -2,6 +2,7 @@
 //! service. See docs/ARCHITECTURE.md for the picture.
 
 pub mod binaries;
+pub mod cdi;
 pub mod cgroup;
 pub mod cni;
 pub mod config;

@@ -31,6 +31,10 @@ struct Flags {
     /// CNI plugin directory; repeat for several [default: /opt/cni/bin, /usr/lib/cni].
     #[arg(long)]
     cni_bin_dir: Vec<PathBuf>,
+    /// CDI spec directory; repeat for several, lowest priority first
+    /// [default: /etc/cdi, /var/run/cdi].
+    #[arg(long)]
+    cdi_spec_dir: Vec<PathBuf>,
     /// error, warn, info, debug or trace (or a tracing filter).
     #[arg(long)]
     log_level: Option<String>,
@@ -91,6 +95,7 @@ fn main() -> Result<()> {
             state: flags.state,
             cni_conf_dir: flags.cni_conf_dir,
             cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
+            cdi_spec_dir: (!flags.cdi_spec_dir.is_empty()).then_some(flags.cdi_spec_dir),
             log_level: flags.log_level,
             log_format: flags.log_format,
             registry_config_path: flags.registry_config_path,

@@ -80,6 +80,8 @@ pub struct Input<'a> {
     /// The AppArmor profile and SELinux label to run under (`lsm.rs` checked them).
     pub apparmor_profile: Option<String>,
     pub selinux_label: Option<String>,
+    /// The CDI devices asked for, resolved (applied last, as containerd does).
+    pub cdi: Vec<crate::cdi::Resolved>,
     /// For a privileged container: the node's devices.
     pub host_devices: Vec<oci::LinuxDevice>,
 }
@@ -499,6 +501,7 @@ pub fn build(input: &Input) -> Result<oci::Spec> {
     if input.pod.netns.is_none() {
         spec.set_hostname(None);
     }
+    crate::cdi::apply(&mut spec, &input.cdi)?;
     validate(&spec)?;
     Ok(spec)
 }

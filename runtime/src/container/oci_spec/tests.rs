@@ -46,6 +46,7 @@ fn input<'a>(config: &'a cri::ContainerConfig, image: &'a Value, pod: &'a Pod) -
         seccomp_localhost: None,
         apparmor_profile: None,
         selinux_label: None,
+        cdi: Vec::new(),
         host_devices: Vec::new(),
     }
 }

@@ -95,7 +95,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         ));
     }
     check_capabilities(sc)?;
-    let confinement = confinement(&node, sc)?;
+    let prepared = prepare(&node, &config, sc)?;
     check_userns(&pod, sc)?;
     let privileged = sc.is_some_and(|s| s.privileged);
     let pod_privileged = pod
@@ -159,7 +159,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             config,
             user: Default::default(),
         };
-        match make(&node, &dirs, &pod, &image, &mut record, pid_target, confinement).await {
+        match make(&node, &dirs, &pod, &image, &mut record, pid_target, prepared).await {
             Ok(()) => {
                 let pod_id = record.pod_id.clone();
                 node.containers.insert(record);
@@ -181,18 +181,20 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     .await
 }
 
-/// What the security context confines the container with on this host: checked, and the
-/// request refused, before anything is made.
-struct Confinement {
+/// What the request asks of the host, resolved and checked before anything is made (so a
+/// refusal changes nothing): its seccomp, AppArmor and SELinux confinement, its CDI devices.
+struct Prepared {
     seccomp: Option<::oci_spec::runtime::LinuxSeccomp>,
     apparmor: Option<String>,
     selinux: Option<String>,
+    cdi: Vec<crate::cdi::Resolved>,
 }
 
-fn confinement(
+fn prepare(
     node: &Node,
+    config: &cri::ContainerConfig,
     sc: Option<&cri::LinuxContainerSecurityContext>,
-) -> Result<Confinement> {
+) -> Result<Prepared> {
     const APPARMOR: &str = "config.linux.security_context.apparmor";
     const SELINUX: &str = "config.linux.security_context.selinux_options";
     let wanted = lsm::apparmor_requested(sc, APPARMOR)?;
@@ -203,10 +205,16 @@ fn confinement(
     let options = sc
         .filter(|s| !s.privileged)
         .and_then(|s| s.selinux_options.as_ref());
-    Ok(Confinement {
+    let devices = crate::cdi::requested(config)?;
+    let cdi = match devices.is_empty() {
+        true => Vec::new(),
+        false => crate::cdi::Registry::load(&node.config.cdi_spec_dirs).resolve(&devices)?,
+    };
+    Ok(Prepared {
         seccomp: crate::container::seccomp::localhost(sc)?,
         apparmor,
         selinux: lsm::selinux_label(options, &node.lsm, SELINUX)?,
+        cdi,
     })
 }
 
@@ -217,7 +225,7 @@ async fn make(
     image: &crate::image::Image,
     record: &mut Record,
     pid_target: Option<i32>,
-    confinement: Confinement,
+    prepared: Prepared,
 ) -> Result<()> {
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
@@ -314,9 +322,10 @@ async fn make(
         annotations,
         pid_target,
         own_caps: own_capabilities(),
-        seccomp_localhost: confinement.seccomp,
-        apparmor_profile: confinement.apparmor,
-        selinux_label: confinement.selinux,
+        seccomp_localhost: prepared.seccomp,
+        apparmor_profile: prepared.apparmor,
+        selinux_label: prepared.selinux,
+        cdi: prepared.cdi,
         host_devices: match sc.is_some_and(|s| s.privileged) {
             true => host_devices(),
             false => Vec::new(),

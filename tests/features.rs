@@ -1,0 +1,184 @@
+//! What containerd 2 and CRI-O offer beyond the basics, through podrund with real parts: CDI
+//! devices from spec files the test writes (a real device node under another name, a mount,
+//! env, a hook the OCI runtime runs, groups), resolved all-or-nothing.
+
+use std::path::{Path, PathBuf};
+
+use podrun_proto::cri;
+use podrun_tests::workload::Bed;
+
+/// CDI spec dirs in rising priority, with a vendor's specs in each.
+struct CdiDirs {
+    _root: tempfile::TempDir,
+    etc: PathBuf,
+    run: PathBuf,
+    data: PathBuf,
+    hook_ran: PathBuf,
+}
+
+fn cdi_dirs() -> CdiDirs {
+    let root = tempfile::tempdir().unwrap();
+    let (etc, run, data) = (
+        root.path().join("etc"),
+        root.path().join("run"),
+        root.path().join("data"),
+    );
+    for d in [&etc, &run, &data] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(data.join("file"), "from the host\n").unwrap();
+    let hook_ran = root.path().join("hook-ran");
+    // In /etc/cdi: "zero" (overridden below) and "groups".
+    let etc_spec = serde_json::json!({
+        "cdiVersion": "0.7.0", "kind": "podrun.test/null",
+        "devices": [
+            {"name": "zero", "containerEdits": {"env": ["WHICH=etc"],
+                "deviceNodes": [{"path": "/dev/podrun-null", "hostPath": "/dev/null"}]}},
+            {"name": "groups", "containerEdits": {"additionalGids": [4242]}},
+        ],
+    });
+    std::fs::write(etc.join("null.json"), etc_spec.to_string()).unwrap();
+    // In /var/run/cdi, as YAML: "zero" again, which wins.
+    let run_spec = format!(
+        "cdiVersion: 0.5.0
+kind: podrun.test/null
+containerEdits:
+  env: [VENDOR=podrun-test]
+devices:
+- name: zero
+  containerEdits:
+    env: [WHICH=run]
+    deviceNodes: [{{path: /dev/podrun-null, hostPath: /dev/null, permissions: rw}}]
+    mounts: [{{hostPath: {data}, containerPath: /cdi-data, options: [rbind, ro]}}]
+    hooks: [{{hookName: createRuntime, path: /bin/sh, args: [sh, -c, 'echo $CDI_HOOK > {ran}'], env: [CDI_HOOK=ran]}}]
+",
+        data = data.display(),
+        ran = hook_ran.display()
+    );
+    std::fs::write(run.join("null.yaml"), run_spec).unwrap();
+    CdiDirs {
+        _root: root,
+        etc,
+        run,
+        data,
+        hook_ran,
+    }
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+async fn cdi_devices(handler: &str) {
+    let dirs = cdi_dirs();
+    let flags = [
+        "--cdi-spec-dir",
+        arg(&dirs.etc),
+        "--cdi-spec-dir",
+        arg(&dirs.run),
+    ];
+    let mut bed = Bed::start_with(&flags).await;
+    let pod = bed.pod("cdi", handler).await;
+
+    let mut c = bed.container("gpu", &["sleep", "1000"]);
+    c.cdi_devices = vec![cri::CdiDevice {
+        name: "podrun.test/null=zero".into(),
+    }];
+    c.annotations
+        .insert("cdi.k8s.io/test".into(), "podrun.test/null=groups".into());
+    let id = bed.run(&pod, c).await;
+    let out = bed
+        .out(
+            &id,
+            &["sh", "-c", "echo x > /dev/podrun-null && echo wrote; echo $WHICH $VENDOR; cat /cdi-data/file; id -G"],
+        )
+        .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "wrote",
+        "the device node works (its cgroup rule allows it): {out}"
+    );
+    assert_eq!(
+        lines[1], "run podrun-test",
+        "the later dir's device, with its spec's env: {out}"
+    );
+    assert_eq!(lines[2], "from the host", "the mount: {out}");
+    assert!(lines[3].split(' ').any(|g| g == "4242"), "the group: {out}");
+    let ran = std::fs::read_to_string(&dirs.hook_ran).expect("the createRuntime hook ran");
+    assert_eq!(ran.trim(), "ran");
+    let written = bed
+        .exec(&id, &["sh", "-c", "echo x > /cdi-data/new"], 10)
+        .await
+        .unwrap();
+    assert_ne!(written.exit_code, 0, "mounted read-only");
+    assert!(!dirs.data.join("new").exists());
+
+    // Without CDI the node is not there.
+    let plain = bed
+        .run(&pod, bed.container("plain", &["sleep", "1000"]))
+        .await;
+    let ls = bed
+        .exec(&plain, &["ls", "/dev/podrun-null"], 10)
+        .await
+        .unwrap();
+    assert_ne!(ls.exit_code, 0);
+
+    // An unknown device is refused, naming it, and nothing is made.
+    let before = bed
+        .rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len();
+    let mut unknown = bed.container("unknown", &["true"]);
+    unknown.cdi_devices = vec![
+        cri::CdiDevice {
+            name: "podrun.test/null=zero".into(),
+        },
+        cri::CdiDevice {
+            name: "podrun.test/null=nope".into(),
+        },
+    ];
+    let err = bed
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(unknown),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .expect_err("an unknown CDI device");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("CDI_devices"), "{}", err.message());
+    assert!(
+        err.message().contains("podrun.test/null=nope"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !err.message().contains("=zero"),
+        "only the unknown one: {}",
+        err.message()
+    );
+    let after = bed
+        .rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len();
+    assert_eq!(after, before, "a refused container was made");
+}
+
+#[tokio::test]
+async fn cdi_devices_reach_containers_with_crun() {
+    cdi_devices("crun").await;
+}
+
+#[tokio::test]
+async fn cdi_devices_reach_containers_with_runc() {
+    cdi_devices("runc").await;
+}
