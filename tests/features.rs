@@ -1,11 +1,13 @@
 //! What containerd 2 and CRI-O offer beyond the basics, through podrund with real parts: CDI
 //! devices from spec files the test writes (a real device node under another name, a mount,
-//! env, a hook the OCI runtime runs, groups), resolved all-or-nothing.
+//! env, a hook the OCI runtime runs, groups), resolved all-or-nothing; image volumes from an
+//! image in the local registry, read-only, kept from removal while in use.
 
 use std::path::{Path, PathBuf};
 
 use podrun_proto::cri;
-use podrun_tests::workload::Bed;
+use podrun_tests::registry::{image, layer, Compression, LayerBuilder};
+use podrun_tests::workload::{pull, Bed};
 
 /// CDI spec dirs in rising priority, with a vendor's specs in each.
 struct CdiDirs {
@@ -181,4 +183,178 @@ async fn cdi_devices_reach_containers_with_crun() {
 #[tokio::test]
 async fn cdi_devices_reach_containers_with_runc() {
     cdi_devices("runc").await;
+}
+
+/// A data image: two layers, the second overriding a file of the first, a script, and
+/// symlinks that point out of the image.
+fn data_image() -> podrun_tests::registry::TestImage {
+    let first = LayerBuilder::default()
+        .dir("models")
+        .file("models/weights", 0o644, b"v1\n")
+        .file("tool.sh", 0o755, b"#!/bin/sh\necho tool-ran\n")
+        .tar();
+    let second = LayerBuilder::default()
+        .file("models/weights", 0o644, b"v2\n")
+        .symlink("escape", "/etc")
+        .symlink("up", "../../../..")
+        .tar();
+    image(
+        vec![
+            layer(first, Compression::Gzip),
+            layer(second, Compression::Gzip),
+        ],
+        serde_json::json!({}),
+    )
+}
+
+fn image_mount(path: &str, image: &str, sub: &str) -> cri::Mount {
+    cri::Mount {
+        container_path: path.into(),
+        readonly: true,
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub.into(),
+        ..Default::default()
+    }
+}
+
+async fn refused(
+    bed: &mut Bed,
+    pod: &(String, cri::PodSandboxConfig),
+    m: cri::Mount,
+    code: tonic::Code,
+    field: &str,
+) {
+    let mut c = bed.container("refused", &["true"]);
+    c.mounts = vec![m];
+    let err = bed
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(c),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .expect_err(field);
+    assert_eq!(err.code(), code, "{field}: {err:?}");
+    assert!(err.message().contains(field), "{field}: {}", err.message());
+}
+
+#[tokio::test]
+async fn image_volumes_mount_an_image_read_only_and_keep_it_while_used() {
+    let mut bed = Bed::start().await;
+    bed.registry.push("data:1", &data_image()).await;
+    let data = format!("{}/data:1", bed.registry.addr);
+    pull(&bed.node, &data).await;
+    let pod = bed.pod("imagevol", "").await;
+
+    let mut c = bed.container("reader", &["sleep", "1000"]);
+    c.mounts = vec![
+        image_mount("/vol", &data, ""),
+        image_mount("/models", &data, "models"),
+    ];
+    let id = bed.run(&pod, c).await;
+    let out = bed
+        .out(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "cat /vol/models/weights; /vol/tool.sh; ls /models; cat /models/weights",
+            ],
+        )
+        .await;
+    assert_eq!(
+        out, "v2\ntool-ran\nweights\nv2\n",
+        "the image's layers, in order, executable"
+    );
+    let touched = bed.exec(&id, &["touch", "/vol/new"], 10).await.unwrap();
+    assert_ne!(touched.exit_code, 0, "an image volume is read-only");
+    let status = bed.status(&id).await;
+    let shown = status
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/vol")
+        .unwrap();
+    assert_eq!(
+        shown.image.as_ref().map(|i| i.image.as_str()),
+        Some(data.as_str())
+    );
+
+    // In use: RemoveImage is refused while the container exists.
+    let remove = cri::RemoveImageRequest {
+        image: Some(cri::ImageSpec {
+            image: data.clone(),
+            ..Default::default()
+        }),
+    };
+    let mut images = podrun_proto::client::image(&bed.node.socket).await.unwrap();
+    let err = images
+        .remove_image(remove.clone())
+        .await
+        .expect_err("in use");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&id), "{}", err.message());
+
+    // What cannot be mounted is refused.
+    use tonic::Code::*;
+    refused(
+        &mut bed,
+        &pod,
+        image_mount("/v", &data, "escape"),
+        InvalidArgument,
+        "image_sub_path",
+    )
+    .await;
+    refused(
+        &mut bed,
+        &pod,
+        image_mount("/v", &data, "up"),
+        InvalidArgument,
+        "image_sub_path",
+    )
+    .await;
+    refused(
+        &mut bed,
+        &pod,
+        image_mount("/v", &data, "../etc"),
+        InvalidArgument,
+        "image_sub_path",
+    )
+    .await;
+    refused(
+        &mut bed,
+        &pod,
+        image_mount("/v", &data, "tool.sh"),
+        InvalidArgument,
+        "image_sub_path",
+    )
+    .await;
+    let not_pulled = format!("{}/nope:1", bed.registry.addr);
+    refused(
+        &mut bed,
+        &pod,
+        image_mount("/v", &not_pulled, ""),
+        NotFound,
+        "nope:1",
+    )
+    .await;
+    let mut writable = image_mount("/v", &data, "");
+    writable.readonly = false;
+    refused(&mut bed, &pod, writable, InvalidArgument, "readonly").await;
+
+    // Gone with its container: the mounts, then the image can go.
+    bed.remove_pod(&pod.0).await;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains("image-volumes"),
+        "an image volume mount was left"
+    );
+    images
+        .remove_image(remove)
+        .await
+        .expect("removable once unused");
+    bed.assert_no_leaks();
 }

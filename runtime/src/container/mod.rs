@@ -85,6 +85,9 @@ pub struct Record {
     /// The user its processes run as, as resolved at creation.
     #[serde(default)]
     pub user: oci_spec::User,
+    /// The images it mounts as volumes (`Mount.image`), by id: in use while it exists.
+    #[serde(default)]
+    pub volume_images: Vec<String>,
 }
 
 impl Record {
@@ -167,7 +170,7 @@ impl Containers {
             .map()
             .values()
             .map(|c| c.view())
-            .filter(|r| r.image_id == image_id)
+            .filter(|r| r.image_id == image_id || r.volume_images.iter().any(|v| v == image_id))
             .map(|r| r.id)
             .collect();
         ids.sort();

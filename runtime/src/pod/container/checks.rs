@@ -177,3 +177,45 @@ pub(super) fn check_capabilities(sc: Option<&cri::LinuxContainerSecurityContext>
     }
     Ok(())
 }
+
+/// An image volume (`Mount.image`, Kubernetes' image volumes): read-only, without a host
+/// path, of an image the store holds (kubelet pulls it first), with a relative sub path that
+/// stays inside it. None for an ordinary volume.
+pub(super) fn check_image_volume(
+    i: usize,
+    m: &cri::Mount,
+    images: &crate::image::ImageStore,
+) -> Result<Option<crate::image::Image>> {
+    let Some(name) = m.image.as_ref().map(|s| &s.image).filter(|n| !n.is_empty()) else {
+        return Ok(None);
+    };
+    if !m.host_path.is_empty() {
+        return Err(Error::invalid(
+            "config.mounts.host_path",
+            format!("mounts[{i}]: an image volume has no host_path"),
+        ));
+    }
+    if !m.readonly {
+        return Err(Error::invalid(
+            "config.mounts.readonly",
+            format!("mounts[{i}]: image volumes are read-only"),
+        ));
+    }
+    let inside = Path::new(&m.image_sub_path)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !inside {
+        return Err(Error::invalid(
+            "config.mounts.image_sub_path",
+            format!(
+                "mounts[{i}]: {:?} must be a relative path inside the image",
+                m.image_sub_path
+            ),
+        ));
+    }
+    let image = images.find(name).ok_or_else(|| Error::NotFound {
+        what: "image",
+        id: name.clone(),
+    })?;
+    Ok(Some(image))
+}

@@ -55,25 +55,30 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             what: "image",
             id: image_name.clone(),
         })?;
+    let mut volume_images = Vec::new();
     for (i, m) in config.mounts.iter().enumerate() {
-        let host = Path::new(&m.host_path);
-        if !host.is_absolute() {
-            return Err(Error::InvalidArgument {
-                field: "config.mounts.host_path",
-                reason: format!("mounts[{i}]: {:?} is not an absolute path", m.host_path),
-            });
+        if let Some(image) = check_image_volume(i, m, &node.images)? {
+            volume_images.push(image.id);
+        } else {
+            let host = Path::new(&m.host_path);
+            if !host.is_absolute() {
+                return Err(Error::InvalidArgument {
+                    field: "config.mounts.host_path",
+                    reason: format!("mounts[{i}]: {:?} is not an absolute path", m.host_path),
+                });
+            }
+            if !host.exists() {
+                return Err(Error::InvalidArgument {
+                    field: "config.mounts.host_path",
+                    reason: format!("mounts[{i}]: {:?} does not exist", m.host_path),
+                });
+            }
+            if m.recursive_read_only {
+                check_recursive_read_only(i, m)?;
+            }
+            check_volume_mappings(i, m, &pod)?;
+            check_propagation(i, m)?;
         }
-        if !host.exists() {
-            return Err(Error::InvalidArgument {
-                field: "config.mounts.host_path",
-                reason: format!("mounts[{i}]: {:?} does not exist", m.host_path),
-            });
-        }
-        if m.recursive_read_only {
-            check_recursive_read_only(i, m)?;
-        }
-        check_volume_mappings(i, m, &pod)?;
-        check_propagation(i, m)?;
         if !m.container_path.starts_with('/') {
             return Err(Error::InvalidArgument {
                 field: "config.mounts.container_path",
@@ -158,6 +163,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             stop_signal,
             config,
             user: Default::default(),
+            volume_images,
         };
         match make(&node, &dirs, &pod, &image, &mut record, pid_target, prepared).await {
             Ok(()) => {
@@ -311,6 +317,7 @@ async fn make(
         Some(u) => stage_idmapped_volumes(dirs, &mut spec_config, u)?,
         None => Vec::new(),
     };
+    stage_image_volumes(&node.images, dirs, &mut spec_config)?;
     let input = oci_spec::Input {
         id: &record.id,
         config: &spec_config,

@@ -143,3 +143,70 @@ pub(super) fn teardown_files(dirs: &Dirs) -> Result<()> {
     }
     Ok(())
 }
+
+/// Mounts each image volume of `config` read-only at `<state>/image-volumes/<n>` (an
+/// overlay of the image's layers without an upper dir, so nothing can write to the layers)
+/// and points the volume there, or at its sub path, which must be a directory inside it.
+pub(super) fn stage_image_volumes(
+    images: &crate::image::ImageStore,
+    dirs: &Dirs,
+    config: &mut cri::ContainerConfig,
+) -> Result<()> {
+    let empty = dirs.root.join("empty");
+    for (i, m) in config.mounts.iter_mut().enumerate() {
+        let Some(name) = m
+            .image
+            .as_ref()
+            .map(|s| s.image.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        let image = images.find(&name).ok_or_else(|| Error::NotFound {
+            what: "image",
+            id: name.clone(),
+        })?;
+        let mut lowers: Vec<String> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| images.layer_path(l).map(|p| p.display().to_string()))
+            .collect::<Result<_>>()?;
+        // Without an upper dir overlayfs needs two lower dirs.
+        while lowers.len() < 2 {
+            std::fs::create_dir_all(&empty).map_err(Error::io("creating", &empty))?;
+            lowers.push(empty.display().to_string());
+        }
+        let at = dirs.state.join("image-volumes").join(i.to_string());
+        std::fs::create_dir_all(&at).map_err(Error::io("creating", &at))?;
+        let options = format!("lowerdir={}", lowers.join(":"));
+        mount(
+            Some("overlay"),
+            &at,
+            Some("overlay"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            Some(options.as_str()),
+        )
+        .map_err(Error::sys(format!("mounting image volume {name}")))?;
+        let source = match m.image_sub_path.as_str() {
+            "" => at.clone(),
+            sub => {
+                // Symlinks in the image resolve on the host: the result must stay inside.
+                let resolved = at
+                    .join(sub)
+                    .canonicalize()
+                    .ok()
+                    .filter(|p| p.starts_with(&at));
+                resolved.filter(|p| p.is_dir()).ok_or_else(|| {
+                    Error::invalid(
+                        "config.mounts.image_sub_path",
+                        format!("mounts[{i}]: {sub:?} is not a directory inside image {name}"),
+                    )
+                })?
+            }
+        };
+        m.host_path = source.display().to_string();
+        m.readonly = true;
+    }
+    Ok(())
+}
