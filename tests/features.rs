@@ -358,3 +358,126 @@ async fn image_volumes_mount_an_image_read_only_and_keep_it_while_used() {
         .expect("removable once unused");
     bed.assert_no_leaks();
 }
+
+/// What this host lacks for checkpointing with `handler`, found out apart from podrund: None
+/// when it has all of it.
+fn criu_missing(handler: &str) -> Option<&'static str> {
+    let crun = std::process::Command::new("crun")
+        .arg("--version")
+        .output()
+        .unwrap();
+    if handler == "crun" && !String::from_utf8_lossy(&crun.stdout).contains("+CRIU") {
+        return Some("+CRIU");
+    }
+    let check = std::process::Command::new("criu").arg("check").output();
+    match check {
+        Err(_) => Some("criu is not installed"),
+        Ok(o) if !o.status.success() => Some("`criu check` fails on this kernel"),
+        Ok(_) => None,
+    }
+}
+
+async fn checkpoint(handler: &str) {
+    let mut bed = Bed::start().await;
+    let pod = bed.pod("ckpt", handler).await;
+    let id = bed
+        .run(&pod, bed.container("counter", &["sleep", "1000"]))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("checkpoint.tar");
+    let request = |location: &str| cri::CheckpointContainerRequest {
+        container_id: id.clone(),
+        location: location.into(),
+        timeout: 30,
+    };
+    let err = bed
+        .rt
+        .checkpoint_container(request("relative.tar"))
+        .await
+        .expect_err("a relative location");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("location"), "{}", err.message());
+
+    let err = bed
+        .rt
+        .checkpoint_container(request(arg(&location)))
+        .await
+        .expect_err("checkpointing is not possible here, or not built");
+    match criu_missing(handler) {
+        Some(missing) => {
+            assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+            assert!(
+                err.message().contains(missing),
+                "{missing}: {}",
+                err.message()
+            );
+        }
+        None => assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}"),
+    }
+    assert!(!location.exists(), "no archive is left half-written");
+    assert_eq!(
+        bed.status(&id).await.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "the container runs on"
+    );
+
+    // Restoring: CreateContainer whose image is an archive on disk.
+    std::fs::write(&location, b"not really a checkpoint").unwrap();
+    let mut restore = bed.container("restored", &["true"]);
+    restore.image = Some(cri::ImageSpec {
+        image: arg(&location).into(),
+        ..Default::default()
+    });
+    let err = bed
+        .rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.0.clone(),
+            config: Some(restore),
+            sandbox_config: Some(pod.1.clone()),
+        })
+        .await
+        .expect_err("restoring is not possible here, or not built");
+    if let Some(missing) = criu_missing(handler) {
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(
+            err.message().contains("checkpoint archive"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().contains(missing),
+            "{missing}: {}",
+            err.message()
+        );
+    }
+
+    // Only a running container can be checkpointed.
+    bed.rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let err = bed
+        .rt
+        .checkpoint_container(request(arg(&location)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("only running containers"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn checkpoint_and_restore_say_what_the_host_lacks_with_crun() {
+    checkpoint("crun").await;
+}
+
+#[tokio::test]
+async fn checkpoint_and_restore_say_what_the_host_lacks_with_runc() {
+    checkpoint("runc").await;
+}

@@ -5,8 +5,6 @@ mod call;
 mod podrun;
 mod server;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use podrun_proto::cri;
@@ -63,23 +61,6 @@ impl Cri {
             message,
         }
     }
-}
-
-/// RPCs podrun does not serve yet answer Unimplemented, naming themselves. (Spelled as
-/// `#[async_trait]` would expand them: that attribute does not see into macro calls.)
-macro_rules! unimplemented_rpcs {
-    ($($fn:ident($req:ty) -> $resp:ty = $name:literal;)*) => {
-        $(fn $fn<'life0, 'async_trait>(
-            &'life0 self,
-            req: Request<$req>,
-        ) -> Pin<Box<dyn Future<Output = Result<Response<$resp>, Status>> + Send + 'async_trait>>
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            Box::pin(handle($name, subject(req.get_ref()), async { Err(Error::Unimplemented($name)) }))
-        })*
-    };
 }
 
 // After the helpers above, which it uses.
@@ -611,8 +592,15 @@ impl RuntimeService for Cri {
         .await
     }
 
-    unimplemented_rpcs! {
-        checkpoint_container(cri::CheckpointContainerRequest) -> cri::CheckpointContainerResponse = "CheckpointContainer";
+    async fn checkpoint_container(
+        &self,
+        req: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        handle("CheckpointContainer", subject(req.get_ref()), async {
+            pod::container::checkpoint(self.node.clone(), req.into_inner()).await?;
+            Ok(cri::CheckpointContainerResponse {})
+        })
+        .await
     }
 }
 

@@ -48,6 +48,11 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     if image_name.is_empty() {
         return Err(Error::invalid("config.image.image", "is required"));
     }
+    // A file, not a name: a checkpoint archive to restore from (as CRI-O and containerd 2).
+    if image_name.starts_with('/') && Path::new(&image_name).is_file() {
+        let runtime = node.oci_runtime(&pod.runtime_handler)?;
+        return Err(super::checkpoint::restore(&image_name, &runtime));
+    }
     let image = node
         .images
         .find(&image_name)
