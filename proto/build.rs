@@ -1,5 +1,6 @@
 //! Compiles our transcription of the CRI proto with protox (pure Rust, no protoc) and
-//! generates tonic client and server code. Every message also derives serde with
+//! generates tonic client and server code; and our transcription of NRI's messages and
+//! ttrpc's envelope, as plain prost messages. Every message also derives serde with
 //! snake_case field names, so the JSON/YAML files crictl reads map onto them directly.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -16,5 +17,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[serde(with = \"crate::go_bytes\")]",
         )
         .compile_fds(fds)?;
+    // NRI and ttrpc's envelope: messages only (podrun speaks ttrpc itself, not tonic).
+    let nri = ["nri/v1alpha1/api.proto", "ttrpc/ttrpc.proto"];
+    for proto in nri {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .compile_fds(protox::compile(nri, ["."])?)?;
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! What containerd 2 and CRI-O offer beyond the basics, through podrund with real parts: CDI
 //! devices from spec files the test writes (a real device node under another name, a mount,
 //! env, a hook the OCI runtime runs, groups), resolved all-or-nothing; image volumes from an
-//! image in the local registry, read-only, kept from removal while in use.
+//! image in the local registry, read-only, kept from removal while in use; checkpointing
+//! refused with what the host lacks; NRI with a plugin that sees the lifecycle and adjusts
+//! containers.
 
 use std::path::{Path, PathBuf};
 
@@ -480,4 +482,142 @@ async fn checkpoint_and_restore_say_what_the_host_lacks_with_crun() {
 #[tokio::test]
 async fn checkpoint_and_restore_say_what_the_host_lacks_with_runc() {
     checkpoint("runc").await;
+}
+
+/// Waits until the plugin's log has `line`; the log.
+async fn plugin_log_has(log: &Path, line: &str) -> String {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the NRI plugin never logged {line:?}: {:?}",
+        std::fs::read_to_string(log)
+    );
+}
+
+/// The memory limit of the cgroup a process is in (cgroup v1, as on this host).
+fn memory_limit(pid: u64) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_owned()))
+        .expect("a v1 memory cgroup");
+    let file = format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes");
+    std::fs::read_to_string(file).unwrap().trim().to_owned()
+}
+
+#[tokio::test]
+async fn an_nri_plugin_sees_the_lifecycle_in_order_and_adjusts_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, log, shared) = (
+        dir.path().join("nri/nri.sock"),
+        dir.path().join("events.log"),
+        dir.path().join("shared"),
+    );
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from the plugin's dir\n").unwrap();
+    let mut bed = Bed::start_with(&["--nri-socket", arg(&socket)]).await;
+    let early = bed.pod("early", "").await;
+    let mut plugin =
+        std::process::Command::new(podrun_tests::bin_dir().join("podrun-nri-test-plugin"))
+            .args([arg(&socket), arg(&log), arg(&shared)])
+            .spawn()
+            .unwrap();
+    // Registered, configured, and told of the pod that was there before it.
+    plugin_log_has(&log, "synchronize pods=1 containers=0").await;
+
+    let pod = bed.pod("nri", "").await;
+    let id = bed
+        .run(&pod, bed.container("adjusted", &["sleep", "1000"]))
+        .await;
+    let out = bed
+        .out(&id, &["sh", "-c", "echo $NRI_PLUGIN; cat /nri/hello"])
+        .await;
+    assert_eq!(
+        out, "10-adjusted\nfrom the plugin's dir\n",
+        "env and mount from the plugin"
+    );
+    let (_, info) = bed.status_and_info(&id).await;
+    assert_eq!(
+        memory_limit(info["pid"].as_u64().unwrap()),
+        (96u64 << 20).to_string()
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            bed.node
+                .dir
+                .join("state/containers")
+                .join(&id)
+                .join("config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["annotations"]["nri.test/plugin"], "10");
+
+    // A container that exits on its own is seen to stop before anyone asks.
+    let quick = bed
+        .run(&pod, bed.container("quick", &["sh", "-c", "exit 3"]))
+        .await;
+    bed.wait_exit(&quick).await;
+    plugin_log_has(&log, "STOP_CONTAINER nri quick").await;
+
+    bed.rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    bed.rt
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    bed.remove_pod(&pod.0).await;
+    let text = plugin_log_has(&log, "REMOVE_POD_SANDBOX nri").await;
+    let of_adjusted: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.ends_with(" nri adjusted")
+                || *l == "RUN_POD_SANDBOX nri"
+                || l.ends_with("POD_SANDBOX nri")
+        })
+        .collect();
+    assert_eq!(
+        of_adjusted,
+        [
+            "RUN_POD_SANDBOX nri",
+            "CREATE_CONTAINER nri adjusted",
+            "START_CONTAINER nri adjusted",
+            "STOP_CONTAINER nri adjusted",
+            "REMOVE_CONTAINER nri adjusted",
+            "STOP_POD_SANDBOX nri",
+            "REMOVE_POD_SANDBOX nri",
+        ],
+        "{text}"
+    );
+
+    // A plugin that goes away is dropped; containers are made without it.
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+    let id = bed
+        .run(
+            &early,
+            bed.container(
+                "after",
+                &["sh", "-c", "echo ${NRI_PLUGIN:-none}; sleep 1000"],
+            ),
+        )
+        .await;
+    assert_eq!(
+        bed.out(&id, &["sh", "-c", "echo ${NRI_PLUGIN:-none}"])
+            .await,
+        "none\n"
+    );
 }

@@ -13,6 +13,18 @@ pub mod runtime {
 
 pub use runtime::v1 as cri;
 
+/// NRI's messages (`nri/v1alpha1/api.proto`, our transcription of containerd/nri's API).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod nri {
+    tonic::include_proto!("nri.pkg.api.v1alpha1");
+}
+
+/// ttrpc's request and response envelope (`ttrpc/ttrpc.proto`).
+#[allow(clippy::all, clippy::pedantic)]
+pub mod ttrpc {
+    tonic::include_proto!("ttrpc");
+}
+
 /// podrun's additions to the CRI (`podrun/v1/podrun.proto`), on the same socket.
 #[allow(clippy::all, clippy::pedantic)]
 pub mod podrun {

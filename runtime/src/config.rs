@@ -20,6 +20,8 @@ pub struct File {
     pub cni_bin_dir: Option<Vec<PathBuf>>,
     /// Where CDI spec files are, in rising priority (a later dir's device wins).
     pub cdi_spec_dir: Option<Vec<PathBuf>>,
+    /// The NRI socket plugins connect to; NRI is off when unset or empty.
+    pub nri_socket: Option<PathBuf>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub registry_config_path: Option<PathBuf>,
@@ -57,6 +59,7 @@ impl File {
             cni_conf_dir: over.cni_conf_dir.or(self.cni_conf_dir),
             cni_bin_dir: over.cni_bin_dir.or(self.cni_bin_dir),
             cdi_spec_dir: over.cdi_spec_dir.or(self.cdi_spec_dir),
+            nri_socket: over.nri_socket.or(self.nri_socket),
             log_level: over.log_level.or(self.log_level),
             log_format: over.log_format.or(self.log_format),
             registry_config_path: over.registry_config_path.or(self.registry_config_path),
@@ -91,6 +94,8 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// CDI spec dirs, lowest priority first.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Where NRI plugins connect; None: NRI is off.
+    pub nri_socket: Option<PathBuf>,
     pub log_level: String,
     /// `text` (the default) or `json`: one JSON object per line.
     pub log_format: String,
@@ -127,6 +132,7 @@ impl From<File> for Config {
             cni_bin_dirs: f
                 .cni_bin_dir
                 .unwrap_or_else(|| vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()]),
+            nri_socket: f.nri_socket.filter(|s| !s.as_os_str().is_empty()),
             cdi_spec_dirs: f
                 .cdi_spec_dir
                 .unwrap_or_else(|| vec!["/etc/cdi".into(), "/var/run/cdi".into()]),

@@ -16,6 +16,7 @@ pub mod leak;
 pub mod metrics;
 pub mod netns;
 pub mod node;
+pub mod nri;
 pub mod pod;
 pub mod prometheus;
 pub mod sandbox;

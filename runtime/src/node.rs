@@ -35,6 +35,8 @@ pub struct Node {
     pub pod_cidr: std::sync::Mutex<String>,
     /// What the leak audit found when podrund started (verbose Status shows it).
     pub audit_at_start: std::sync::Mutex<crate::leak::Report>,
+    /// The NRI plugins, when `nri-socket` is set.
+    pub nri: Option<Arc<crate::nri::Nri>>,
     /// The LSMs the host's kernel enforces (AppArmor, SELinux).
     pub lsm: crate::container::lsm::Host,
     /// What each runtime handler can do, found out on first use.
@@ -82,6 +84,7 @@ impl Node {
             audit_at_start: Default::default(),
             events: Default::default(),
             lsm: crate::container::lsm::Host::detect(),
+            nri: config.nri_socket.as_ref().map(|_| Arc::default()),
             config,
         })
     }

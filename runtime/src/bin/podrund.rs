@@ -35,6 +35,10 @@ struct Flags {
     /// [default: /etc/cdi, /var/run/cdi].
     #[arg(long)]
     cdi_spec_dir: Vec<PathBuf>,
+    /// The NRI socket plugins connect to (containerd's is /var/run/nri/nri.sock)
+    /// [default: none, NRI off].
+    #[arg(long)]
+    nri_socket: Option<PathBuf>,
     /// error, warn, info, debug or trace (or a tracing filter).
     #[arg(long)]
     log_level: Option<String>,
@@ -96,6 +100,7 @@ fn main() -> Result<()> {
             cni_conf_dir: flags.cni_conf_dir,
             cni_bin_dir: (!flags.cni_bin_dir.is_empty()).then_some(flags.cni_bin_dir),
             cdi_spec_dir: (!flags.cdi_spec_dir.is_empty()).then_some(flags.cdi_spec_dir),
+            nri_socket: flags.nri_socket,
             log_level: flags.log_level,
             log_format: flags.log_format,
             registry_config_path: flags.registry_config_path,

@@ -58,6 +58,33 @@ pub async fn serve(
         .unwrap_or_else(|p| p.into_inner()) = crate::leak::Report::of(&findings);
     tracing::info!(socket = %path.display(), recovered, containers, released, cni_gc, "podrund serving CRI");
     let streaming = tokio::spawn(crate::pod::sessions::serve(node.clone()));
+    let nri = match (&node.nri, &node.config.nri_socket) {
+        (Some(nri), Some(socket)) => {
+            let n = node.clone();
+            let snapshot: crate::nri::Snapshot = Box::new(move || {
+                let pods = n
+                    .sandboxes
+                    .all()
+                    .iter()
+                    .map(|p| crate::nri::convert::pod(&p.view()))
+                    .collect();
+                let containers = n
+                    .containers
+                    .all()
+                    .iter()
+                    .map(|c| crate::nri::convert::container(&c.view()))
+                    .collect();
+                (pods, containers)
+            });
+            let serving = nri.clone().serve(socket.clone(), snapshot);
+            Some(tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %e, "NRI failed");
+                }
+            }))
+        }
+        _ => None,
+    };
     let metrics = match node.config.metrics_address.clone() {
         Some(address) => {
             let n = node.clone();
@@ -82,8 +109,8 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
     streaming.abort();
     leftovers.abort();
-    if let Some(metrics) = metrics {
-        metrics.abort();
+    for task in [metrics, nri].into_iter().flatten() {
+        task.abort();
     }
     // Let pod operations already under way finish (their clients may be gone).
     let drained = tokio::time::timeout(Duration::from_secs(120), node.inflight.write()).await;

@@ -29,7 +29,7 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
             stopped?;
             remove_dirs(&PodDirs::new(&node.config, &record.id))?;
             let deleted = cri::ContainerEventType::ContainerDeletedEvent;
-            node.publish_event(&record.id, &record.id, deleted);
+            super::event(&node, &record.id, &record.id, deleted, None).await;
             node.sandboxes.forget(&record.id);
             Ok(())
         })

@@ -104,7 +104,14 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
             tracing::debug!(pod = %id, total_ms = started.elapsed().as_millis() as u64, "RunPodSandbox done");
             node.sandboxes.insert(record);
             node.publish_event(&id, &id, cri::ContainerEventType::ContainerCreatedEvent);
-            node.publish_event(&id, &id, cri::ContainerEventType::ContainerStartedEvent);
+            super::event(
+                node,
+                &id,
+                &id,
+                cri::ContainerEventType::ContainerStartedEvent,
+                None,
+            )
+            .await;
             Ok(id)
         }
         Err(cause) => {

@@ -31,7 +31,7 @@ pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()
         pod.publish(&record);
         if record.stopped && !was_stopped {
             let stopped = podrun_proto::cri::ContainerEventType::ContainerStoppedEvent;
-            n.publish_event(&record.id, &record.id, stopped);
+            super::event(&n, &record.id, &record.id, stopped, None).await;
         }
         result
     })

@@ -172,9 +172,10 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         };
         match make(&node, &dirs, &pod, &image, &mut record, pid_target, prepared).await {
             Ok(()) => {
-                let pod_id = record.pod_id.clone();
+                let (pod_id, created) = (record.pod_id.clone(), record.clone());
                 node.containers.insert(record);
-                node.publish_event(&pod_id, &id, podrun_proto::cri::ContainerEventType::ContainerCreatedEvent);
+                let kind = podrun_proto::cri::ContainerEventType::ContainerCreatedEvent;
+                crate::pod::event(&node, &pod_id, &id, kind, Some(&created)).await;
                 Ok(id)
             }
             Err(cause) => {
@@ -343,7 +344,16 @@ async fn make(
             false => Vec::new(),
         },
     };
-    store::write_volatile(&dirs.state.join("config.json"), &oci_spec::build(&input)?)?;
+    let mut spec = oci_spec::build(&input)?;
+    // NRI plugins adjust the container last, as containerd lets them.
+    if let Some(nri) = &node.nri {
+        let nri_pod = crate::nri::convert::pod(pod);
+        let nri_container = crate::nri::convert::created(record, &spec);
+        let adjustments = nri.create_container(&nri_pod, &nri_container).await?;
+        crate::nri::adjust(&mut spec, &adjustments, input.oom_floor)?;
+        oci_spec::validate(&spec)?;
+    }
+    store::write_volatile(&dirs.state.join("config.json"), &spec)?;
     let stdout = match record.log_path.as_str() {
         "" => String::new(),
         path => format!("cri-log://{path}"),

@@ -39,11 +39,8 @@ pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<(
     persist(&Dirs::new(&node.config, &r.id), &r)?;
     c.publish(&r);
     drop(r);
-    node.publish_event(
-        &c.pod_id,
-        &c.id,
-        cri::ContainerEventType::ContainerStartedEvent,
-    );
+    let started = cri::ContainerEventType::ContainerStartedEvent;
+    crate::pod::event(&node, &c.pod_id, &c.id, started, Some(&c.view())).await;
     tokio::spawn(monitor(node, c));
     Ok(())
 }
@@ -137,11 +134,8 @@ async fn record_exit(node: &Node, c: &Container, code: i32, at: i64) {
     }
     c.publish(&r);
     drop(r);
-    node.publish_event(
-        &c.pod_id,
-        &c.id,
-        cri::ContainerEventType::ContainerStoppedEvent,
-    );
+    let stopped = cri::ContainerEventType::ContainerStoppedEvent;
+    crate::pod::event(node, &c.pod_id, &c.id, stopped, Some(&c.view())).await;
     tracing::info!(container = %c.id, code, "container exited");
 }
 
@@ -253,11 +247,8 @@ pub(crate) async fn remove_one(node: &Node, c: &Container) -> Result<()> {
         .await
         .map_err(|e| Error::Internal(format!("removing container files: {e}")))??;
     node.containers.forget(&r.id);
-    node.publish_event(
-        &r.pod_id,
-        &r.id,
-        cri::ContainerEventType::ContainerDeletedEvent,
-    );
+    let deleted = cri::ContainerEventType::ContainerDeletedEvent;
+    crate::pod::event(node, &r.pod_id, &r.id, deleted, Some(&r)).await;
     Ok(())
 }
 

@@ -1,0 +1,326 @@
+//! Applying NRI plugins' container adjustments to the OCI spec, in the plugins' order. A
+//! key, destination or path marked with a leading `-` removes what it names. What podrun
+//! does not apply (CDI devices from a plugin, the cgroup path, namespaces, I/O priority,
+//! seccomp, network devices, scheduler, RDT, memory policy, hugepages, block I/O classes)
+//! is refused with FailedPrecondition naming the plugin and the field, never ignored.
+
+use std::path::PathBuf;
+
+use ::oci_spec::runtime as oci;
+use podrun_proto::nri as api;
+
+use crate::error::{Error, Result};
+
+fn refuse(plugin: &str, what: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "NRI plugin {plugin} adjusts {what}, which podrun does not apply"
+    ))
+}
+
+fn removal(key: &str) -> Option<&str> {
+    key.strip_prefix('-')
+}
+
+/// Applies `adjustments` (plugin, adjustment) to `spec`; `oom_floor` is the lowest
+/// oom_score_adj podrund may give.
+pub fn adjust(
+    spec: &mut oci::Spec,
+    adjustments: &[(String, api::ContainerAdjustment)],
+    oom_floor: i64,
+) -> Result<()> {
+    for (plugin, a) in adjustments {
+        if !a.cdi_devices.is_empty() {
+            return Err(refuse(plugin, "CDI_devices"));
+        }
+        annotations(spec, &a.annotations);
+        for m in &a.mounts {
+            mount(spec, m);
+        }
+        env(spec, &a.env)?;
+        if let Some(h) = &a.hooks {
+            hooks(spec, h);
+        }
+        process(spec, a, plugin)?;
+        if let Some(linux) = &a.linux {
+            self::linux(spec, linux, plugin, oom_floor)?;
+        }
+    }
+    Ok(())
+}
+
+fn annotations(spec: &mut oci::Spec, given: &std::collections::HashMap<String, String>) {
+    if given.is_empty() {
+        return;
+    }
+    let annotations = spec.annotations_mut().get_or_insert_with(Default::default);
+    for (key, value) in given {
+        match removal(key) {
+            Some(key) => annotations.remove(key),
+            None => annotations.insert(key.clone(), value.clone()),
+        };
+    }
+}
+
+fn mount(spec: &mut oci::Spec, m: &api::Mount) {
+    let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
+    let (dest, remove) = match removal(&m.destination) {
+        Some(dest) => (dest, true),
+        None => (m.destination.as_str(), false),
+    };
+    mounts.retain(|old| old.destination() != std::path::Path::new(dest));
+    if remove {
+        return;
+    }
+    let mut mount = oci::Mount::default();
+    mount
+        .set_destination(PathBuf::from(dest))
+        .set_typ(Some(m.r#type.clone()).filter(|t| !t.is_empty()))
+        .set_source(Some(PathBuf::from(&m.source)).filter(|_| !m.source.is_empty()))
+        .set_options(Some(m.options.clone()).filter(|o| !o.is_empty()));
+    mounts.push(mount);
+}
+
+fn env(spec: &mut oci::Spec, given: &[api::KeyValue]) -> Result<()> {
+    if given.is_empty() {
+        return Ok(());
+    }
+    let process = spec.process_mut().as_mut().ok_or_else(no_process)?;
+    let mut env = process.env().clone().unwrap_or_default();
+    for kv in given {
+        let key = removal(&kv.key).unwrap_or(&kv.key);
+        env.retain(|e| e.split('=').next() != Some(key));
+        if removal(&kv.key).is_none() {
+            env.push(format!("{}={}", kv.key, kv.value));
+        }
+    }
+    process.set_env(Some(env));
+    Ok(())
+}
+
+fn no_process() -> Error {
+    Error::Internal("the OCI spec has no process to adjust".into())
+}
+
+fn hooks(spec: &mut oci::Spec, given: &api::Hooks) {
+    let hooks = spec.hooks_mut().get_or_insert_with(Default::default);
+    let convert = |list: &[api::Hook]| -> Vec<oci::Hook> {
+        list.iter()
+            .map(|h| {
+                let mut hook = oci::Hook::default();
+                hook.set_path(PathBuf::from(&h.path))
+                    .set_args(Some(h.args.clone()).filter(|a| !a.is_empty()))
+                    .set_env(Some(h.env.clone()).filter(|e| !e.is_empty()))
+                    .set_timeout(h.timeout.as_ref().map(|t| t.value));
+                hook
+            })
+            .collect()
+    };
+    let phases = [
+        ("prestart", &given.prestart),
+        ("createRuntime", &given.create_runtime),
+        ("createContainer", &given.create_container),
+        ("startContainer", &given.start_container),
+        ("poststart", &given.poststart),
+        ("poststop", &given.poststop),
+    ];
+    for (name, list) in phases {
+        if list.is_empty() {
+            continue;
+        }
+        let phase = match name {
+            "prestart" => hooks.prestart_mut(),
+            "createRuntime" => hooks.create_runtime_mut(),
+            "createContainer" => hooks.create_container_mut(),
+            "startContainer" => hooks.start_container_mut(),
+            "poststart" => hooks.poststart_mut(),
+            _ => hooks.poststop_mut(),
+        };
+        phase.get_or_insert_with(Vec::new).extend(convert(list));
+    }
+}
+
+/// Args and rlimits.
+fn process(spec: &mut oci::Spec, a: &api::ContainerAdjustment, plugin: &str) -> Result<()> {
+    if a.args.is_empty() && a.rlimits.is_empty() {
+        return Ok(());
+    }
+    let process = spec.process_mut().as_mut().ok_or_else(no_process)?;
+    let args: Vec<String> = match a.args.first().map(String::as_str) {
+        Some("") => a.args[1..].to_vec(),
+        _ => a.args.clone(),
+    };
+    if !args.is_empty() {
+        process.set_args(Some(args));
+    }
+    if !a.rlimits.is_empty() {
+        let mut rlimits = process.rlimits().clone().unwrap_or_default();
+        for r in &a.rlimits {
+            let kind: oci::PosixRlimitType = serde_json::from_value(serde_json::json!(r.r#type))
+                .map_err(|_| refuse(plugin, &format!("rlimit {:?}", r.r#type)))?;
+            rlimits.retain(|old| old.typ() != kind);
+            let limit = oci::PosixRlimitBuilder::default()
+                .typ(kind)
+                .hard(r.hard)
+                .soft(r.soft)
+                .build()
+                .map_err(|e| Error::Internal(format!("building an rlimit: {e}")))?;
+            rlimits.push(limit);
+        }
+        process.set_rlimits(Some(rlimits));
+    }
+    Ok(())
+}
+
+fn linux(
+    spec: &mut oci::Spec,
+    a: &api::LinuxContainerAdjustment,
+    plugin: &str,
+    oom_floor: i64,
+) -> Result<()> {
+    let unsupported = [
+        (!a.cgroups_path.is_empty(), "linux.cgroups_path"),
+        (!a.namespaces.is_empty(), "linux.namespaces"),
+        (!a.io_priority.is_empty(), "linux.io_priority"),
+        (!a.seccomp_policy.is_empty(), "linux.seccomp_policy"),
+        (!a.net_devices.is_empty(), "linux.net_devices"),
+        (!a.scheduler.is_empty(), "linux.scheduler"),
+        (!a.rdt.is_empty(), "linux.rdt"),
+        (!a.memory_policy.is_empty(), "linux.memory_policy"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(refuse(plugin, what));
+    }
+    if let Some(oom) = &a.oom_score_adj {
+        let process = spec.process_mut().as_mut().ok_or_else(no_process)?;
+        process.set_oom_score_adj(Some(oom.value.clamp(oom_floor, 1000) as i32));
+    }
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| Error::Internal("the OCI spec has no linux object".into()))?;
+    if !a.sysctl.is_empty() {
+        let mut sysctl = linux.sysctl().clone().unwrap_or_default();
+        for (key, value) in &a.sysctl {
+            match removal(key) {
+                Some(key) => sysctl.remove(key),
+                None => sysctl.insert(key.clone(), value.clone()),
+            };
+        }
+        linux.set_sysctl(Some(sysctl));
+    }
+    for d in &a.devices {
+        device(linux, d, plugin)?;
+    }
+    if let Some(r) = &a.resources {
+        resources(linux, r, plugin)?;
+    }
+    Ok(())
+}
+
+fn device(linux: &mut oci::Linux, d: &api::LinuxDevice, plugin: &str) -> Result<()> {
+    let mut devices = linux.devices().clone().unwrap_or_default();
+    let path = removal(&d.path).unwrap_or(&d.path);
+    devices.retain(|old| old.path() != std::path::Path::new(path));
+    if removal(&d.path).is_none() {
+        let typ: oci::LinuxDeviceType = d
+            .r#type
+            .parse()
+            .map_err(|_| refuse(plugin, &format!("device {} of type {:?}", d.path, d.r#type)))?;
+        let mut device = oci::LinuxDevice::default();
+        device
+            .set_path(PathBuf::from(&d.path))
+            .set_typ(typ)
+            .set_major(d.major)
+            .set_minor(d.minor)
+            .set_file_mode(d.file_mode.as_ref().map(|m| m.value))
+            .set_uid(d.uid.as_ref().map(|u| u.value))
+            .set_gid(d.gid.as_ref().map(|g| g.value));
+        devices.push(device);
+        if matches!(typ, oci::LinuxDeviceType::B | oci::LinuxDeviceType::C) {
+            let mut resources = linux.resources().clone().unwrap_or_default();
+            let mut rules = resources.devices().clone().unwrap_or_default();
+            let mut rule = oci::LinuxDeviceCgroup::default();
+            rule.set_allow(true)
+                .set_typ(Some(typ))
+                .set_major(Some(d.major))
+                .set_minor(Some(d.minor))
+                .set_access(Some("rwm".into()));
+            rules.push(rule);
+            resources.set_devices(Some(rules));
+            linux.set_resources(Some(resources));
+        }
+    }
+    linux.set_devices(Some(devices));
+    Ok(())
+}
+
+fn resources(linux: &mut oci::Linux, r: &api::LinuxResources, plugin: &str) -> Result<()> {
+    let unsupported = [
+        (
+            !r.hugepage_limits.is_empty(),
+            "linux.resources.hugepage_limits",
+        ),
+        (!r.blockio_class.is_empty(), "linux.resources.blockio_class"),
+        (!r.rdt_class.is_empty(), "linux.resources.rdt_class"),
+        (!r.devices.is_empty(), "linux.resources.devices"),
+        (!r.unified.is_empty(), "linux.resources.unified"),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        return Err(refuse(plugin, what));
+    }
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    if let Some(m) = &r.memory {
+        if m.kernel.is_some() || m.kernel_tcp.is_some() || m.use_hierarchy.is_some() {
+            return Err(refuse(
+                plugin,
+                "linux.resources.memory.kernel, kernel_tcp or use_hierarchy",
+            ));
+        }
+        let mut memory = resources.memory().unwrap_or_default();
+        if let Some(v) = &m.limit {
+            memory.set_limit(Some(v.value));
+        }
+        if let Some(v) = &m.reservation {
+            memory.set_reservation(Some(v.value));
+        }
+        if let Some(v) = &m.swap {
+            memory.set_swap(Some(v.value));
+        }
+        if let Some(v) = &m.swappiness {
+            memory.set_swappiness(Some(v.value));
+        }
+        if let Some(v) = &m.disable_oom_killer {
+            memory.set_disable_oom_killer(Some(v.value));
+        }
+        resources.set_memory(Some(memory));
+    }
+    if let Some(c) = &r.cpu {
+        if c.realtime_runtime.is_some() || c.realtime_period.is_some() {
+            return Err(refuse(plugin, "linux.resources.cpu.realtime_*"));
+        }
+        let mut cpu = resources.cpu().clone().unwrap_or_default();
+        if let Some(v) = &c.shares {
+            cpu.set_shares(Some(v.value));
+        }
+        if let Some(v) = &c.quota {
+            cpu.set_quota(Some(v.value));
+        }
+        if let Some(v) = &c.period {
+            cpu.set_period(Some(v.value));
+        }
+        if !c.cpus.is_empty() {
+            cpu.set_cpus(Some(c.cpus.clone()));
+        }
+        if !c.mems.is_empty() {
+            cpu.set_mems(Some(c.mems.clone()));
+        }
+        resources.set_cpu(Some(cpu));
+    }
+    if let Some(p) = &r.pids {
+        let mut pids = oci::LinuxPids::default();
+        pids.set_limit(p.limit);
+        resources.set_pids(Some(pids));
+    }
+    linux.set_resources(Some(resources));
+    Ok(())
+}
