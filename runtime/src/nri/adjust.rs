@@ -180,12 +180,12 @@ fn linux(
     let unsupported = [
         (!a.cgroups_path.is_empty(), "linux.cgroups_path"),
         (!a.namespaces.is_empty(), "linux.namespaces"),
-        (!a.io_priority.is_empty(), "linux.io_priority"),
-        (!a.seccomp_policy.is_empty(), "linux.seccomp_policy"),
+        (a.io_priority.is_some(), "linux.io_priority"),
+        (a.seccomp_policy.is_some(), "linux.seccomp_policy"),
         (!a.net_devices.is_empty(), "linux.net_devices"),
-        (!a.scheduler.is_empty(), "linux.scheduler"),
-        (!a.rdt.is_empty(), "linux.rdt"),
-        (!a.memory_policy.is_empty(), "linux.memory_policy"),
+        (a.scheduler.is_some(), "linux.scheduler"),
+        (a.rdt.is_some(), "linux.rdt"),
+        (a.memory_policy.is_some(), "linux.memory_policy"),
     ];
     if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
         return Err(refuse(plugin, what));
@@ -260,8 +260,8 @@ fn resources(linux: &mut oci::Linux, r: &api::LinuxResources, plugin: &str) -> R
             !r.hugepage_limits.is_empty(),
             "linux.resources.hugepage_limits",
         ),
-        (!r.blockio_class.is_empty(), "linux.resources.blockio_class"),
-        (!r.rdt_class.is_empty(), "linux.resources.rdt_class"),
+        (r.blockio_class.is_some(), "linux.resources.blockio_class"),
+        (r.rdt_class.is_some(), "linux.resources.rdt_class"),
         (!r.devices.is_empty(), "linux.resources.devices"),
         (!r.unified.is_empty(), "linux.resources.unified"),
     ];

@@ -43,6 +43,7 @@ pub struct Conn {
     pending: Pending,
     next_stream: Mutex<u32>,
     timeout: Duration,
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Conn {
@@ -58,21 +59,39 @@ impl Conn {
             pending: Arc::default(),
             next_stream: Mutex::new(1),
             timeout,
+            reader: Mutex::new(None),
         });
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let reader = conn.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = reader.read_loop(read, tx).await {
                 tracing::info!(error = %e, "NRI plugin connection ended");
             }
             // Calls still waiting get no answer: their senders drop with the map.
-            reader
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
+            reader.forget_pending();
         });
+        *conn.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         (conn, rx)
+    }
+
+    fn forget_pending(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Ends the connection: no more reading, and the plugin sees end-of-file.
+    pub async fn close(&self) {
+        if let Some(task) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+        self.forget_pending();
+        // A write stuck on a plugin that does not read holds the lock; then the socket
+        // closes when the connection is dropped.
+        if let Ok(mut writer) = self.writer.try_lock() {
+            let _ = writer.shutdown().await;
+        }
     }
 
     /// Calls `method` of the plugin's service; its answer's payload, or an error.
@@ -95,21 +114,26 @@ impl Conn {
             timeout_nano: self.timeout.as_nanos() as i64,
             metadata: Vec::new(),
         };
-        self.send(PLUGIN_CONN, id, REQUEST, &envelope.encode_to_vec())
-            .await?;
-        let gone = || Error::Internal(format!("NRI plugin went away during {method}"));
-        let response = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(_)) => return Err(gone()),
+        // The whole call, the writing included, is bounded: a plugin that stops reading
+        // must not hold up the pod operations that tell it something.
+        let exchange = async {
+            self.send(PLUGIN_CONN, id, REQUEST, &envelope.encode_to_vec())
+                .await?;
+            rx.await
+                .map_err(|_| Error::Internal(format!("NRI plugin went away during {method}")))
+        };
+        let answered = tokio::time::timeout(self.timeout, exchange).await;
+        if !matches!(answered, Ok(Ok(_))) {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.remove(&id);
+        }
+        let response = match answered {
+            Ok(result) => result?,
             Err(_) => {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
                 return Err(Error::Internal(format!(
                     "NRI plugin did not answer {method} within {:?}",
                     self.timeout
-                )));
+                )))
             }
         };
         match response.status {

@@ -6,10 +6,13 @@
 //! mounts, annotations, args, hooks, devices, CPU and memory, oom_score_adj, rlimits).
 //!
 //! A plugin that refuses a CreateContainer fails it. A plugin that does not answer within
-//! the request timeout, or whose connection ends, is dropped. Lifecycle events other than
-//! CreateContainer and StopContainer go through `StateChange`, which every NRI plugin
-//! library answers. Container updates and evictions a plugin asks for are answered as
-//! failed: podrun does not apply them.
+//! the request timeout, or whose connection ends, is dropped and disconnected. Lifecycle
+//! events other than CreateContainer and StopContainer go through `StateChange`, which
+//! every NRI plugin library answers. Container updates a plugin asks for are answered as
+//! failed and evictions are not carried out: podrun applies neither. UpdateContainer,
+//! UpdatePodSandbox and their Post events are not sent; a plugin that wants to validate
+//! other plugins' adjustments (ValidateContainerAdjustment) is refused, since it would
+//! never be asked.
 
 mod adjust;
 mod conn;
@@ -64,10 +67,13 @@ impl Nri {
             .clone()
     }
 
-    fn drop_plugin(&self, plugin: &Plugin, why: &str) {
+    async fn drop_plugin(&self, plugin: &Plugin, why: &str) {
         tracing::warn!(plugin = %plugin.name, index = %plugin.index, why, "NRI plugin dropped");
-        let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
-        plugins.retain(|p| !Arc::ptr_eq(&p.conn, &plugin.conn));
+        {
+            let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
+            plugins.retain(|p| !Arc::ptr_eq(&p.conn, &plugin.conn));
+        }
+        plugin.conn.close().await;
     }
 
     /// Accepts plugins on `socket` until the process ends.
@@ -89,71 +95,18 @@ impl Nri {
         }
     }
 
-    /// RegisterPlugin, Configure, Synchronize; then the plugin gets events.
+    /// RegisterPlugin, Configure, Synchronize; then the plugin gets events until its
+    /// connection ends. A plugin that fails on the way is disconnected.
     async fn register(&self, stream: tokio::net::UnixStream, snapshot: &Snapshot) -> Result<()> {
         let (conn, mut requests) = Conn::start(stream, REQUEST_TIMEOUT);
-        let first = tokio::time::timeout(REGISTRATION_TIMEOUT, requests.recv()).await;
-        let Ok(Some(first)) = first else {
-            return Err(Error::FailedPrecondition(
-                "plugin registration timed out".into(),
-            ));
-        };
-        let registered = match first.method.as_str() {
-            "RegisterPlugin" => api::RegisterPluginRequest::decode(&first.payload[..])
-                .map_err(|e| e.to_string())
-                .and_then(|r| check_name(&r).map(|()| r)),
-            other => Err(format!("expected RegisterPlugin, got {other}")),
-        };
-        let request = match registered {
-            Ok(r) => {
-                let _ = first.answer.send(Ok(api::Empty {}.encode_to_vec()));
-                r
-            }
+        let plugin = match handshake(&conn, &mut requests, snapshot).await {
+            Ok(plugin) => Arc::new(plugin),
             Err(e) => {
-                let _ = first.answer.send(Err((3, e.clone())));
-                return Err(Error::invalid("plugin", e));
+                conn.close().await;
+                return Err(e);
             }
         };
-        let configure = api::ConfigureRequest {
-            config: String::new(),
-            runtime_name: "podrun".into(),
-            runtime_version: env!("CARGO_PKG_VERSION").into(),
-            registration_timeout: REGISTRATION_TIMEOUT.as_millis() as i64,
-            request_timeout: REQUEST_TIMEOUT.as_millis() as i64,
-            nri_version: NRI_VERSION.into(),
-        };
-        let answer = conn.call("Configure", &configure).await?;
-        let events = api::ConfigureResponse::decode(&answer[..])
-            .map_err(|e| Error::Internal(format!("Configure answer: {e}")))?
-            .events;
-        let events = match events {
-            0 => VALID_EVENTS,
-            e if e & !VALID_EVENTS != 0 => {
-                return Err(Error::invalid(
-                    "plugin",
-                    format!("invalid plugin events: {e:#x}"),
-                ))
-            }
-            e => e,
-        };
-        let (pods, containers) = snapshot();
-        let sync = api::SynchronizeRequest {
-            pods,
-            containers,
-            more: false,
-        };
-        let answer = conn.call("Synchronize", &sync).await?;
-        let updates = api::SynchronizeResponse::decode(&answer[..]).map(|r| r.update.len());
-        if updates.unwrap_or(0) > 0 {
-            tracing::warn!(plugin = %request.plugin_name, "NRI: container updates at Synchronize are not applied");
-        }
-        let plugin = Arc::new(Plugin {
-            name: request.plugin_name,
-            index: request.plugin_idx,
-            events,
-            conn,
-        });
-        tracing::info!(plugin = %plugin.name, index = %plugin.index, events = format!("{events:#x}"), "NRI plugin registered");
+        tracing::info!(plugin = %plugin.name, index = %plugin.index, events = format!("{:#x}", plugin.events), "NRI plugin registered");
         {
             let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
             plugins.push(plugin.clone());
@@ -171,7 +124,7 @@ impl Nri {
             };
             let _ = request.answer.send(answer);
         }
-        self.drop_plugin(&plugin, "its connection ended");
+        self.drop_plugin(&plugin, "its connection ended").await;
         Ok(())
     }
 
@@ -199,7 +152,7 @@ impl Nri {
                     )))
                 }
                 Err(e) => {
-                    self.drop_plugin(&plugin, &e.to_string());
+                    self.drop_plugin(&plugin, &e.to_string()).await;
                     continue;
                 }
             };
@@ -249,10 +202,85 @@ impl Nri {
                 Err(Error::FailedPrecondition(e)) => {
                     tracing::warn!(plugin = %plugin.name, event = ?event, error = %e, "NRI plugin refused an event")
                 }
-                Err(e) => self.drop_plugin(&plugin, &e.to_string()),
+                Err(e) => self.drop_plugin(&plugin, &e.to_string()).await,
             }
         }
     }
+}
+
+/// RegisterPlugin (within the registration timeout), Configure, Synchronize.
+async fn handshake(
+    conn: &Arc<Conn>,
+    requests: &mut tokio::sync::mpsc::Receiver<conn::Incoming>,
+    snapshot: &Snapshot,
+) -> Result<Plugin> {
+    let first = tokio::time::timeout(REGISTRATION_TIMEOUT, requests.recv()).await;
+    let Ok(Some(first)) = first else {
+        return Err(Error::FailedPrecondition(
+            "plugin registration timed out".into(),
+        ));
+    };
+    let registered = match first.method.as_str() {
+        "RegisterPlugin" => api::RegisterPluginRequest::decode(&first.payload[..])
+            .map_err(|e| e.to_string())
+            .and_then(|r| check_name(&r).map(|()| r)),
+        other => Err(format!("expected RegisterPlugin, got {other}")),
+    };
+    let request = match registered {
+        Ok(r) => {
+            let _ = first.answer.send(Ok(api::Empty {}.encode_to_vec()));
+            r
+        }
+        Err(e) => {
+            let _ = first.answer.send(Err((3, e.clone())));
+            return Err(Error::invalid("plugin", e));
+        }
+    };
+    let configure = api::ConfigureRequest {
+        config: String::new(),
+        runtime_name: "podrun".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        registration_timeout: REGISTRATION_TIMEOUT.as_millis() as i64,
+        request_timeout: REQUEST_TIMEOUT.as_millis() as i64,
+        nri_version: NRI_VERSION.into(),
+    };
+    let answer = conn.call("Configure", &configure).await?;
+    let events = api::ConfigureResponse::decode(&answer[..])
+        .map_err(|e| Error::Internal(format!("Configure answer: {e}")))?
+        .events;
+    let events = match events {
+        0 => VALID_EVENTS,
+        e if e & !VALID_EVENTS != 0 => {
+            return Err(Error::invalid(
+                "plugin",
+                format!("invalid plugin events: {e:#x}"),
+            ))
+        }
+        e => e,
+    };
+    let (pods, containers) = snapshot();
+    let sync = api::SynchronizeRequest {
+        pods,
+        containers,
+        more: false,
+    };
+    let answer = conn.call("Synchronize", &sync).await?;
+    let updates = api::SynchronizeResponse::decode(&answer[..]).map(|r| r.update.len());
+    if updates.unwrap_or(0) > 0 {
+        tracing::warn!(plugin = %request.plugin_name, "NRI: container updates at Synchronize are not applied");
+    }
+    if events & (1 << (api::Event::ValidateContainerAdjustment as i32 - 1)) != 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "plugin {}: podrun does not ask plugins to validate adjustments",
+            request.plugin_name
+        )));
+    }
+    Ok(Plugin {
+        name: request.plugin_name,
+        index: request.plugin_idx,
+        events,
+        conn: conn.clone(),
+    })
 }
 
 /// A plugin's name: `[a-zA-Z0-9_.+-]+`; its index: two digits.
@@ -272,13 +300,16 @@ fn check_name(r: &api::RegisterPluginRequest) -> std::result::Result<(), String>
     }
 }
 
-/// The socket, in a directory only root can enter (as containerd makes it).
+/// The socket; its directory, when podrund makes it, only root can enter (as containerd
+/// makes it). An existing directory keeps its mode.
 fn listen(socket: &Path) -> Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("creating", dir))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(Error::io("setting the mode of", dir))?;
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = socket.parent().filter(|d| !d.exists()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(Error::io("creating", dir))?;
     }
     match std::fs::remove_file(socket) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -286,6 +317,14 @@ fn listen(socket: &Path) -> Result<tokio::net::UnixListener> {
         }
         _ => {}
     }
-    tokio::net::UnixListener::bind(socket)
-        .map_err(|e| Error::invalid("nri-socket", format!("{}: {e}", socket.display())))
+    let listener = tokio::net::UnixListener::bind(socket)
+        .map_err(|e| Error::invalid("nri-socket", format!("{}: {e}", socket.display())))?;
+    // A plugin may change any container: only root may connect.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(Error::io("setting the mode of", socket))?;
+    Ok(listener)
 }
+
+#[cfg(test)]
+mod tests;

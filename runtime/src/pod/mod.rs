@@ -16,44 +16,56 @@ pub mod sessions;
 mod stop;
 
 pub use recover::{cni_gc, recover, release_dead};
+pub use remove::remove;
+pub use run::run;
+pub use stop::stop;
 
 use podrun_proto::cri::ContainerEventType;
 use podrun_proto::nri::Event;
 
 use crate::node::Node;
 
-/// An event of a pod (`id` is the pod's) or of one of its containers (`container` is its
-/// record): to GetContainerEvents' subscribers, then to the NRI plugins subscribed to it,
-/// awaited, so that plugins see a pod's events in order.
-pub(crate) async fn event(
-    node: &Node,
-    pod_id: &str,
-    id: &str,
-    kind: ContainerEventType,
-    container: Option<&crate::container::Record>,
-) {
-    node.publish_event(pod_id, id, kind);
+/// A pod's event: to GetContainerEvents' subscribers, then to the NRI plugins subscribed
+/// to it. Sent without the pod's record lock held (a plugin may take its time).
+pub(crate) async fn pod_event(node: &Node, pod: &crate::sandbox::Record, kind: ContainerEventType) {
+    node.publish_event(&pod.id, &pod.id, kind);
     let Some(nri) = &node.nri else {
         return;
     };
-    use ContainerEventType as K;
-    let nri_event = match (kind, container.is_some()) {
-        (K::ContainerStartedEvent, false) => Event::RunPodSandbox,
-        (K::ContainerStoppedEvent, false) => Event::StopPodSandbox,
-        (K::ContainerDeletedEvent, false) => Event::RemovePodSandbox,
-        (K::ContainerCreatedEvent, true) => Event::PostCreateContainer,
-        (K::ContainerStartedEvent, true) => Event::StartContainer,
-        (K::ContainerStoppedEvent, true) => Event::StopContainer,
-        (K::ContainerDeletedEvent, true) => Event::RemoveContainer,
+    let event = match kind {
+        ContainerEventType::ContainerStartedEvent => Event::RunPodSandbox,
+        ContainerEventType::ContainerStoppedEvent => Event::StopPodSandbox,
+        ContainerEventType::ContainerDeletedEvent => Event::RemovePodSandbox,
         _ => return,
     };
-    let Ok(pod) = node.sandboxes.get(pod_id) else {
+    nri.notify(event, &crate::nri::convert::pod(pod), None)
+        .await;
+}
+
+/// A container's event, likewise; StartContainer is followed by PostStartContainer.
+pub(crate) async fn container_event(
+    node: &Node,
+    c: &crate::container::Record,
+    kind: ContainerEventType,
+) {
+    node.publish_event(&c.pod_id, &c.id, kind);
+    let Some(nri) = &node.nri else {
+        return;
+    };
+    let events: &[Event] = match kind {
+        ContainerEventType::ContainerCreatedEvent => &[Event::PostCreateContainer],
+        ContainerEventType::ContainerStartedEvent => {
+            &[Event::StartContainer, Event::PostStartContainer]
+        }
+        ContainerEventType::ContainerStoppedEvent => &[Event::StopContainer],
+        ContainerEventType::ContainerDeletedEvent => &[Event::RemoveContainer],
+    };
+    let Ok(pod) = node.sandboxes.get(&c.pod_id) else {
         return;
     };
     let pod = crate::nri::convert::pod(&pod.view());
-    let container = container.map(crate::nri::convert::container);
-    nri.notify(nri_event, &pod, container.as_ref()).await;
+    let container = crate::nri::convert::container(c);
+    for event in events {
+        nri.notify(*event, &pod, Some(&container)).await;
+    }
 }
-pub use remove::remove;
-pub use run::run;
-pub use stop::stop;

@@ -20,6 +20,7 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
     node_
         .detached("RemovePodSandbox", async move {
             let mut record = pod.record.lock().await;
+            let was_stopped = record.stopped;
             let stopped = stop::stop_locked(&node, &mut record).await;
             // Containers go before their pod's shim does (stop_locked leaves it for them when
             // it failed; when it succeeded the shim is gone and removal only cleans files).
@@ -28,9 +29,24 @@ pub async fn remove(node: Arc<Node>, req: cri::RemovePodSandboxRequest) -> Resul
             pod.publish(&record);
             stopped?;
             remove_dirs(&PodDirs::new(&node.config, &record.id))?;
-            let deleted = cri::ContainerEventType::ContainerDeletedEvent;
-            super::event(&node, &record.id, &record.id, deleted, None).await;
             node.sandboxes.forget(&record.id);
+            let removed = record.clone();
+            drop(record);
+            // Removing a running pod stops it first: its events say so, in order.
+            if !was_stopped {
+                super::pod_event(
+                    &node,
+                    &removed,
+                    cri::ContainerEventType::ContainerStoppedEvent,
+                )
+                .await;
+            }
+            super::pod_event(
+                &node,
+                &removed,
+                cri::ContainerEventType::ContainerDeletedEvent,
+            )
+            .await;
             Ok(())
         })
         .await

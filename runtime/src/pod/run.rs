@@ -102,16 +102,10 @@ async fn create(node: &Node, config: cri::PodSandboxConfig, handler: String) -> 
     match made {
         Ok(()) => {
             tracing::debug!(pod = %id, total_ms = started.elapsed().as_millis() as u64, "RunPodSandbox done");
+            let ready = record.clone();
             node.sandboxes.insert(record);
             node.publish_event(&id, &id, cri::ContainerEventType::ContainerCreatedEvent);
-            super::event(
-                node,
-                &id,
-                &id,
-                cri::ContainerEventType::ContainerStartedEvent,
-                None,
-            )
-            .await;
+            super::pod_event(node, &ready, cri::ContainerEventType::ContainerStartedEvent).await;
             Ok(id)
         }
         Err(cause) => {

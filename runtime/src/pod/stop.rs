@@ -29,9 +29,11 @@ pub async fn stop(node: Arc<Node>, req: cri::StopPodSandboxRequest) -> Result<()
         let was_stopped = record.stopped;
         let result = stop_locked(&n, &mut record).await;
         pod.publish(&record);
-        if record.stopped && !was_stopped {
-            let stopped = podrun_proto::cri::ContainerEventType::ContainerStoppedEvent;
-            super::event(&n, &record.id, &record.id, stopped, None).await;
+        let stopped_now = (record.stopped && !was_stopped).then(|| record.clone());
+        drop(record);
+        if let Some(stopped) = stopped_now {
+            let kind = podrun_proto::cri::ContainerEventType::ContainerStoppedEvent;
+            super::pod_event(&n, &stopped, kind).await;
         }
         result
     })

@@ -51,7 +51,13 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     // A file, not a name: a checkpoint archive to restore from (as CRI-O and containerd 2).
     if image_name.starts_with('/') && Path::new(&image_name).is_file() {
         let runtime = node.oci_runtime(&pod.runtime_handler)?;
-        return Err(super::checkpoint::restore(&image_name, &runtime));
+        let archive = image_name.clone();
+        // The probe runs crun and criu: not on an async worker.
+        let refusal =
+            tokio::task::spawn_blocking(move || super::checkpoint::restore(&archive, &runtime))
+                .await
+                .map_err(|e| Error::Internal(format!("probing CRIU: {e}")))?;
+        return Err(refusal);
     }
     let image = node
         .images
@@ -60,10 +66,10 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             what: "image",
             id: image_name.clone(),
         })?;
-    let mut volume_images = Vec::new();
+    let mut volumes = Vec::new();
     for (i, m) in config.mounts.iter().enumerate() {
         if let Some(image) = check_image_volume(i, m, &node.images)? {
-            volume_images.push(image.id);
+            volumes.push((i, image));
         } else {
             let host = Path::new(&m.host_path);
             if !host.is_absolute() {
@@ -105,7 +111,8 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         ));
     }
     check_capabilities(sc)?;
-    let prepared = prepare(&node, &config, sc)?;
+    let mut prepared = prepare(&node, &config, sc)?;
+    prepared.volumes = volumes;
     check_userns(&pod, sc)?;
     let privileged = sc.is_some_and(|s| s.privileged);
     let pod_privileged = pod
@@ -137,9 +144,11 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
     }
     let node_ = node.clone();
     node_.detached("CreateContainer", async move {
-        let _reserved = guard;
+        let reserved = guard;
         // RemoveImage keeps these layers until the container is recorded as using them.
         let _layers = node.images.use_layers(&image.layers);
+        let volume_layers: Vec<Vec<String>> = prepared.volumes.iter().map(|(_, v)| v.layers.clone()).collect();
+        let _volume_layers: Vec<_> = volume_layers.iter().map(|l| node.images.use_layers(l)).collect();
         let id = store::new_id()?;
         let dirs = Dirs::new(&node.config, &id);
         let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
@@ -168,18 +177,26 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             stop_signal,
             config,
             user: Default::default(),
-            volume_images,
+            volume_images: prepared.volumes.iter().map(|(_, v)| v.id.clone()).collect(),
         };
-        match make(&node, &dirs, &pod, &image, &mut record, pid_target, prepared).await {
+        match make(&node, &dirs, &pod, &image, &mut record, pid_target, &mut prepared).await {
             Ok(()) => {
-                let (pod_id, created) = (record.pod_id.clone(), record.clone());
+                let created = record.clone();
                 node.containers.insert(record);
+                drop(reserved);
                 let kind = podrun_proto::cri::ContainerEventType::ContainerCreatedEvent;
-                crate::pod::event(&node, &pod_id, &id, kind, Some(&created)).await;
+                crate::pod::container_event(&node, &created, kind).await;
                 Ok(id)
             }
             Err(cause) => {
                 tracing::warn!(container = %id, error = %cause, "CreateContainer failed; rolling back");
+                // Plugins that saw the create learn it did not happen (containerd's undo).
+                if let Some(nri) = node.nri.as_ref().filter(|_| prepared.nri_consulted) {
+                    let nri_pod = crate::nri::convert::pod(&pod);
+                    let gone = crate::nri::convert::container(&record);
+                    nri.notify(podrun_proto::nri::Event::StopContainer, &nri_pod, Some(&gone)).await;
+                    nri.notify(podrun_proto::nri::Event::RemoveContainer, &nri_pod, Some(&gone)).await;
+                }
                 if let Ok(shim) = sandbox::shim::Shim::connect(&pod.id, &pod.shim_socket).await {
                     let _ = shim.delete(&id, "").await;
                 }
@@ -200,6 +217,10 @@ struct Prepared {
     apparmor: Option<String>,
     selinux: Option<String>,
     cdi: Vec<crate::cdi::Resolved>,
+    /// Image volumes: the mount's index and its image.
+    volumes: Vec<(usize, crate::image::Image)>,
+    /// Whether NRI plugins were asked about the container (and must hear of a rollback).
+    nri_consulted: bool,
 }
 
 fn prepare(
@@ -227,6 +248,8 @@ fn prepare(
         apparmor,
         selinux: lsm::selinux_label(options, &node.lsm, SELINUX)?,
         cdi,
+        volumes: Vec::new(),
+        nri_consulted: false,
     })
 }
 
@@ -237,7 +260,7 @@ async fn make(
     image: &crate::image::Image,
     record: &mut Record,
     pid_target: Option<i32>,
-    prepared: Prepared,
+    prepared: &mut Prepared,
 ) -> Result<()> {
     for d in [&dirs.root, &dirs.state] {
         std::fs::create_dir_all(d).map_err(Error::io("creating", d))?;
@@ -323,7 +346,7 @@ async fn make(
         Some(u) => stage_idmapped_volumes(dirs, &mut spec_config, u)?,
         None => Vec::new(),
     };
-    stage_image_volumes(&node.images, dirs, &mut spec_config)?;
+    stage_image_volumes(&node.images, dirs, &mut spec_config, &prepared.volumes)?;
     let input = oci_spec::Input {
         id: &record.id,
         config: &spec_config,
@@ -335,10 +358,10 @@ async fn make(
         annotations,
         pid_target,
         own_caps: own_capabilities(),
-        seccomp_localhost: prepared.seccomp,
-        apparmor_profile: prepared.apparmor,
-        selinux_label: prepared.selinux,
-        cdi: prepared.cdi,
+        seccomp_localhost: prepared.seccomp.take(),
+        apparmor_profile: prepared.apparmor.take(),
+        selinux_label: prepared.selinux.take(),
+        cdi: std::mem::take(&mut prepared.cdi),
         host_devices: match sc.is_some_and(|s| s.privileged) {
             true => host_devices(),
             false => Vec::new(),
@@ -349,9 +372,15 @@ async fn make(
     if let Some(nri) = &node.nri {
         let nri_pod = crate::nri::convert::pod(pod);
         let nri_container = crate::nri::convert::created(record, &spec);
+        prepared.nri_consulted = true;
         let adjustments = nri.create_container(&nri_pod, &nri_container).await?;
         crate::nri::adjust(&mut spec, &adjustments, input.oom_floor)?;
-        oci_spec::validate(&spec)?;
+        // What a plugin made of the spec is the plugin's doing, not a podrun bug.
+        oci_spec::validate(&spec).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "NRI plugins' adjustments made the spec invalid: {e}"
+            ))
+        })?;
     }
     store::write_volatile(&dirs.state.join("config.json"), &spec)?;
     let stdout = match record.log_path.as_str() {

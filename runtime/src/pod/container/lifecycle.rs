@@ -40,7 +40,7 @@ pub async fn start(node: Arc<Node>, req: cri::StartContainerRequest) -> Result<(
     c.publish(&r);
     drop(r);
     let started = cri::ContainerEventType::ContainerStartedEvent;
-    crate::pod::event(&node, &c.pod_id, &c.id, started, Some(&c.view())).await;
+    crate::pod::container_event(&node, &c.view(), started).await;
     tokio::spawn(monitor(node, c));
     Ok(())
 }
@@ -135,7 +135,7 @@ async fn record_exit(node: &Node, c: &Container, code: i32, at: i64) {
     c.publish(&r);
     drop(r);
     let stopped = cri::ContainerEventType::ContainerStoppedEvent;
-    crate::pod::event(node, &c.pod_id, &c.id, stopped, Some(&c.view())).await;
+    crate::pod::container_event(node, &c.view(), stopped).await;
     tracing::info!(container = %c.id, code, "container exited");
 }
 
@@ -247,8 +247,10 @@ pub(crate) async fn remove_one(node: &Node, c: &Container) -> Result<()> {
         .await
         .map_err(|e| Error::Internal(format!("removing container files: {e}")))??;
     node.containers.forget(&r.id);
+    let removed = r.clone();
+    drop(r);
     let deleted = cri::ContainerEventType::ContainerDeletedEvent;
-    crate::pod::event(node, &r.pod_id, &r.id, deleted, Some(&r)).await;
+    crate::pod::container_event(node, &removed, deleted).await;
     Ok(())
 }
 

@@ -18,7 +18,11 @@ pub(super) fn stage_idmapped_volumes(
     userns: &crate::userns::UserNs,
 ) -> Result<Vec<PathBuf>> {
     let mut staged = Vec::new();
-    let mapped = |m: &cri::Mount| !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty();
+    // Image volumes are staged apart (stage_image_volumes), whatever mappings they carry.
+    let mapped = |m: &cri::Mount| {
+        m.image.as_ref().is_none_or(|i| i.image.is_empty())
+            && (!m.uid_mappings.is_empty() || !m.gid_mappings.is_empty())
+    };
     if !config.mounts.iter().any(mapped) {
         return Ok(staged);
     }
@@ -144,28 +148,21 @@ pub(super) fn teardown_files(dirs: &Dirs) -> Result<()> {
     Ok(())
 }
 
-/// Mounts each image volume of `config` read-only at `<state>/image-volumes/<n>` (an
-/// overlay of the image's layers without an upper dir, so nothing can write to the layers)
-/// and points the volume there, or at its sub path, which must be a directory inside it.
+/// Mounts each image volume (`volumes`: mount index and image) read-only at
+/// `<state>/image-volumes/<n>` (an overlay of the image's layers without an upper dir, so
+/// nothing can write to the layers) and points the volume there, or at its sub path, which
+/// must be a directory inside it.
 pub(super) fn stage_image_volumes(
     images: &crate::image::ImageStore,
     dirs: &Dirs,
     config: &mut cri::ContainerConfig,
+    volumes: &[(usize, crate::image::Image)],
 ) -> Result<()> {
     let empty = dirs.root.join("empty");
-    for (i, m) in config.mounts.iter_mut().enumerate() {
-        let Some(name) = m
-            .image
-            .as_ref()
-            .map(|s| s.image.clone())
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
-        };
-        let image = images.find(&name).ok_or_else(|| Error::NotFound {
-            what: "image",
-            id: name.clone(),
-        })?;
+    // The images CreateContainer checked (their layers pinned since), not looked up again.
+    for (i, image) in volumes {
+        let (i, name) = (*i, &image.id);
+        let m = &mut config.mounts[i];
         let mut lowers: Vec<String> = image
             .layers
             .iter()
@@ -188,6 +185,8 @@ pub(super) fn stage_image_volumes(
             Some(options.as_str()),
         )
         .map_err(Error::sys(format!("mounting image volume {name}")))?;
+        // Compared canonical to canonical (the state dir's path may hold a symlink).
+        let at = at.canonicalize().map_err(Error::io("resolving", &at))?;
         let source = match m.image_sub_path.as_str() {
             "" => at.clone(),
             sub => {
