@@ -128,14 +128,7 @@ async fn cdi_devices(handler: &str) {
     assert_ne!(ls.exit_code, 0);
 
     // An unknown device is refused, naming it, and nothing is made.
-    let before = bed
-        .rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let before = podrun_tests::list_containers(&mut bed.rt).await.len();
     let mut unknown = bed.container("unknown", &["true"]);
     unknown.cdi_devices = vec![
         cri::CdiDevice {
@@ -166,14 +159,7 @@ async fn cdi_devices(handler: &str) {
         "only the unknown one: {}",
         err.message()
     );
-    let after = bed
-        .rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len();
+    let after = podrun_tests::list_containers(&mut bed.rt).await.len();
     assert_eq!(after, before, "a refused container was made");
 }
 
@@ -300,40 +286,12 @@ async fn image_volumes_mount_an_image_read_only_and_keep_it_while_used() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains(&id), "{}", err.message());
 
-    // What cannot be mounted is refused.
+    // What cannot be mounted is refused: out of the image, through a symlink or `..`; a file.
     use tonic::Code::*;
-    refused(
-        &mut bed,
-        &pod,
-        image_mount("/v", &data, "escape"),
-        InvalidArgument,
-        "image_sub_path",
-    )
-    .await;
-    refused(
-        &mut bed,
-        &pod,
-        image_mount("/v", &data, "up"),
-        InvalidArgument,
-        "image_sub_path",
-    )
-    .await;
-    refused(
-        &mut bed,
-        &pod,
-        image_mount("/v", &data, "../etc"),
-        InvalidArgument,
-        "image_sub_path",
-    )
-    .await;
-    refused(
-        &mut bed,
-        &pod,
-        image_mount("/v", &data, "tool.sh"),
-        InvalidArgument,
-        "image_sub_path",
-    )
-    .await;
+    for sub in ["escape", "up", "../etc", "tool.sh"] {
+        let m = image_mount("/v", &data, sub);
+        refused(&mut bed, &pod, m, InvalidArgument, "image_sub_path").await;
+    }
     let not_pulled = format!("{}/nope:1", bed.registry.addr);
     refused(
         &mut bed,

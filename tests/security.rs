@@ -30,13 +30,7 @@ fn mask(status: &str, line: &str) -> u64 {
 }
 
 async fn container_count(bed: &mut Bed) -> usize {
-    bed.rt
-        .list_containers(cri::ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .len()
+    podrun_tests::list_containers(&mut bed.rt).await.len()
 }
 
 /// CreateContainer with `config` fails with InvalidArgument naming `field`, and makes nothing.
@@ -307,14 +301,7 @@ async fn security_contexts(handler: &str) {
     )
     .await;
     // The same for a pod's own settings, at RunPodSandbox: refused, nothing made.
-    let pods_before = bed
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let pods_before = podrun_tests::list_pods(&mut bed.rt).await.len();
     let mut labelled = bed.node.pod_config("labelled");
     labelled.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
         selinux_options: Some(cri::SeLinuxOption {
@@ -337,14 +324,7 @@ async fn security_contexts(handler: &str) {
         "{}",
         err.message()
     );
-    let pods_after = bed
-        .rt
-        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let pods_after = podrun_tests::list_pods(&mut bed.rt).await.len();
     assert_eq!(
         pods_after, pods_before,
         "RunPodSandbox made a pod it refused"

@@ -714,6 +714,16 @@ pub async fn list_pods(client: &mut Client) -> Vec<cri::PodSandbox> {
         .items
 }
 
+/// Every container podrund lists (ListContainers without a filter), which must succeed.
+pub async fn list_containers(client: &mut Client) -> Vec<cri::Container> {
+    client
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
 /// StopPodSandbox then RemovePodSandbox, both required to succeed.
 pub async fn stop_and_remove(client: &mut Client, id: &str) {
     client
