@@ -24,7 +24,7 @@ pub struct Node {
     pub default_runtime: Result<PathBuf, String>,
     /// Held shared by every operation that changes pods; shutdown takes it exclusively,
     /// so podrund never exits half-way through making or tearing down a pod.
-    pub inflight: tokio::sync::RwLock<()>,
+    pub inflight: Arc<tokio::sync::RwLock<()>>,
     pub streaming: crate::streaming::Streaming,
     /// The previous CPU sample of each cgroup, for usage_nano_cores.
     pub samples: crate::cgroup::CpuSamples,
@@ -73,7 +73,7 @@ impl Node {
             )?,
             containers: Containers::default(),
             default_runtime: default_runtime(),
-            inflight: tokio::sync::RwLock::new(()),
+            inflight: Arc::default(),
             streaming: crate::streaming::Streaming::bind(
                 &config.streaming_address,
                 Duration::from_secs(config.streaming_token_ttl),

@@ -76,7 +76,9 @@ pub async fn serve(
                     .collect();
                 (pods, containers)
             });
-            let serving = nri.clone().serve(socket.clone(), snapshot);
+            let serving = nri
+                .clone()
+                .serve(socket.clone(), snapshot, node.inflight.clone());
             Some(tokio::spawn(async move {
                 if let Err(e) = serving.await {
                     tracing::error!(error = %e, "NRI failed");

@@ -76,8 +76,15 @@ impl Nri {
         plugin.conn.close().await;
     }
 
-    /// Accepts plugins on `socket` until the process ends.
-    pub async fn serve(self: Arc<Self>, socket: PathBuf, snapshot: Snapshot) -> Result<()> {
+    /// Accepts plugins on `socket` until the process ends. `quiet` is held shared by every
+    /// pod operation: a plugin is synchronized and joins the others with it held
+    /// exclusively, so no pod or container can come or go unseen in between.
+    pub async fn serve(
+        self: Arc<Self>,
+        socket: PathBuf,
+        snapshot: Snapshot,
+        quiet: Arc<tokio::sync::RwLock<()>>,
+    ) -> Result<()> {
         let listener = listen(&socket)?;
         tracing::info!(socket = %socket.display(), "NRI: accepting plugins");
         let snapshot = Arc::new(snapshot);
@@ -86,9 +93,9 @@ impl Nri {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
-            let (nri, snapshot) = (self.clone(), snapshot.clone());
+            let (nri, snapshot, quiet) = (self.clone(), snapshot.clone(), quiet.clone());
             tokio::spawn(async move {
-                if let Err(e) = nri.register(stream, &snapshot).await {
+                if let Err(e) = nri.register(stream, &snapshot, &quiet).await {
                     tracing::warn!(error = %e, "NRI plugin not registered");
                 }
             });
@@ -97,21 +104,32 @@ impl Nri {
 
     /// RegisterPlugin, Configure, Synchronize; then the plugin gets events until its
     /// connection ends. A plugin that fails on the way is disconnected.
-    async fn register(&self, stream: tokio::net::UnixStream, snapshot: &Snapshot) -> Result<()> {
+    async fn register(
+        &self,
+        stream: tokio::net::UnixStream,
+        snapshot: &Snapshot,
+        quiet: &tokio::sync::RwLock<()>,
+    ) -> Result<()> {
         let (conn, mut requests) = Conn::start(stream, REQUEST_TIMEOUT);
-        let plugin = match handshake(&conn, &mut requests, snapshot).await {
-            Ok(plugin) => Arc::new(plugin),
+        let joined = async {
+            let plugin = Arc::new(handshake(&conn, &mut requests).await?);
+            // Pod operations wait (at most the request timeout) while the plugin learns
+            // what there is and joins the others.
+            let _quiet = quiet.write().await;
+            synchronize(&plugin, snapshot).await?;
+            let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
+            plugins.push(plugin.clone());
+            plugins.sort_by(|a, b| a.index.cmp(&b.index));
+            Ok(plugin)
+        };
+        let plugin: Arc<Plugin> = match joined.await {
+            Ok(plugin) => plugin,
             Err(e) => {
                 conn.close().await;
                 return Err(e);
             }
         };
         tracing::info!(plugin = %plugin.name, index = %plugin.index, events = format!("{:#x}", plugin.events), "NRI plugin registered");
-        {
-            let mut plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
-            plugins.push(plugin.clone());
-            plugins.sort_by(|a, b| a.index.cmp(&b.index));
-        }
         // The plugin's own requests (UpdateContainers) for as long as it is connected.
         while let Some(request) = requests.recv().await {
             let answer = match request.method.as_str() {
@@ -208,11 +226,10 @@ impl Nri {
     }
 }
 
-/// RegisterPlugin (within the registration timeout), Configure, Synchronize.
+/// RegisterPlugin (within the registration timeout) and Configure.
 async fn handshake(
     conn: &Arc<Conn>,
     requests: &mut tokio::sync::mpsc::Receiver<conn::Incoming>,
-    snapshot: &Snapshot,
 ) -> Result<Plugin> {
     let first = tokio::time::timeout(REGISTRATION_TIMEOUT, requests.recv()).await;
     let Ok(Some(first)) = first else {
@@ -258,17 +275,6 @@ async fn handshake(
         }
         e => e,
     };
-    let (pods, containers) = snapshot();
-    let sync = api::SynchronizeRequest {
-        pods,
-        containers,
-        more: false,
-    };
-    let answer = conn.call("Synchronize", &sync).await?;
-    let updates = api::SynchronizeResponse::decode(&answer[..]).map(|r| r.update.len());
-    if updates.unwrap_or(0) > 0 {
-        tracing::warn!(plugin = %request.plugin_name, "NRI: container updates at Synchronize are not applied");
-    }
     if events & (1 << (api::Event::ValidateContainerAdjustment as i32 - 1)) != 0 {
         return Err(Error::FailedPrecondition(format!(
             "plugin {}: podrun does not ask plugins to validate adjustments",
@@ -281,6 +287,44 @@ async fn handshake(
         events,
         conn: conn.clone(),
     })
+}
+
+/// Pods or containers per Synchronize message: a large node's would not fit in one ttrpc
+/// message (4 MiB).
+const SYNC_CHUNK: usize = 128;
+
+/// Tells a plugin the pods and containers there are now, in messages of at most
+/// [`SYNC_CHUNK`] each, all but the last marked `more`.
+async fn synchronize(plugin: &Plugin, snapshot: &Snapshot) -> Result<()> {
+    let (pods, containers) = snapshot();
+    let mut messages: Vec<api::SynchronizeRequest> = pods
+        .chunks(SYNC_CHUNK)
+        .map(|p| api::SynchronizeRequest {
+            pods: p.to_vec(),
+            ..Default::default()
+        })
+        .chain(
+            containers
+                .chunks(SYNC_CHUNK)
+                .map(|c| api::SynchronizeRequest {
+                    containers: c.to_vec(),
+                    ..Default::default()
+                }),
+        )
+        .collect();
+    if messages.is_empty() {
+        messages.push(api::SynchronizeRequest::default());
+    }
+    let last = messages.len() - 1;
+    for (i, mut message) in messages.into_iter().enumerate() {
+        message.more = i < last;
+        let answer = plugin.conn.call("Synchronize", &message).await?;
+        let updates = api::SynchronizeResponse::decode(&answer[..]).map(|r| r.update.len());
+        if updates.unwrap_or(0) > 0 {
+            tracing::warn!(plugin = %plugin.name, "NRI: container updates at Synchronize are not applied");
+        }
+    }
+    Ok(())
 }
 
 /// A plugin's name: `[a-zA-Z0-9_.+-]+`; its index: two digits.
