@@ -1,5 +1,7 @@
 //! Applying NRI plugins' container adjustments to the OCI spec, in the plugins' order. A
-//! key, destination or path marked with a leading `-` removes what it names. What podrun
+//! key, destination or path marked with a leading `-` removes what it names. Two plugins
+//! may not set (or remove) the same thing, as NRI's reference rules say: the second is
+//! refused, naming both. What podrun
 //! does not apply (CDI devices from a plugin, the cgroup path, namespaces, I/O priority,
 //! seccomp, network devices, scheduler, RDT, memory policy, hugepages, block I/O classes)
 //! is refused with FailedPrecondition naming the plugin and the field, never ignored.
@@ -28,7 +30,18 @@ pub fn adjust(
     adjustments: &[(String, api::ContainerAdjustment)],
     oom_floor: i64,
 ) -> Result<()> {
+    let mut owners: std::collections::HashMap<String, &str> = Default::default();
     for (plugin, a) in adjustments {
+        for field in fields(a) {
+            match owners.get(&field) {
+                Some(other) if other != plugin => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "NRI plugins {other} and {plugin} both tried to set {field}"
+                    )))
+                }
+                _ => owners.insert(field, plugin),
+            };
+        }
         if !a.cdi_devices.is_empty() {
             return Err(refuse(plugin, "CDI_devices"));
         }
@@ -46,6 +59,65 @@ pub fn adjust(
         }
     }
     Ok(())
+}
+
+/// What an adjustment sets or removes, one name per thing (hooks only add, and are not
+/// listed; args given with NRI's override marker, a leading "", are not claimed).
+fn fields(a: &api::ContainerAdjustment) -> Vec<String> {
+    let bare = |k: &str| removal(k).unwrap_or(k).to_owned();
+    let mut fields: Vec<String> = a
+        .annotations
+        .keys()
+        .map(|k| format!("annotation {}", bare(k)))
+        .collect();
+    fields.extend(
+        a.mounts
+            .iter()
+            .map(|m| format!("mount {}", bare(&m.destination))),
+    );
+    fields.extend(a.env.iter().map(|e| format!("env {}", bare(&e.key))));
+    if a.args.first().is_some_and(|f| !f.is_empty()) {
+        fields.push("args".into());
+    }
+    fields.extend(a.rlimits.iter().map(|r| format!("rlimit {}", r.r#type)));
+    let Some(linux) = &a.linux else {
+        return fields;
+    };
+    fields.extend(
+        linux
+            .devices
+            .iter()
+            .map(|d| format!("device {}", bare(&d.path))),
+    );
+    fields.extend(linux.sysctl.keys().map(|k| format!("sysctl {}", bare(k))));
+    if linux.oom_score_adj.is_some() {
+        fields.push("oom_score_adj".into());
+    }
+    let resources = linux.resources.as_ref();
+    if let Some(m) = resources.and_then(|r| r.memory.as_ref()) {
+        let set = [
+            ("memory limit", m.limit.is_some()),
+            ("memory reservation", m.reservation.is_some()),
+            ("memory swap", m.swap.is_some()),
+            ("memory swappiness", m.swappiness.is_some()),
+            ("memory disable_oom_killer", m.disable_oom_killer.is_some()),
+        ];
+        fields.extend(set.iter().filter(|(_, s)| *s).map(|(f, _)| f.to_string()));
+    }
+    if let Some(c) = resources.and_then(|r| r.cpu.as_ref()) {
+        let set = [
+            ("cpu shares", c.shares.is_some()),
+            ("cpu quota", c.quota.is_some()),
+            ("cpu period", c.period.is_some()),
+            ("cpu cpus", !c.cpus.is_empty()),
+            ("cpu mems", !c.mems.is_empty()),
+        ];
+        fields.extend(set.iter().filter(|(_, s)| *s).map(|(f, _)| f.to_string()));
+    }
+    if resources.is_some_and(|r| r.pids.is_some()) {
+        fields.push("pids limit".into());
+    }
+    fields
 }
 
 fn annotations(spec: &mut oci::Spec, given: &std::collections::HashMap<String, String>) {

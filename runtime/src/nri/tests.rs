@@ -57,24 +57,46 @@ fn adjustments_add_replace_and_remove_in_plugin_order() {
     };
     let second = api::ContainerAdjustment {
         env: vec![api::KeyValue {
-            key: "A".into(),
+            key: "C".into(),
             value: "second".into(),
         }],
+        hooks: Some(api::Hooks {
+            poststart: vec![api::Hook {
+                path: "/bin/true".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let mut s = spec();
-    adjust(
-        &mut s,
-        &[("10-a".into(), first), ("20-b".into(), second)],
-        -500,
-    )
-    .unwrap();
+    let both = [
+        ("10-a".to_owned(), first.clone()),
+        ("20-b".to_owned(), second),
+    ];
+    adjust(&mut s, &both, -500).unwrap();
     let v = serde_json::to_value(&s).unwrap();
     assert_eq!(
         v["process"]["env"],
-        serde_json::json!(["A=second"]),
-        "B removed; A set twice, last wins"
+        serde_json::json!(["A=first", "C=second"]),
+        "B removed"
     );
+    assert_eq!(v["hooks"]["poststart"][0]["path"], "/bin/true");
+    // Two plugins setting one thing: the second is refused, naming both.
+    let clash = api::ContainerAdjustment {
+        env: vec![api::KeyValue {
+            key: "A".into(),
+            value: "other".into(),
+        }],
+        ..Default::default()
+    };
+    let clashing = [("10-a".to_owned(), first), ("20-b".to_owned(), clash)];
+    match adjust(&mut spec(), &clashing, -500) {
+        Err(Error::FailedPrecondition(m)) => {
+            assert!(m.contains("10-a and 20-b") && m.contains("env A"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         v["process"]["args"],
         serde_json::json!(["/init"]),
