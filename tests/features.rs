@@ -579,3 +579,56 @@ async fn an_nri_plugin_sees_the_lifecycle_in_order_and_adjusts_containers() {
         "none\n"
     );
 }
+
+#[tokio::test]
+async fn an_nri_plugin_that_hangs_is_dropped_and_holds_nothing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, log, shared) = (
+        dir.path().join("nri.sock"),
+        dir.path().join("events.log"),
+        dir.path().join("shared"),
+    );
+    std::fs::create_dir_all(&shared).unwrap();
+    let mut bed = Bed::start_with(&["--nri-socket", arg(&socket)]).await;
+    let mut plugin =
+        std::process::Command::new(podrun_tests::bin_dir().join("podrun-nri-test-plugin"))
+            .args([arg(&socket), arg(&log), arg(&shared), "20", "stall"])
+            .spawn()
+            .unwrap();
+    plugin_log_has(&log, "synchronize pods=0 containers=0").await;
+    let pod = bed.pod("hung", "").await;
+    // The plugin is asked, never answers: after the request timeout (2 s) it is dropped and
+    // the container is made without its adjustment.
+    let started = std::time::Instant::now();
+    let id = bed
+        .run(&pod, bed.container("first", &["sleep", "1000"]))
+        .await;
+    let took = started.elapsed();
+    plugin_log_has(&log, "CREATE_CONTAINER hung first").await;
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "CreateContainer took {took:?}"
+    );
+    assert_eq!(
+        bed.out(&id, &["sh", "-c", "echo ${NRI_PLUGIN:-none}"])
+            .await,
+        "none\n"
+    );
+    // Dropped: the next container is not sent to it, and the pod's teardown is not held up.
+    let id = bed
+        .run(&pod, bed.container("second", &["sleep", "1000"]))
+        .await;
+    assert_eq!(
+        bed.out(&id, &["sh", "-c", "echo ${NRI_PLUGIN:-none}"])
+            .await,
+        "none\n"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("second"),
+        "a dropped plugin was asked again: {text}"
+    );
+    bed.remove_pod(&pod.0).await;
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+}

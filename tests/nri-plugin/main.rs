@@ -4,7 +4,8 @@
 //! it sees as a line to a log file, and adjusts every container it is asked about: an env
 //! variable, an annotation, a mount of a host directory, a memory limit.
 //!
-//! Usage: podrun-nri-test-plugin SOCKET LOG MOUNT_SOURCE [INDEX]
+//! Usage: podrun-nri-test-plugin SOCKET LOG MOUNT_SOURCE [INDEX [stall]]
+//! With `stall` it never answers CreateContainer (and stops reading), as a hung plugin.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -46,7 +47,14 @@ fn log(path: &str, line: &str) {
 }
 
 /// The answer to one call of the Plugin service.
-fn serve(method: &str, payload: &[u8], log_path: &str, source: &str, index: &str) -> Vec<u8> {
+fn serve(
+    method: &str,
+    payload: &[u8],
+    log_path: &str,
+    source: &str,
+    index: &str,
+    stall: bool,
+) -> Vec<u8> {
     match method {
         "Configure" => {
             let c = api::ConfigureRequest::decode(payload).unwrap();
@@ -91,6 +99,9 @@ fn serve(method: &str, payload: &[u8], log_path: &str, source: &str, index: &str
                 log_path,
                 &format!("CREATE_CONTAINER {} {}", pod.name, c.name),
             );
+            if stall {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
             let adjust = api::ContainerAdjustment {
                 annotations: [("nri.test/plugin".to_owned(), index.to_owned())].into(),
                 env: vec![api::KeyValue {
@@ -146,6 +157,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (socket, log_path, source) = (&args[1], args[2].clone(), args[3].clone());
     let index = args.get(4).cloned().unwrap_or_else(|| "10".into());
+    let stall = args.get(5).is_some_and(|a| a == "stall");
     let stream = UnixStream::connect(socket).expect("connecting to the NRI socket");
     let trunk = Arc::new(Trunk {
         out: Mutex::new(stream.try_clone().unwrap()),
@@ -193,6 +205,7 @@ fn main() {
                         &log_path,
                         &source,
                         &index,
+                        stall,
                     );
                     let response = ttrpc::Response {
                         status: None,
