@@ -2,6 +2,14 @@
 
 use std::time::SystemTime;
 
+/// Now, in nanoseconds since the epoch (the CRI's timestamps).
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64
+}
+
 /// `2026-11-22T07:50:01.123456789Z`.
 pub fn rfc3339_nano(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();

@@ -61,13 +61,6 @@ impl Events {
     }
 }
 
-pub(crate) fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as i64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

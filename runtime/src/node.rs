@@ -312,7 +312,7 @@ impl Node {
             .publish(podrun_proto::cri::ContainerEventResponse {
                 container_id: id.to_owned(),
                 container_event_type: kind as i32,
-                created_at: crate::events::now(),
+                created_at: crate::clock::now_nanos(),
                 pod_sandbox_status,
                 containers_statuses,
             });

@@ -18,12 +18,7 @@ use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::sandbox;
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as i64
-}
+use crate::clock::now_nanos;
 
 fn value(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })

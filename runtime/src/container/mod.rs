@@ -232,12 +232,7 @@ pub(crate) fn persist(dirs: &Dirs, r: &Record) -> Result<()> {
     store::write_atomic(&dirs.record(), r)
 }
 
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as i64
-}
+pub(crate) use crate::clock::now_nanos;
 
 /// Mount points at or below `dir`, deepest first.
 pub(crate) fn mounts_under(dir: &std::path::Path) -> Vec<PathBuf> {

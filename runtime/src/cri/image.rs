@@ -1,7 +1,6 @@
 //! The CRI ImageService over the image store.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
 
 use podrun_proto::cri;
 use podrun_proto::cri::image_service_server::ImageService;
@@ -160,10 +159,7 @@ impl ImageService for Cri {
             let (dir, bytes, inodes) = tokio::task::spawn_blocking(move || node.images.usage())
                 .await
                 .map_err(|e| Error::Internal(format!("ImageFsInfo task failed: {e}")))?;
-            let now = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos() as i64;
+            let now = crate::clock::now_nanos();
             let usage = cri::FilesystemUsage {
                 timestamp: now,
                 fs_id: Some(cri::FilesystemIdentifier {

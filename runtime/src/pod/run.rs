@@ -5,7 +5,7 @@
 //! it runs in a task of its own while the pod's identity stays reserved.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use podrun_proto::cri;
 use serde_json::{json, Map, Value};
@@ -177,10 +177,7 @@ fn plan(node: &Node, id: &str, config: cri::PodSandboxConfig, handler: String) -
         gids,
         pin: node.config.state.join("userns").join(id),
     });
-    let created_at = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as i64;
+    let created_at = crate::clock::now_nanos();
     Ok(Record {
         version: RECORD_VERSION,
         id: id.to_owned(),
