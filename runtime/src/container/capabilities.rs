@@ -101,14 +101,15 @@ pub(crate) fn capabilities(bounding: &[String], uid: u32) -> Result<oci::LinuxCa
         0 => cap_set(bounding)?,
         _ => oci::Capabilities::new(),
     };
-    oci::LinuxCapabilitiesBuilder::default()
-        .bounding(cap_set(bounding)?)
-        .effective(effective.clone())
-        .permitted(effective)
-        .inheritable(oci::Capabilities::new())
-        .ambient(oci::Capabilities::new())
-        .build()
-        .map_err(|e| Error::Internal(format!("building the capability sets: {e}")))
+    super::built(
+        oci::LinuxCapabilitiesBuilder::default()
+            .bounding(cap_set(bounding)?)
+            .effective(effective.clone())
+            .permitted(effective)
+            .inheritable(oci::Capabilities::new())
+            .ambient(oci::Capabilities::new())
+            .build(),
+    )
 }
 
 #[cfg(test)]

@@ -234,6 +234,12 @@ pub(crate) fn persist(dirs: &Dirs, r: &Record) -> Result<()> {
 
 pub(crate) use crate::clock::now_nanos;
 
+/// The OCI builders fail only on a field they require; podrun sets every one, so such a
+/// failure is podrun's own bug.
+pub(crate) fn built<T>(r: std::result::Result<T, ::oci_spec::OciSpecError>) -> Result<T> {
+    r.map_err(|e| Error::Internal(format!("building the OCI spec: {e}")))
+}
+
 /// Mount points at or below `dir`, deepest first.
 pub(crate) fn mounts_under(dir: &std::path::Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

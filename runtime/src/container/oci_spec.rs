@@ -10,6 +10,7 @@ use ::oci_spec::runtime as oci;
 use podrun_proto::cri;
 use serde_json::Value;
 
+use super::built;
 use super::capabilities::{bounding, capabilities};
 use crate::error::{Error, Result};
 
@@ -121,12 +122,6 @@ pub fn env(config: &cri::ContainerConfig, image: &Value) -> Vec<String> {
         );
     }
     env
-}
-
-/// The OCI builders fail only on a field they require; every one is set here, so such a
-/// failure is podrun's own bug.
-fn built<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
-    r.map_err(|e| Error::Internal(format!("building the OCI spec: {e}")))
 }
 
 fn mount(dest: &str, kind: &str, source: &Path, options: &[&str]) -> Result<oci::Mount> {

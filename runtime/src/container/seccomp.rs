@@ -13,6 +13,7 @@ use oci_spec::runtime::{
 };
 use podrun_proto::cri;
 
+use super::built;
 use crate::error::{Error, Result};
 
 /// The Localhost profile a security context names, read and checked: a file that cannot
@@ -478,10 +479,6 @@ const NAMESPACE_FLAGS: u64 = 0x7e02_0000;
 /// personality(2) values allowed: PER_LINUX, PER_LINUX32, UNAME26 and their combination,
 /// and the query.
 const PERSONAS: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
-
-fn built<T>(r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
-    r.map_err(|e| Error::Internal(format!("building the seccomp profile: {e}")))
-}
 
 /// A rule: `action` for `names`, when argument `index` compares with `op` to `value` (and
 /// `value_two`, for a masked compare).
