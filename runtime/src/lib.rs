@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod netns;
 pub mod node;
 pub mod nri;
+pub mod oci_edit;
 pub mod pod;
 pub mod prometheus;
 pub mod sandbox;

@@ -10,11 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use ::oci_spec::runtime as oci;
 
 use super::Resolved;
-use crate::error::{Error, Result};
-
-fn missing(what: &str) -> Error {
-    Error::Internal(format!("the OCI spec has no {what} to apply CDI edits to"))
-}
+use crate::error::Result;
+use crate::oci_edit;
 
 pub fn apply(spec: &mut oci::Spec, resolved: &[Resolved]) -> Result<()> {
     for r in resolved {
@@ -54,35 +51,23 @@ pub fn apply(spec: &mut oci::Spec, resolved: &[Resolved]) -> Result<()> {
 }
 
 fn env<'a>(spec: &mut oci::Spec, vars: impl Iterator<Item = &'a String>) -> Result<()> {
-    let process = spec
-        .process_mut()
-        .as_mut()
-        .ok_or_else(|| missing("process"))?;
-    let mut env = process.env().clone().unwrap_or_default();
+    let process = oci_edit::process(spec)?;
     for var in vars {
-        let key = var.split('=').next().unwrap_or_default();
-        match env.iter_mut().find(|e| e.split('=').next() == Some(key)) {
-            Some(old) => *old = var.clone(),
-            None => env.push(var.clone()),
-        }
+        let (key, value) = var.split_once('=').unwrap_or((var, ""));
+        oci_edit::set_env(process, key, Some(value));
     }
-    process.set_env(Some(env));
     Ok(())
 }
 
 fn mount(spec: &mut oci::Spec, m: &super::spec::Mount) {
-    let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
     let dest = Path::new(&m.container_path);
-    if let Some(i) = mounts.iter().position(|old| old.destination() == dest) {
-        mounts.remove(i);
-    }
     let mut mount = oci::Mount::default();
     mount
         .set_destination(dest.to_path_buf())
         .set_source(Some(PathBuf::from(&m.host_path)))
         .set_typ(m.kind.clone().filter(|k| !k.is_empty()))
         .set_options(m.options.clone());
-    mounts.push(mount);
+    oci_edit::put_mount(spec, dest, Some(mount));
 }
 
 fn hook(spec: &mut oci::Spec, h: &super::spec::Hook) {
@@ -91,25 +76,12 @@ fn hook(spec: &mut oci::Spec, h: &super::spec::Hook) {
         .set_args(h.args.clone())
         .set_env(h.env.clone())
         .set_timeout(h.timeout);
-    let hooks = spec.hooks_mut().get_or_insert_with(Default::default);
-    let phase = match h.hook_name.as_str() {
-        "prestart" => hooks.prestart_mut(),
-        "createRuntime" => hooks.create_runtime_mut(),
-        "createContainer" => hooks.create_container_mut(),
-        "startContainer" => hooks.start_container_mut(),
-        "poststart" => hooks.poststart_mut(),
-        // Spec files were checked: the only other name is poststop.
-        _ => hooks.poststop_mut(),
-    };
-    phase.get_or_insert_with(Vec::new).push(hook);
+    // Spec files were checked: the name is one of the phases.
+    oci_edit::add_hook(spec, &h.hook_name, hook);
 }
 
 fn groups(spec: &mut oci::Spec, gids: impl Iterator<Item = u32>) -> Result<()> {
-    let process = spec
-        .process_mut()
-        .as_mut()
-        .ok_or_else(|| missing("process"))?;
-    let user = process.user_mut();
+    let user = oci_edit::process(spec)?.user_mut();
     let mut all = user.additional_gids().clone().unwrap_or_default();
     for gid in gids.filter(|g| *g != 0) {
         if !all.contains(&gid) {
@@ -121,10 +93,7 @@ fn groups(spec: &mut oci::Spec, gids: impl Iterator<Item = u32>) -> Result<()> {
 }
 
 fn net_device(spec: &mut oci::Spec, d: &super::spec::NetDevice) -> Result<()> {
-    let linux = spec
-        .linux_mut()
-        .as_mut()
-        .ok_or_else(|| missing("linux object"))?;
+    let linux = oci_edit::linux(spec)?;
     let mut devices = linux.net_devices().clone().unwrap_or_else(HashMap::new);
     let mut device = oci::LinuxNetDevice::default();
     device.set_name(Some(d.name.clone()));
@@ -133,6 +102,7 @@ fn net_device(spec: &mut oci::Spec, d: &super::spec::NetDevice) -> Result<()> {
     Ok(())
 }
 
+/// A device node, owned by the process' user unless the spec says otherwise.
 fn device(
     spec: &mut oci::Spec,
     mut device: oci::LinuxDevice,
@@ -147,20 +117,6 @@ fn device(
             device.set_gid(Some(user.gid()));
         }
     }
-    let linux = spec
-        .linux_mut()
-        .as_mut()
-        .ok_or_else(|| missing("linux object"))?;
-    let mut devices = linux.devices().clone().unwrap_or_default();
-    devices.retain(|d| d.path() != device.path());
-    devices.push(device);
-    linux.set_devices(Some(devices));
-    if let Some(rule) = rule {
-        let mut resources = linux.resources().clone().unwrap_or_default();
-        let mut rules = resources.devices().clone().unwrap_or_default();
-        rules.push(rule);
-        resources.set_devices(Some(rules));
-        linux.set_resources(Some(resources));
-    }
+    oci_edit::put_device(oci_edit::linux(spec)?, device, rule);
     Ok(())
 }

@@ -233,20 +233,12 @@ fn complete(
         .set_file_mode(mode)
         .set_uid(n.uid)
         .set_gid(n.gid);
-    let rule = matches!(kind.as_str(), "b" | "c").then(|| {
-        let access = match n.permissions.as_deref().unwrap_or_default() {
-            "" => "rwm",
-            "none" => "",
-            p => p,
-        };
-        let mut rule = oci::LinuxDeviceCgroup::default();
-        rule.set_allow(true)
-            .set_typ(Some(typ))
-            .set_major(Some(major))
-            .set_minor(Some(minor))
-            .set_access(Some(access.to_owned()));
-        rule
-    });
+    let access = match n.permissions.as_deref().unwrap_or_default() {
+        "" => "rwm",
+        "none" => "",
+        p => p,
+    };
+    let rule = crate::oci_edit::allow_rule(typ, major, minor, access);
     Ok((device, rule))
 }
 

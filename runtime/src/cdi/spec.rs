@@ -86,15 +86,6 @@ const VERSIONS: &[&str] = &[
     "0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0",
 ];
 
-pub const HOOK_NAMES: &[&str] = &[
-    "prestart",
-    "createRuntime",
-    "createContainer",
-    "startContainer",
-    "poststart",
-    "poststop",
-];
-
 /// Reads a spec file: `.json` or `.yaml` (JSON is YAML, so one parser reads both).
 pub fn read(path: &Path) -> Result<Spec, String> {
     const MAX: u64 = 4 << 20;
@@ -221,7 +212,7 @@ impl Edits {
             }
         }
         for h in self.hooks.iter().flatten() {
-            if !HOOK_NAMES.contains(&h.hook_name.as_str()) {
+            if !crate::oci_edit::HOOK_PHASES.contains(&h.hook_name.as_str()) {
                 return Err(format!("unknown hook name {:?}", h.hook_name));
             }
             if !h.path.starts_with('/') {

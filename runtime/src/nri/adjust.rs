@@ -6,12 +6,13 @@
 //! seccomp, network devices, scheduler, RDT, memory policy, hugepages, block I/O classes)
 //! is refused with FailedPrecondition naming the plugin and the field, never ignored.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ::oci_spec::runtime as oci;
 use podrun_proto::nri as api;
 
 use crate::error::{Error, Result};
+use crate::oci_edit;
 
 fn refuse(plugin: &str, what: &str) -> Error {
     Error::FailedPrecondition(format!(
@@ -134,80 +135,50 @@ fn annotations(spec: &mut oci::Spec, given: &std::collections::HashMap<String, S
 }
 
 fn mount(spec: &mut oci::Spec, m: &api::Mount) {
-    let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
-    let (dest, remove) = match removal(&m.destination) {
-        Some(dest) => (dest, true),
-        None => (m.destination.as_str(), false),
-    };
-    mounts.retain(|old| old.destination() != std::path::Path::new(dest));
-    if remove {
-        return;
+    if let Some(dest) = removal(&m.destination) {
+        return oci_edit::put_mount(spec, Path::new(dest), None);
     }
     let mut mount = oci::Mount::default();
     mount
-        .set_destination(PathBuf::from(dest))
+        .set_destination(PathBuf::from(&m.destination))
         .set_typ(Some(m.r#type.clone()).filter(|t| !t.is_empty()))
         .set_source(Some(PathBuf::from(&m.source)).filter(|_| !m.source.is_empty()))
         .set_options(Some(m.options.clone()).filter(|o| !o.is_empty()));
-    mounts.push(mount);
+    oci_edit::put_mount(spec, Path::new(&m.destination), Some(mount));
 }
 
 fn env(spec: &mut oci::Spec, given: &[api::KeyValue]) -> Result<()> {
     if given.is_empty() {
         return Ok(());
     }
-    let process = spec.process_mut().as_mut().ok_or_else(no_process)?;
-    let mut env = process.env().clone().unwrap_or_default();
+    let process = oci_edit::process(spec)?;
     for kv in given {
-        let key = removal(&kv.key).unwrap_or(&kv.key);
-        env.retain(|e| e.split('=').next() != Some(key));
-        if removal(&kv.key).is_none() {
-            env.push(format!("{}={}", kv.key, kv.value));
+        match removal(&kv.key) {
+            Some(key) => oci_edit::set_env(process, key, None),
+            None => oci_edit::set_env(process, &kv.key, Some(&kv.value)),
         }
     }
-    process.set_env(Some(env));
     Ok(())
 }
 
-fn no_process() -> Error {
-    Error::Internal("the OCI spec has no process to adjust".into())
-}
-
 fn hooks(spec: &mut oci::Spec, given: &api::Hooks) {
-    let hooks = spec.hooks_mut().get_or_insert_with(Default::default);
-    let convert = |list: &[api::Hook]| -> Vec<oci::Hook> {
-        list.iter()
-            .map(|h| {
-                let mut hook = oci::Hook::default();
-                hook.set_path(PathBuf::from(&h.path))
-                    .set_args(Some(h.args.clone()).filter(|a| !a.is_empty()))
-                    .set_env(Some(h.env.clone()).filter(|e| !e.is_empty()))
-                    .set_timeout(h.timeout.as_ref().map(|t| t.value));
-                hook
-            })
-            .collect()
-    };
     let phases = [
-        ("prestart", &given.prestart),
-        ("createRuntime", &given.create_runtime),
-        ("createContainer", &given.create_container),
-        ("startContainer", &given.start_container),
-        ("poststart", &given.poststart),
-        ("poststop", &given.poststop),
+        &given.prestart,
+        &given.create_runtime,
+        &given.create_container,
+        &given.start_container,
+        &given.poststart,
+        &given.poststop,
     ];
-    for (name, list) in phases {
-        if list.is_empty() {
-            continue;
+    for (name, list) in oci_edit::HOOK_PHASES.iter().zip(phases) {
+        for h in list {
+            let mut hook = oci::Hook::default();
+            hook.set_path(PathBuf::from(&h.path))
+                .set_args(Some(h.args.clone()).filter(|a| !a.is_empty()))
+                .set_env(Some(h.env.clone()).filter(|e| !e.is_empty()))
+                .set_timeout(h.timeout.as_ref().map(|t| t.value));
+            oci_edit::add_hook(spec, name, hook);
         }
-        let phase = match name {
-            "prestart" => hooks.prestart_mut(),
-            "createRuntime" => hooks.create_runtime_mut(),
-            "createContainer" => hooks.create_container_mut(),
-            "startContainer" => hooks.start_container_mut(),
-            "poststart" => hooks.poststart_mut(),
-            _ => hooks.poststop_mut(),
-        };
-        phase.get_or_insert_with(Vec::new).extend(convert(list));
     }
 }
 
@@ -216,7 +187,7 @@ fn process(spec: &mut oci::Spec, a: &api::ContainerAdjustment, plugin: &str) -> 
     if a.args.is_empty() && a.rlimits.is_empty() {
         return Ok(());
     }
-    let process = spec.process_mut().as_mut().ok_or_else(no_process)?;
+    let process = oci_edit::process(spec)?;
     let args: Vec<String> = match a.args.first().map(String::as_str) {
         Some("") => a.args[1..].to_vec(),
         _ => a.args.clone(),
@@ -263,13 +234,10 @@ fn linux(
         return Err(refuse(plugin, what));
     }
     if let Some(oom) = &a.oom_score_adj {
-        let process = spec.process_mut().as_mut().ok_or_else(no_process)?;
+        let process = oci_edit::process(spec)?;
         process.set_oom_score_adj(Some(oom.value.clamp(oom_floor, 1000) as i32));
     }
-    let linux = spec
-        .linux_mut()
-        .as_mut()
-        .ok_or_else(|| Error::Internal("the OCI spec has no linux object".into()))?;
+    let linux = oci_edit::linux(spec)?;
     if !a.sysctl.is_empty() {
         let mut sysctl = linux.sysctl().clone().unwrap_or_default();
         for (key, value) in &a.sysctl {
@@ -290,39 +258,25 @@ fn linux(
 }
 
 fn device(linux: &mut oci::Linux, d: &api::LinuxDevice, plugin: &str) -> Result<()> {
-    let mut devices = linux.devices().clone().unwrap_or_default();
-    let path = removal(&d.path).unwrap_or(&d.path);
-    devices.retain(|old| old.path() != std::path::Path::new(path));
-    if removal(&d.path).is_none() {
-        let typ: oci::LinuxDeviceType = d
-            .r#type
-            .parse()
-            .map_err(|_| refuse(plugin, &format!("device {} of type {:?}", d.path, d.r#type)))?;
-        let mut device = oci::LinuxDevice::default();
-        device
-            .set_path(PathBuf::from(&d.path))
-            .set_typ(typ)
-            .set_major(d.major)
-            .set_minor(d.minor)
-            .set_file_mode(d.file_mode.as_ref().map(|m| m.value))
-            .set_uid(d.uid.as_ref().map(|u| u.value))
-            .set_gid(d.gid.as_ref().map(|g| g.value));
-        devices.push(device);
-        if matches!(typ, oci::LinuxDeviceType::B | oci::LinuxDeviceType::C) {
-            let mut resources = linux.resources().clone().unwrap_or_default();
-            let mut rules = resources.devices().clone().unwrap_or_default();
-            let mut rule = oci::LinuxDeviceCgroup::default();
-            rule.set_allow(true)
-                .set_typ(Some(typ))
-                .set_major(Some(d.major))
-                .set_minor(Some(d.minor))
-                .set_access(Some("rwm".into()));
-            rules.push(rule);
-            resources.set_devices(Some(rules));
-            linux.set_resources(Some(resources));
-        }
+    if let Some(path) = removal(&d.path) {
+        oci_edit::remove_device(linux, Path::new(path));
+        return Ok(());
     }
-    linux.set_devices(Some(devices));
+    let typ: oci::LinuxDeviceType = d
+        .r#type
+        .parse()
+        .map_err(|_| refuse(plugin, &format!("device {} of type {:?}", d.path, d.r#type)))?;
+    let mut device = oci::LinuxDevice::default();
+    device
+        .set_path(PathBuf::from(&d.path))
+        .set_typ(typ)
+        .set_major(d.major)
+        .set_minor(d.minor)
+        .set_file_mode(d.file_mode.as_ref().map(|m| m.value))
+        .set_uid(d.uid.as_ref().map(|u| u.value))
+        .set_gid(d.gid.as_ref().map(|g| g.value));
+    let rule = oci_edit::allow_rule(typ, d.major, d.minor, "rwm");
+    oci_edit::put_device(linux, device, rule);
     Ok(())
 }
 
