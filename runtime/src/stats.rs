@@ -13,12 +13,11 @@ use std::sync::Arc;
 use podrun_proto::cri;
 
 use crate::cgroup::{self, Hierarchy};
+use crate::clock::now_nanos;
 use crate::container::{self, Dirs};
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::sandbox;
-
-use crate::clock::now_nanos;
 
 fn value(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })

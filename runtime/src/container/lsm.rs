@@ -164,10 +164,16 @@ profile podrun-default flags=(attach_disconnected,mediate_deleted) {
 
 /// Loads podrun's default profile into the kernel unless it is there already.
 pub fn load_default_profile() -> Result<()> {
+    // Once loaded it stays loaded: the kernel's list is not read on every CreateContainer.
+    static LOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if LOADED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     if loaded_profiles()
         .lines()
         .any(|l| l.starts_with(&format!("{DEFAULT_PROFILE} (")))
     {
+        LOADED.store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
     use std::io::Write;
@@ -188,7 +194,10 @@ pub fn load_default_profile() -> Result<()> {
         .wait_with_output()
         .map_err(|e| Error::Internal(format!("apparmor_parser: {e}")))?;
     match out.status.success() {
-        true => Ok(()),
+        true => {
+            LOADED.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
         false => Err(Error::FailedPrecondition(format!(
             "loading AppArmor profile {DEFAULT_PROFILE}: {}",
             String::from_utf8_lossy(&out.stderr).trim()

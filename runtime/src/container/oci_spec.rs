@@ -141,7 +141,7 @@ fn bind(dest: &str, source: &Path, readonly: bool) -> Result<oci::Mount> {
 }
 
 /// A path the container sees must be absolute and must not climb with `..`.
-fn container_path(path: &str, field: &'static str, which: &str) -> Result<()> {
+pub(crate) fn container_path(path: &str, field: &'static str, which: &str) -> Result<()> {
     let p = Path::new(path);
     let climbs = p.components().any(|c| c == std::path::Component::ParentDir);
     if !p.is_absolute() || climbs {

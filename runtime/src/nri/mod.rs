@@ -60,6 +60,12 @@ pub struct Nri {
 pub type Snapshot = Box<dyn Fn() -> (Vec<api::PodSandbox>, Vec<api::Container>) + Send + Sync>;
 
 impl Nri {
+    /// Whether any plugin wants `event`: when none does, nothing need be built for it.
+    pub fn wants(&self, event: api::Event) -> bool {
+        let plugins = self.plugins.lock().unwrap_or_else(|p| p.into_inner());
+        plugins.iter().any(|p| p.wants(event))
+    }
+
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
         self.plugins
             .lock()

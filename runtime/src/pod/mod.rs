@@ -29,14 +29,14 @@ use crate::node::Node;
 /// to it. Sent without the pod's record lock held (a plugin may take its time).
 pub(crate) async fn pod_event(node: &Node, pod: &crate::sandbox::Record, kind: ContainerEventType) {
     node.publish_event(&pod.id, &pod.id, kind);
-    let Some(nri) = &node.nri else {
-        return;
-    };
     let event = match kind {
         ContainerEventType::ContainerStartedEvent => Event::RunPodSandbox,
         ContainerEventType::ContainerStoppedEvent => Event::StopPodSandbox,
         ContainerEventType::ContainerDeletedEvent => Event::RemovePodSandbox,
         _ => return,
+    };
+    let Some(nri) = node.nri.as_ref().filter(|n| n.wants(event)) else {
+        return;
     };
     nri.notify(event, &crate::nri::convert::pod(pod), None)
         .await;
@@ -49,9 +49,6 @@ pub(crate) async fn container_event(
     kind: ContainerEventType,
 ) {
     node.publish_event(&c.pod_id, &c.id, kind);
-    let Some(nri) = &node.nri else {
-        return;
-    };
     let events: &[Event] = match kind {
         ContainerEventType::ContainerCreatedEvent => &[Event::PostCreateContainer],
         ContainerEventType::ContainerStartedEvent => {
@@ -59,6 +56,13 @@ pub(crate) async fn container_event(
         }
         ContainerEventType::ContainerStoppedEvent => &[Event::StopContainer],
         ContainerEventType::ContainerDeletedEvent => &[Event::RemoveContainer],
+    };
+    let Some(nri) = node
+        .nri
+        .as_ref()
+        .filter(|n| events.iter().any(|e| n.wants(*e)))
+    else {
+        return;
     };
     let Ok(pod) = node.sandboxes.get(&c.pod_id) else {
         return;

@@ -90,12 +90,8 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
             check_volume_mappings(i, m, &pod)?;
             check_propagation(i, m)?;
         }
-        if !m.container_path.starts_with('/') {
-            return Err(Error::InvalidArgument {
-                field: "config.mounts.container_path",
-                reason: format!("mounts[{i}]: {:?} is not absolute", m.container_path),
-            });
-        }
+        let which = format!("mounts[{i}]: ");
+        oci_spec::container_path(&m.container_path, "config.mounts.container_path", &which)?;
     }
     validate_log_path(&config.log_path)?;
     let sc = config
@@ -147,8 +143,7 @@ pub async fn create(node: Arc<Node>, req: cri::CreateContainerRequest) -> Result
         let reserved = guard;
         // RemoveImage keeps these layers until the container is recorded as using them.
         let _layers = node.images.use_layers(&image.layers);
-        let volume_layers: Vec<Vec<String>> = prepared.volumes.iter().map(|(_, v)| v.layers.clone()).collect();
-        let _volume_layers: Vec<_> = volume_layers.iter().map(|l| node.images.use_layers(l)).collect();
+        let _volume_layers: Vec<_> = prepared.volumes.iter().map(|(_, v)| node.images.use_layers(&v.layers)).collect();
         let id = store::new_id()?;
         let dirs = Dirs::new(&node.config, &id);
         let log_path = match (pod.config.log_directory.as_str(), config.log_path.as_str()) {
@@ -231,7 +226,12 @@ fn prepare(
     const APPARMOR: &str = "config.linux.security_context.apparmor";
     const SELINUX: &str = "config.linux.security_context.selinux_options";
     let wanted = lsm::apparmor_requested(sc, APPARMOR)?;
-    let apparmor = lsm::apparmor_profile(&wanted, &node.lsm, &lsm::loaded_profiles(), APPARMOR)?;
+    // The kernel's list of profiles is read only when a Localhost one must be in it.
+    let loaded = match wanted {
+        lsm::AppArmor::Localhost(_) if node.lsm.apparmor => lsm::loaded_profiles(),
+        _ => String::new(),
+    };
+    let apparmor = lsm::apparmor_profile(&wanted, &node.lsm, &loaded, APPARMOR)?;
     if apparmor.as_deref() == Some(lsm::DEFAULT_PROFILE) {
         lsm::load_default_profile()?;
     }
@@ -369,7 +369,8 @@ async fn make(
     };
     let mut spec = oci_spec::build(&input)?;
     // NRI plugins adjust the container last, as containerd lets them.
-    if let Some(nri) = &node.nri {
+    let nri = node.nri.as_ref();
+    if let Some(nri) = nri.filter(|n| n.wants(podrun_proto::nri::Event::CreateContainer)) {
         let nri_pod = crate::nri::convert::pod(pod);
         let nri_container = crate::nri::convert::created(record, &spec);
         prepared.nri_consulted = true;
