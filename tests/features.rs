@@ -138,15 +138,7 @@ async fn cdi_devices(handler: &str) {
             name: "podrun.test/null=nope".into(),
         },
     ];
-    let err = bed
-        .rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.0.clone(),
-            config: Some(unknown),
-            sandbox_config: Some(pod.1.clone()),
-        })
-        .await
-        .expect_err("an unknown CDI device");
+    let err = create_error(&mut bed, &pod, unknown, "an unknown CDI device").await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("CDI_devices"), "{}", err.message());
     assert!(
@@ -208,6 +200,21 @@ fn image_mount(path: &str, image: &str, sub: &str) -> cri::Mount {
     }
 }
 
+/// CreateContainer with `config` in `pod`, which must fail (`what` says why it should).
+async fn create_error(
+    bed: &mut Bed,
+    pod: &(String, cri::PodSandboxConfig),
+    config: cri::ContainerConfig,
+    what: &str,
+) -> tonic::Status {
+    let request = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.0.clone(),
+        config: Some(config),
+        sandbox_config: Some(pod.1.clone()),
+    };
+    bed.rt.create_container(request).await.expect_err(what)
+}
+
 async fn refused(
     bed: &mut Bed,
     pod: &(String, cri::PodSandboxConfig),
@@ -217,15 +224,7 @@ async fn refused(
 ) {
     let mut c = bed.container("refused", &["true"]);
     c.mounts = vec![m];
-    let err = bed
-        .rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.0.clone(),
-            config: Some(c),
-            sandbox_config: Some(pod.1.clone()),
-        })
-        .await
-        .expect_err(field);
+    let err = create_error(bed, pod, c, field).await;
     assert_eq!(err.code(), code, "{field}: {err:?}");
     assert!(err.message().contains(field), "{field}: {}", err.message());
 }
@@ -388,15 +387,13 @@ async fn checkpoint(handler: &str) {
         image: arg(&location).into(),
         ..Default::default()
     });
-    let err = bed
-        .rt
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.0.clone(),
-            config: Some(restore),
-            sandbox_config: Some(pod.1.clone()),
-        })
-        .await
-        .expect_err("restoring is not possible here, or not built");
+    let err = create_error(
+        &mut bed,
+        &pod,
+        restore,
+        "restoring is not possible here, or not built",
+    )
+    .await;
     if let Some(missing) = criu_missing(handler) {
         assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
         assert!(
@@ -442,6 +439,37 @@ async fn checkpoint_and_restore_say_what_the_host_lacks_with_runc() {
     checkpoint("runc").await;
 }
 
+/// The test plugin's socket, event log and a directory it mounts into containers.
+struct NriFiles {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    log: PathBuf,
+    shared: PathBuf,
+}
+
+impl NriFiles {
+    fn new() -> NriFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        NriFiles {
+            socket: dir.path().join("nri/nri.sock"),
+            log: dir.path().join("events.log"),
+            shared,
+            _dir: dir,
+        }
+    }
+
+    /// The test plugin, connecting to the socket (`more`: its index, and `stall`).
+    fn plugin(&self, more: &[&str]) -> std::process::Child {
+        std::process::Command::new(podrun_tests::bin_dir().join("podrun-nri-test-plugin"))
+            .args([arg(&self.socket), arg(&self.log), arg(&self.shared)])
+            .args(more)
+            .spawn()
+            .unwrap()
+    }
+}
+
 /// Waits until the plugin's log has `line`; the log.
 async fn plugin_log_has(log: &Path, line: &str) -> String {
     for _ in 0..100 {
@@ -470,23 +498,14 @@ fn memory_limit(pid: u64) -> String {
 
 #[tokio::test]
 async fn an_nri_plugin_sees_the_lifecycle_in_order_and_adjusts_containers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, log, shared) = (
-        dir.path().join("nri/nri.sock"),
-        dir.path().join("events.log"),
-        dir.path().join("shared"),
-    );
-    std::fs::create_dir_all(&shared).unwrap();
-    std::fs::write(shared.join("hello"), "from the plugin's dir\n").unwrap();
-    let mut bed = Bed::start_with(&["--nri-socket", arg(&socket)]).await;
+    let nri = NriFiles::new();
+    std::fs::write(nri.shared.join("hello"), "from the plugin's dir\n").unwrap();
+    let mut bed = Bed::start_with(&["--nri-socket", arg(&nri.socket)]).await;
     let early = bed.pod("early", "").await;
-    let mut plugin =
-        std::process::Command::new(podrun_tests::bin_dir().join("podrun-nri-test-plugin"))
-            .args([arg(&socket), arg(&log), arg(&shared)])
-            .spawn()
-            .unwrap();
+    let mut plugin = nri.plugin(&[]);
+    let log = nri.log.as_path();
     // Registered, configured, and told of the pod that was there before it.
-    plugin_log_has(&log, "synchronize pods=1 containers=0").await;
+    plugin_log_has(log, "synchronize pods=1 containers=0").await;
 
     let pod = bed.pod("nri", "").await;
     let id = bed
@@ -522,7 +541,7 @@ async fn an_nri_plugin_sees_the_lifecycle_in_order_and_adjusts_containers() {
         .run(&pod, bed.container("quick", &["sh", "-c", "exit 3"]))
         .await;
     bed.wait_exit(&quick).await;
-    plugin_log_has(&log, "STOP_CONTAINER nri quick").await;
+    plugin_log_has(log, "STOP_CONTAINER nri quick").await;
 
     bed.rt
         .stop_container(cri::StopContainerRequest {
@@ -538,7 +557,7 @@ async fn an_nri_plugin_sees_the_lifecycle_in_order_and_adjusts_containers() {
         .await
         .unwrap();
     bed.remove_pod(&pod.0).await;
-    let text = plugin_log_has(&log, "REMOVE_POD_SANDBOX nri").await;
+    let text = plugin_log_has(log, "REMOVE_POD_SANDBOX nri").await;
     let of_adjusted: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -582,20 +601,11 @@ async fn an_nri_plugin_sees_the_lifecycle_in_order_and_adjusts_containers() {
 
 #[tokio::test]
 async fn an_nri_plugin_that_hangs_is_dropped_and_holds_nothing_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let (socket, log, shared) = (
-        dir.path().join("nri.sock"),
-        dir.path().join("events.log"),
-        dir.path().join("shared"),
-    );
-    std::fs::create_dir_all(&shared).unwrap();
-    let mut bed = Bed::start_with(&["--nri-socket", arg(&socket)]).await;
-    let mut plugin =
-        std::process::Command::new(podrun_tests::bin_dir().join("podrun-nri-test-plugin"))
-            .args([arg(&socket), arg(&log), arg(&shared), "20", "stall"])
-            .spawn()
-            .unwrap();
-    plugin_log_has(&log, "synchronize pods=0 containers=0").await;
+    let nri = NriFiles::new();
+    let mut bed = Bed::start_with(&["--nri-socket", arg(&nri.socket)]).await;
+    let mut plugin = nri.plugin(&["20", "stall"]);
+    let log = nri.log.as_path();
+    plugin_log_has(log, "synchronize pods=0 containers=0").await;
     let pod = bed.pod("hung", "").await;
     // The plugin is asked, never answers: after the request timeout (2 s) it is dropped and
     // the container is made without its adjustment.
@@ -604,7 +614,7 @@ async fn an_nri_plugin_that_hangs_is_dropped_and_holds_nothing_up() {
         .run(&pod, bed.container("first", &["sleep", "1000"]))
         .await;
     let took = started.elapsed();
-    plugin_log_has(&log, "CREATE_CONTAINER hung first").await;
+    plugin_log_has(log, "CREATE_CONTAINER hung first").await;
     assert!(
         took < std::time::Duration::from_secs(10),
         "CreateContainer took {took:?}"
@@ -623,7 +633,7 @@ async fn an_nri_plugin_that_hangs_is_dropped_and_holds_nothing_up() {
             .await,
         "none\n"
     );
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
     assert!(
         !text.contains("second"),
         "a dropped plugin was asked again: {text}"
