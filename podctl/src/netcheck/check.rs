@@ -113,26 +113,35 @@ fn peer_hop(ip: IpAddr, who: &str, outcome: &Outcome) -> Hop {
     }
 }
 
+/// A check that fails before it starts: `to` has no IP to reach.
+fn no_ip(
+    kind: &'static str,
+    scope: &'static str,
+    from: Value,
+    to: &Pod,
+    label: String,
+) -> Check {
+    let rule = Rule {
+        rule: "reach",
+        ok: false,
+        detail: format!("{} has no IP", to.name),
+    };
+    let c = check(
+        kind,
+        scope,
+        from,
+        to.describe(),
+        vec![rule],
+        Vec::new(),
+        label,
+    );
+    finish(c, false)
+}
+
 fn pod_to_pod(a: &Pod, b: &Pod, scope: &'static str, port: u16, timeout: Duration) -> Check {
     let label = format!("{} -> {}", a.label(), b.label());
     let Some(ip) = b.ip else {
-        let rule = Rule {
-            rule: "reach",
-            ok: false,
-            detail: format!("{} has no IP", b.name),
-        };
-        return finish(
-            check(
-                "pod-to-pod",
-                scope,
-                a.describe(),
-                b.describe(),
-                vec![rule],
-                Vec::new(),
-                label,
-            ),
-            false,
-        );
+        return no_ip("pod-to-pod", scope, a.describe(), b, label);
     };
     let outcome = probe::dial(Some(&a.netns), SocketAddr::new(ip, port), timeout);
     let mut rules = vec![reach_rule(&outcome)];
@@ -194,23 +203,7 @@ fn pod_to_ip(a: &Pod, ip: IpAddr, port: u16, timeout: Duration) -> Check {
 fn node_to_pod(b: &Pod, scope: &'static str, port: u16, timeout: Duration) -> Check {
     let label = format!("node -> {}", b.label());
     let Some(ip) = b.ip else {
-        let rule = Rule {
-            rule: "reach",
-            ok: false,
-            detail: format!("{} has no IP", b.name),
-        };
-        return finish(
-            check(
-                "node-to-pod",
-                scope,
-                json!({"node": "this node"}),
-                b.describe(),
-                vec![rule],
-                Vec::new(),
-                label,
-            ),
-            false,
-        );
+        return no_ip("node-to-pod", scope, json!({"node": "this node"}), b, label);
     };
     let outcome = probe::dial(None, SocketAddr::new(ip, port), timeout);
     let mut hops = path::from_node(ip, None);
